@@ -1,0 +1,1 @@
+"""Compiled hot path. Import these modules only through ``deltaforge._accel``."""

@@ -1,0 +1,129 @@
+"""Connection strings for MySQL/MariaDB (``mysql://``) and Redis (``redis://``, ``rediss://``).
+
+Passwords never leave this module in clear text except into the driver:
+``redacted`` forms (``mysql://app:***@db:3306/app``) are what logs and errors show.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import msgspec
+
+from deltaforge.errors import ConfigError
+
+
+class MySQLDSN(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    params: dict[str, str] = {}
+
+    def redacted(self) -> str:
+        auth = f"{self.user}:***@" if self.password else (f"{self.user}@" if self.user else "")
+        return f"mysql://{auth}{self.host}:{self.port}/{self.database}"
+
+    def connect_kwargs(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "user": self.user, "passwd": self.password}
+
+
+class RedisURI(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    db: int
+    tls: bool
+    params: dict[str, str] = {}
+
+    def redacted(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}:***@" if self.password else f"{self.username}@"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+
+def _port(text: str | None, default: int, path: str, raw: str) -> int:
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(path, f"port {text!r} in {redact(raw)!r} is not a number",
+                          "write host:port, e.g. localhost:3306") from None
+
+
+def parse_mysql_dsn(dsn: str, path: str = "spec.source.config.dsn") -> MySQLDSN:
+    """``mysql://user:password@host:port/db?param=value``; ``mariadb://`` is accepted too."""
+    raw = dsn.strip()
+    if not raw:
+        raise ConfigError(path, "the DSN is empty", "set it to mysql://user:password@host:3306/db")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("mysql", "mariadb"):
+        raise ConfigError(path, f"expected a mysql:// DSN, found {redact(raw)!r}",
+                          "write mysql://user:password@host:3306/db")
+    try:
+        port_text = parts.netloc.rpartition("@")[2].rpartition(":")[2] if ":" in parts.netloc.rpartition("@")[2] else None
+        host = parts.hostname or ""
+    except ValueError as e:
+        raise ConfigError(path, f"cannot parse {redact(raw)!r}: {e}", "write mysql://user:password@host:3306/db") from None
+    if not host:
+        raise ConfigError(path, f"no host in {redact(raw)!r}", "write mysql://user:password@host:3306/db")
+    port = _port(port_text, 3306, path, raw)
+    params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    return MySQLDSN(
+        host=host,
+        port=port,
+        user=unquote(parts.username or "root"),
+        password=unquote(parts.password or ""),
+        database=unquote(parts.path.lstrip("/")),
+        params=params,
+    )
+
+
+def parse_redis_uri(uri: str, path: str = "spec.sinks[0].config.uri") -> RedisURI:
+    """``redis://[user[:password]@]host[:port][/db]``; ``rediss://`` for TLS."""
+    raw = uri.strip()
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(path, f"expected a redis:// or rediss:// URI, found {redact(raw)!r}",
+                          "write redis://[user:password@]host:6379/0")
+    try:
+        host = parts.hostname or ""
+        port_text = str(parts.port) if parts.port is not None else None
+    except ValueError as e:
+        raise ConfigError(path, f"cannot parse {redact(raw)!r}: {e}", "write redis://host:6379/0") from None
+    if not host:
+        raise ConfigError(path, f"no host in {redact(raw)!r}", "write redis://host:6379/0")
+    db_text = parts.path.lstrip("/") or "0"
+    params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    db_text = params.pop("db", db_text)
+    try:
+        db = int(db_text)
+    except ValueError:
+        raise ConfigError(path, f"database {db_text!r} in {redact(raw)!r} is not a number",
+                          "end the URI with /0 (or another database number)") from None
+    return RedisURI(
+        host=host,
+        port=_port(port_text, 6379, path, raw),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        db=db,
+        tls=parts.scheme == "rediss",
+        params=params,
+    )
+
+
+def redact(url: str) -> str:
+    """Replace the password of any ``scheme://user:password@host`` with ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    auth, at, host = rest.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    user = auth.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
