@@ -1,0 +1,535 @@
+"""JavaScript processor stage: ``processBatch(events)`` in an embedded V8 isolate.
+
+Contract (DESIGN.md §3, docs/processors.md):
+
+- Each processor owns one V8 isolate (``py_mini_racer.MiniRacer``); its code is
+  loaded once and must define ``function processBatch(events)``. Several processors
+  may each define their own ``processBatch``: isolates never share globals.
+- One JS call per processor per batch. The batch crosses as ONE JSON string
+  (``msgspec.json.encode(batch.events)``, the same JSON as the ``native``
+  envelope), is ``JSON.parse``d inside V8, handed to ``processBatch``, and the
+  result is ``JSON.stringify``d inside V8 and decoded with msgspec, which validates
+  the types (``before``/``after`` object|null, ``tags`` array of strings|null,
+  ``event_id`` string). Measured (PERF.md): a function handle called with a string
+  is the fast path (~200 µs fixed per call); ``MiniRacer.call`` is 2x slower.
+- Return value: an array of event objects; ``null``/``undefined`` means no events;
+  a single object means ``[that object]``. Anything else is a ProcessorError.
+- An output event whose ``event_id`` matches an input event gets every field but
+  ``before``, ``after`` and ``tags`` restored from that input (processors cannot
+  corrupt ids, positions or transactions), and the input's ordering key. Other
+  top-level fields are dropped. An output event with a missing/unknown
+  ``event_id`` (or a second copy of an input's id) is *created*: it needs a valid
+  ``table`` and ``op``, gets ``event_id = derive_synthetic_id(parent, processor id,
+  n)`` and ``synthetic = processor id``; ``parent`` is the nearest preceding output
+  event that came from an input (else the batch's first input) and lends its
+  ordering key, and its tenant/ts_ms/source/transaction where absent.
+
+Hazards:
+
+- Line numbers: the user's code is evaluated as its own script, unwrapped, so its
+  line 1 is V8's line 1 (line offset 0). A ``//# sourceURL`` comment appended on a
+  new line names the script, so stack frames inside the user's code are told apart
+  from the harness and from builtins (whose frames read ``<anonymous>``).
+- Memory: mini-racer's hard limit is checked after every GC against
+  ``used_heap_size``, which counts garbage not yet collected, and a single large
+  allocation can pass the check and still set the flag. A breach therefore
+  discards the isolate, and the batch is retried once in a fresh isolate (heap =
+  script + this batch): only a second breach is reported. A terminated isolate is
+  never reused after an OOM (observed: heap stats broken afterwards).
+- Timeouts terminate the call; the isolate stays usable (tested), so it is kept.
+- No TextEncoder/TextDecoder exist in mini-racer's global scope: strings only.
+- Integers beyond ±(2^53-1) already arrive as decimal strings (DESIGN.md §3), so
+  ``JSON.parse`` loses nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from py_mini_racer import (
+    JSEvalException,
+    JSFunction,
+    JSParseException,
+    JSTimeoutException,
+    MiniRacer,
+)
+
+from deltaforge.errors import ConfigError, ProcessorError, ProcessorLimitError
+from deltaforge.model import (
+    OPS,
+    Batch,
+    Event,
+    OrderKey,
+    Source,
+    Transaction,
+    derive_synthetic_id,
+)
+
+__all__ = ["JsProcessor", "ProcessorChain"]
+
+#: Names V8 shows in stack frames (``//# sourceURL``). Only frames of USER_URL are user lines.
+USER_URL = "deltaforge-processor.js"
+_HARNESS_URL = "deltaforge-harness.js"
+
+# The harness is evaluated BEFORE the user's code so it captures the real JSON and
+# Array.isArray even if the user's script replaces them. It evaluates to a factory;
+# factory(processBatch) returns the function Python calls once per batch.
+# Protocol of the returned string: starts with "[" -> the JSON array of events;
+# starts with "!" -> a description of a bad return value (no exception is thrown
+# for those, so the Python side can tell them from the user's own exceptions).
+_HARNESS = (
+    r"""
+(function () {
+  "use strict";
+  const parse = JSON.parse, stringify = JSON.stringify, isArray = Array.isArray;
+  function describe(v) {
+    if (v === null) return "null";
+    if (v === undefined) return "undefined";
+    if (isArray(v)) return "an array";
+    switch (typeof v) {
+      case "number": return "the number " + String(v);
+      case "string": return "the string " + stringify(v.length > 40 ? v.slice(0, 40) + "..." : v);
+      case "boolean": return "the boolean " + String(v);
+      case "function": return "a function";
+      case "bigint": return "a bigint";
+      case "symbol": return "a symbol";
+    }
+    return "a value of type " + typeof v;
+  }
+  function encode(v) {
+    try {
+      return stringify(v);
+    } catch (e) {
+      return "!a value JSON.stringify rejects (" + String(e && e.message || e) + ")";
+    }
+  }
+  // The first output event carrying an input's event_id is sent back slim: Python
+  // restores every other field from the input, so serializing them is wasted work.
+  function slim(events, ids) {
+    const n = events.length, res = new Array(n);
+    for (let i = 0; i < n; i++) {
+      const e = events[i];
+      if (e === null || typeof e !== "object" || isArray(e)) {
+        return "!an array whose element " + i + " is " + describe(e);
+      }
+      res[i] = ids.delete(e.event_id)
+        ? {event_id: e.event_id, before: e.before, after: e.after, tags: e.tags}
+        : e;
+    }
+    return encode(res);
+  }
+  return function (processBatch) {
+    return function deltaforgeRun(input) {
+      const events = parse(input);
+      const ids = new Set();
+      for (let i = 0; i < events.length; i++) ids.add(events[i].event_id);
+      const out = processBatch(events);
+      if (out === null || out === undefined) return "[]";
+      if (isArray(out)) return slim(out, ids);
+      if (typeof out === "object") {
+        if (typeof out.then === "function") {
+          return "!a Promise (processBatch must return its events synchronously, not be async)";
+        }
+        return slim([out], ids);
+      }
+      return "!" + describe(out);
+    };
+  };
+})()
+//# sourceURL="""
+    + _HARNESS_URL
+)
+
+# "<script>:<line>: <message>" -- first line of every mini-racer exception text.
+_HEADER = re.compile(r"^(?P<script>[^\n]*?):(?P<line>\d+): (?P<message>[^\n]*)")
+_USER_FRAME = re.compile(re.escape(USER_URL) + r":(\d+):\d+")
+
+_MIB = 1024 * 1024
+
+
+class _Out(msgspec.Struct):
+    """Processor output as decoded. Only the mutable fields are validated eagerly;
+    the others stay raw JSON and are decoded only for created events (for events
+    that came from an input they are restored, so their JS value is irrelevant)."""
+
+    event_id: str | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    tenant_id: msgspec.Raw = msgspec.Raw()
+    table: msgspec.Raw = msgspec.Raw()
+    op: msgspec.Raw = msgspec.Raw()
+    ts_ms: msgspec.Raw = msgspec.Raw()
+    source: msgspec.Raw = msgspec.Raw()
+    transaction: msgspec.Raw = msgspec.Raw()
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_out = msgspec.json.Decoder(list[_Out]).decode
+_NULL = b"null"
+
+
+def _absent(raw: msgspec.Raw) -> bool:
+    return len(raw) == 0 or bytes(raw) == _NULL
+
+
+def _limit(spec: Any, name: str) -> int | None:
+    limits = getattr(spec, "limits", None)
+    value = getattr(limits, name, None) if limits is not None else None
+    return int(value) if value else None
+
+
+class JsProcessor:
+    """One ``type: javascript`` processor: one isolate, script loaded once."""
+
+    def __init__(self, spec: Any, index: int) -> None:
+        self.id: str = str(spec.id)
+        self.index = index
+        self.origin: str = str(getattr(spec, "origin", "") or f"spec.processors[{index}].inline")
+        self.code: str = spec.code or ""
+        self.timeout_ms = _limit(spec, "timeout_ms")
+        self.mem_mb = _limit(spec, "mem_mb")
+        self._timeout_sec = self.timeout_ms / 1000.0 if self.timeout_ms else None
+        self._where = f"processors[{index}] ({self.id})"
+        self._lines = self.code.splitlines()
+        self._mr: MiniRacer | None = None
+        self._run: JSFunction | None = None
+        self._closed = False
+        if not self.code.strip():
+            raise ProcessorError(
+                f"{self._where}: the processor has no JavaScript code",
+                f"set spec.processors[{index}].inline or spec.processors[{index}].file",
+            )
+        self._load()
+
+    # -- isolate lifecycle ---------------------------------------------------
+
+    def _load(self) -> None:
+        """(Re)create the isolate and load the harness and the user's script."""
+        self._discard()
+        mr = MiniRacer()
+        self._mr = mr
+        try:
+            if self.mem_mb:
+                # Past V8's own heap ceiling the hard limit never fires: V8 aborts the
+                # whole process instead, so refuse such a limit up front.
+                ceiling = int(mr.heap_stats()["heap_size_limit"]) // _MIB
+                if self.mem_mb >= ceiling:
+                    raise ConfigError(
+                        f"spec.processors[{self.index}].limits.mem_mb",
+                        f"{self.mem_mb} MiB is not below V8's heap ceiling of {ceiling} MiB "
+                        "in this build (V8 would abort the process instead of stopping "
+                        "the script)",
+                        f"set limits.mem_mb below {ceiling}",
+                    )
+                mr.set_hard_memory_limit(self.mem_mb * _MIB)
+            make = mr.eval(_HARNESS)
+            assert isinstance(make, JSFunction)
+            # Separate script, unwrapped: user line N is V8 line N. The newline keeps a
+            # trailing `// comment` in the user's last line from swallowing the marker.
+            source = self.code if self.code.endswith("\n") else self.code + "\n"
+            try:
+                mr.eval(source + "//# sourceURL=" + USER_URL, timeout_sec=self._timeout_sec)
+            except JSTimeoutException as exc:
+                self._settle(mr)
+                raise ProcessorLimitError(
+                    f"{self._where}: the script's top-level code ran longer than "
+                    f"limits.timeout_ms={self.timeout_ms} while loading {self.origin}",
+                    "move work out of the top level of the script or raise "
+                    f"spec.processors[{self.index}].limits.timeout_ms",
+                ) from exc
+            except JSParseException as exc:
+                raise self._syntax_error(str(exc)) from exc
+            except JSEvalException as exc:
+                if self.mem_mb and mr.was_hard_memory_limit_reached():
+                    raise self._memory_error("while loading the script") from exc
+                raise self._js_error(str(exc), "while loading the script") from exc
+            kind = mr.eval("typeof processBatch")
+            if kind != "function":
+                found = "is not defined" if kind == "undefined" else f"is a {kind}"
+                raise ProcessorError(
+                    f"{self._where}: {self.origin} defines no function processBatch(events) "
+                    f"(processBatch {found})",
+                    "define `function processBatch(events) { ... return events; }` "
+                    "at the top level of the script",
+                )
+            run = make(mr.eval("processBatch"))
+            assert isinstance(run, JSFunction)
+            self._run = run
+        except BaseException:
+            self._discard()
+            raise
+
+    def _settle(self, mr: MiniRacer) -> None:
+        """After a timeout: one round trip queued behind the termination, so mini-racer
+        delivers the cancelled call's callback before a later close() stops its event
+        loop, and proof that the isolate still runs code (else it is rebuilt)."""
+        try:
+            mr.eval("0")
+        except JSEvalException:
+            self._discard()
+
+    def _discard(self) -> None:
+        self._run = None
+        mr, self._mr = self._mr, None
+        if mr is not None:
+            mr.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._discard()
+
+    # -- the per-batch call --------------------------------------------------
+
+    def _call(self, payload: str, batch: Batch) -> str:
+        """Run processBatch on the JSON payload; returns the harness's result string."""
+        if self._closed:
+            raise ProcessorError(f"{self._where}: process() called after close()")
+        for attempt in (1, 2):
+            if self._mr is None:
+                self._load()  # the previous isolate hit the memory limit
+            mr, run = self._mr, self._run
+            assert mr is not None and run is not None
+            try:
+                result = run(payload, timeout_sec=self._timeout_sec)
+            except JSTimeoutException as exc:
+                self._settle(mr)
+                raise ProcessorLimitError(
+                    f"{self._where}: processBatch ran longer than limits.timeout_ms="
+                    f"{self.timeout_ms} on batch {_origin(batch)} ({len(batch.events)} events)",
+                    "look for an endless loop in processBatch, lower batch.max_events, or "
+                    f"raise spec.processors[{self.index}].limits.timeout_ms",
+                ) from exc
+            except JSEvalException as exc:
+                if not (self.mem_mb and mr.was_hard_memory_limit_reached()):
+                    raise self._js_error(str(exc), f"on batch {_origin(batch)}") from exc
+                # Terminated by the heap limit: never reuse this isolate.
+                self._discard()
+                if attempt == 2:
+                    raise self._memory_error(f"on batch {_origin(batch)}") from exc
+                continue
+            if self.mem_mb and mr.was_hard_memory_limit_reached():
+                # Finished, but the heap crossed the limit on the way (and a termination
+                # may still be pending): confirm with a clean isolate.
+                self._discard()
+                if attempt == 2:
+                    raise self._memory_error(f"on batch {_origin(batch)}")
+                continue
+            if not isinstance(result, str):  # pragma: no cover - the harness returns strings
+                raise ProcessorError(f"{self._where}: internal: harness returned {type(result)}")
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def process(self, batch: Batch) -> Batch:
+        """Run ``processBatch`` once on the whole batch and rebuild events and keys."""
+        inputs = batch.events
+        if not inputs:
+            return batch
+        result = self._call(_encode(inputs).decode(), batch)
+        if result.startswith("!"):
+            raise ProcessorError(
+                f"{self._where}: processBatch returned {result[1:]} on batch {_origin(batch)}",
+                "return an array of event objects, a single event object, or null to drop "
+                "every event",
+            )
+        try:
+            outs = _decode_out(result)
+        except msgspec.ValidationError as exc:
+            raise ProcessorError(
+                f"{self._where}: processBatch returned an invalid event on batch "
+                f"{_origin(batch)}: {exc}",
+                "before/after must be objects or null, tags an array of strings or null, "
+                "event_id a string",
+            ) from exc
+        return self._rebuild(batch, outs)
+
+    def _rebuild(self, batch: Batch, outs: list[_Out]) -> Batch:
+        inputs = batch.events
+        in_keys = batch.keys
+        # pop() below makes a second copy of an input's id count as a created event,
+        # so event ids stay unique in the output.
+        index = {e.event_id: i for i, e in enumerate(inputs)}
+        events: list[Event] = []
+        keys: list[OrderKey] = []
+        parent: Event = inputs[0]
+        parent_key: OrderKey = in_keys[0]
+        created: dict[str, int] = {}
+        for n, o in enumerate(outs):
+            i = index.pop(o.event_id, None) if o.event_id is not None else None
+            if i is not None:
+                e = inputs[i]
+                parent = e
+                parent_key = in_keys[i]
+                events.append(
+                    Event(
+                        e.event_id,
+                        e.tenant_id,
+                        e.table,
+                        e.op,
+                        o.before,
+                        o.after,
+                        e.ts_ms,
+                        e.source,
+                        e.transaction,
+                        o.tags,
+                        e.synthetic,
+                    )
+                )
+                keys.append(parent_key)
+                continue
+            seq = created.get(parent.event_id, 0)
+            created[parent.event_id] = seq + 1
+            events.append(self._created(o, n, parent, seq, batch))
+            keys.append(parent_key)
+        return Batch(seq=batch.seq, events=events, keys=keys, end=batch.end, origin=batch.origin)
+
+    def _created(self, o: _Out, n: int, parent: Event, seq: int, batch: Batch) -> Event:
+        """Build an event the processor added; validate what it cannot inherit."""
+
+        def bad(field: str, detail: str) -> ProcessorError:
+            return ProcessorError(
+                f"{self._where}: processBatch returned a new event (element {n}, no input "
+                f"event_id) whose {field} {detail}, on batch {_origin(batch)}",
+                'a created event needs table "db.table" and op one of c|u|d|r; to modify '
+                "an existing event keep its event_id",
+            )
+
+        def field(raw: msgspec.Raw, name: str, typ: Any) -> Any:
+            try:
+                return msgspec.json.decode(raw, type=typ)
+            except msgspec.ValidationError as exc:
+                raise bad(name, f"is invalid ({exc})") from exc
+
+        if _absent(o.table):
+            raise bad("table", "is missing")
+        table = field(o.table, "table", str)
+        db, _, tbl = table.partition(".")
+        if not db or not tbl:
+            raise bad("table", f'is {table!r}, not "db.table"')
+        if _absent(o.op):
+            raise bad("op", "is missing")
+        op = field(o.op, "op", str)
+        if op not in OPS:
+            raise bad("op", f"is {op!r}, not one of c|u|d|r")
+        tenant = parent.tenant_id if _absent(o.tenant_id) else field(o.tenant_id, "tenant_id", str)
+        ts_ms = parent.ts_ms if _absent(o.ts_ms) else field(o.ts_ms, "ts_ms", int)
+        source = parent.source if _absent(o.source) else field(o.source, "source", Source)
+        tx = (
+            parent.transaction
+            if _absent(o.transaction)
+            else field(o.transaction, "transaction", Transaction)
+        )
+        return Event(
+            event_id=derive_synthetic_id(parent.event_id, self.id, seq),
+            tenant_id=tenant,
+            table=table,
+            op=op,
+            before=o.before,
+            after=o.after,
+            ts_ms=ts_ms,
+            source=source,
+            transaction=tx,
+            tags=o.tags,
+            synthetic=self.id,
+        )
+
+    # -- error messages ------------------------------------------------------
+
+    def _user_line(self, line: int) -> str:
+        """`line 12 of <origin> (`the code`)`: the line as the user wrote it."""
+        text = self._lines[line - 1].strip() if 0 < line <= len(self._lines) else ""
+        if len(text) > 80:
+            text = text[:77] + "..."
+        return f"line {line} of {self.origin}" + (f" reads `{text}`" if text else "")
+
+    def _syntax_error(self, text: str) -> ProcessorError:
+        m = _HEADER.match(text)
+        if m is None:
+            return ProcessorError(
+                f"{self._where}: {_first_line(text)} in {self.origin}",
+                f"fix the JavaScript syntax in {self.origin}",
+            )
+        # "Unexpected end of input" is reported on the sourceURL line we appended:
+        # point at the user's last line instead.
+        line = max(1, min(int(m["line"]), len(self._lines)))
+        kind, _, message = m["message"].partition(": ")
+        if not message:
+            kind, message = "SyntaxError", m["message"]
+        return ProcessorError(
+            f"{self._where}: {kind} at line {line}: {message}; {self._user_line(line)}",
+            f"correct the JavaScript at line {line} of {self.origin}",
+        )
+
+    def _js_error(self, text: str, context: str) -> ProcessorError:
+        """A JS exception: the error, the user's line, and where (batch origin)."""
+        m = _HEADER.match(text)
+        message = m["message"] if m else _first_line(text)
+        line: int | None = None
+        if m and m["script"] == USER_URL:
+            line = int(m["line"])  # thrown directly by the user's code
+        else:
+            frame = _USER_FRAME.search(text)  # thrown by a builtin the user called
+            if frame:
+                line = int(frame.group(1))
+        at = f" at line {line} of {self.origin}" if line else f" in {self.origin}"
+        return ProcessorError(
+            f"{self._where}: {message}{at} {context}",
+            f"correct the JavaScript{f' at line {line}' if line else ''} in {self.origin} "
+            "(or guard against the input that triggers it); the pipeline resumes from "
+            "its checkpoint after a restart",
+        )
+
+    def _memory_error(self, context: str) -> ProcessorLimitError:
+        return ProcessorLimitError(
+            f"{self._where}: the V8 heap exceeded limits.mem_mb={self.mem_mb} {context}",
+            "keep less state in processBatch, lower batch.max_events/batch.max_bytes, or "
+            f"raise spec.processors[{self.index}].limits.mem_mb",
+        )
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0] or "unknown JavaScript error"
+
+
+def _origin(batch: Batch) -> str:
+    if batch.origin:
+        return batch.origin
+    return f"#{batch.seq} ending at {batch.end}"
+
+
+class ProcessorChain:
+    """The configured processors, applied in order; processor i+1 gets i's output."""
+
+    def __init__(self, specs: list[Any], pipeline_name: str) -> None:
+        self.pipeline_name = pipeline_name
+        self.processors: list[JsProcessor] = []
+        try:
+            for i, spec in enumerate(specs):
+                kind = getattr(spec, "type", "javascript")
+                if kind != "javascript":
+                    raise ConfigError(
+                        f"spec.processors[{i}].type",
+                        f"unsupported processor type {kind!r}",
+                        "use type: javascript",
+                    )
+                self.processors.append(JsProcessor(spec, i))
+        except BaseException:
+            self.close()
+            raise
+
+    def process(self, batch: Batch) -> Batch:
+        for processor in self.processors:
+            batch = processor.process(batch)
+        return batch
+
+    def close(self) -> None:
+        for processor in self.processors:
+            processor.close()
+
+    def __enter__(self) -> ProcessorChain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

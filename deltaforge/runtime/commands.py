@@ -1,0 +1,53 @@
+"""``deltaforge run`` and ``deltaforge check``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from deltaforge.cli import friendly_errors
+
+
+def _load(config: str):  # type: ignore[no-untyped-def]
+    from deltaforge.config import load_config
+
+    return load_config(config)
+
+
+@click.command("check")
+@click.argument("config", type=click.Path(dir_okay=False))
+@friendly_errors
+def check_command(config: str) -> None:
+    """Validate CONFIG and run the preflight against MySQL and Redis."""
+    from deltaforge.preflight import run_preflight
+
+    cfg = _load(config)
+    click.echo(f"ok   config: {config} is valid (pipeline {cfg.metadata.name})")
+    if not run_preflight(cfg, echo=click.echo):
+        sys.exit(3)
+
+
+@click.command("run")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Processor worker processes; 0 runs every stage in this process.")
+@click.option("--skip-preflight", is_flag=True, help="Start without checking the servers first.")
+@friendly_errors
+def run_command(config: str, workers: int, skip_preflight: bool) -> None:
+    """Run the pipeline in CONFIG until SIGINT/SIGTERM."""
+    from deltaforge.errors import ConfigError
+    from deltaforge.preflight import run_preflight
+    from deltaforge.runtime.pipeline import Supervisor
+
+    cfg = _load(config)
+    if workers != 0:
+        raise ConfigError("--workers", f"{workers} worker processes are not available in this version",
+                          "use --workers 0 (in-process topology)")
+    if not skip_preflight and not run_preflight(cfg, echo=lambda line: click.echo(line, err=True)):
+        click.echo("error: preflight failed; fix the lines marked FAIL above (deltaforge check shows them again)",
+                   err=True)
+        sys.exit(3)
+    supervisor = Supervisor(cfg)
+    supervisor.install_signal_handlers()
+    sys.exit(supervisor.run())

@@ -1,0 +1,159 @@
+"""In-process topology: reader -> processors -> sinks in one process (DESIGN.md §2, ``--workers 0``).
+
+The stages exchange :class:`~deltaforge.model.Batch` objects only, so the
+multi-process topology rewires the same stage code over shared-memory rings.
+
+Lifecycle contract (owned by :class:`Supervisor`):
+
+* The resume position is read from the sinks (minimum over the required ones);
+  without a checkpoint ``spec.source.config.start`` applies.
+* SIGINT/SIGTERM set ``stop``: the reader stops at the next transaction boundary,
+  the batches already read are processed and committed, exit 0. A second signal
+  exits at once: commits are atomic, so nothing partial can land.
+* A retriable error (server went away, Redis LOADING, ...) restarts the pipeline
+  from the checkpoint with exponential backoff; after ``max_restarts`` failures in
+  a row without progress, or on any other error, the run ends non-zero with the
+  error's one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from deltaforge.errors import DeltaForgeError, FencedError
+from deltaforge.model import Batch, Position
+
+log = logging.getLogger("deltaforge.pipeline")
+
+
+class Stats:
+    """Counters for progress lines (and the bench)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.events_in = 0
+        self.events_out = 0
+        self.position: Position | None = None
+        self.first_commit: float | None = None
+        self.last_commit: float | None = None
+        self.lag_ms = 0
+
+    def record(self, batch_in: Batch, batch_out: Batch) -> None:
+        now = time.time()
+        if self.first_commit is None:
+            self.first_commit = now
+        self.last_commit = now
+        self.batches += 1
+        self.events_in += len(batch_in.events)
+        self.events_out += len(batch_out.events)
+        self.position = batch_in.end
+        if batch_in.events:
+            self.lag_ms = max(0, int(now * 1000) - batch_in.events[-1].ts_ms)
+
+
+class Pipeline:
+    """One run of the stages, from the checkpoint until stop or an error."""
+
+    def __init__(self, cfg: Any, stop: threading.Event, stats: Stats | None = None) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.stats = stats or Stats()
+
+    def run(self) -> None:
+        from deltaforge.process.js import ProcessorChain
+        from deltaforge.sink.redis_stream import RedisStreamSink
+        from deltaforge.sink.sinkset import SinkSet
+        from deltaforge.source.binlog import open_source
+
+        cfg = self.cfg
+        name = cfg.metadata.name
+        sinks = SinkSet(
+            [RedisStreamSink(s.config, name, cfg.metadata.tenant, f"spec.sinks[{i}]")
+             for i, s in enumerate(cfg.spec.sinks)],
+            cfg.spec.commit_policy,
+        )
+        chain = None
+        source = None
+        try:
+            resume = sinks.open()
+            chain = ProcessorChain(list(cfg.spec.processors), name) if cfg.spec.processors else None
+            source = open_source(cfg, self.stop, resume)
+            log.info("pipeline %s: reading from %s%s", name, source.start_position,
+                     " (checkpoint)" if resume else f" (start: {cfg.spec.source.config.start})")
+            last_report = time.monotonic()
+            reported_events = 0
+            for batch in source.batches():
+                out = chain.process(batch) if chain is not None else batch
+                sinks.write(out)
+                self.stats.record(batch, out)
+                now = time.monotonic()
+                if now - last_report >= 10.0:
+                    rate = (self.stats.events_in - reported_events) / (now - last_report)
+                    log.info("committed %d events (%.0f/s), position %s, lag %d ms",
+                             self.stats.events_in, rate, self.stats.position, self.stats.lag_ms)
+                    last_report, reported_events = now, self.stats.events_in
+        finally:
+            if source is not None:
+                source.close()
+            if chain is not None:
+                chain.close()
+            sinks.close()
+
+
+class Supervisor:
+    """Owns the pipeline's lifecycle: signals, restarts with backoff, exit status."""
+
+    def __init__(self, cfg: Any, *, max_restarts: int = 8, backoff_max_s: float = 30.0) -> None:
+        self.cfg = cfg
+        self.stop = threading.Event()
+        self.stats = Stats()
+        self.max_restarts = max_restarts
+        self.backoff_max_s = backoff_max_s
+        self._signals = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Handlers only set flags; the second signal is the operator insisting.
+        self._signals += 1
+        if self._signals > 1:
+            os.write(2, b"second signal: exiting now without committing anything partial\n")
+            os._exit(130)
+        self.stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code. Raises the fatal DeltaForgeError."""
+        failures = 0
+        while not self.stop.is_set():
+            before = self.stats.events_in, self.stats.batches
+            try:
+                Pipeline(self.cfg, self.stop, self.stats).run()
+                if self.stop.is_set():
+                    break
+            except FencedError:
+                raise
+            except DeltaForgeError as e:
+                if not e.retriable:
+                    raise
+                if (self.stats.events_in, self.stats.batches) != before:
+                    failures = 0
+                failures += 1
+                if failures > self.max_restarts:
+                    raise
+                delay = min(self.backoff_max_s, 0.5 * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
+                log.warning("%s; restarting from the checkpoint in %.1fs (attempt %d of %d)",
+                            e, delay, failures, self.max_restarts)
+                if self.stop.wait(delay):
+                    break
+        log.info("stopped: %d events committed in %d batches, position %s",
+                 self.stats.events_in, self.stats.batches, self.stats.position)
+        return 0

@@ -1,0 +1,250 @@
+"""A minimal Redis connection on a raw socket, for whole pre-encoded pipelines.
+
+Why not redis-py: the writer sends one buffer of RESP per batch (built by
+``_core/resp.pyx`` in one call) and reads exactly ``n`` replies back; redis-py's
+pipeline re-packs every command and costs about 3x (PERF.md). This class does
+only what the sink needs: connect (TLS for ``rediss://``), AUTH, SELECT,
+CLIENT SETNAME, ``send(bytes)`` and ``read_replies(n)``.
+
+Reply contract (hiredis.Reader): replies that are Redis errors come back as
+``hiredis.ReplyError`` *values* in the list (a pipeline can mix successes and
+errors and the caller must see all of them); a protocol error (desynchronised
+stream) raises :class:`SinkUnavailable` and closes the socket, because nothing
+after it can be trusted.
+
+Error policy (:func:`classify`): everything that a retry can cure (connection
+refused/reset, timeouts, LOADING, READONLY, OOM, MASTERDOWN, TRYAGAIN, BUSY, ...)
+is :class:`SinkUnavailable`; authentication and ACL failures (NOAUTH, WRONGPASS,
+NOPERM) are :class:`SinkError` with the fix. Messages show ``uri.redacted()``:
+the password never appears in an error or a log line.
+
+URI query parameters understood: ``connect_timeout`` and ``socket_timeout``
+(seconds, defaults 5 and 30), ``ssl_cert_reqs=none`` (skip certificate
+verification), ``ssl_ca_certs=<file>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from typing import Any
+
+import hiredis
+
+from deltaforge.dsn import RedisURI
+from deltaforge.errors import ConfigError, SinkError, SinkUnavailable
+
+#: first word of a Redis error reply -> a retry can cure it
+RETRIABLE_PREFIXES = frozenset(
+    ("LOADING", "READONLY", "OOM", "MASTERDOWN", "TRYAGAIN", "BUSY", "CLUSTERDOWN",
+     "NOREPLICAS", "MISCONF", "UNBLOCKED")
+)
+_AUTH_PREFIXES = frozenset(("NOAUTH", "WRONGPASS", "NOPERM"))
+
+ACL_HINT = (
+    "the Redis user needs the commands +xadd +set +get +type +watch +multi +exec +select +auth "
+    "+client|setname on the stream and checkpoint keys (ACL SETUSER <user> ... ~<keys>)"
+)
+
+_RETRY_HINTS = {
+    "LOADING": "Redis is loading its dataset; DeltaForge retries until it is ready",
+    "READONLY": "the URI points at a replica; point it at the primary (DeltaForge retries meanwhile)",
+    "OOM": "Redis reached maxmemory; raise maxmemory, trim the streams (max_len) or let consumers catch up",
+    "MASTERDOWN": "the replica lost its primary; fix replication or point the URI at the primary",
+    "MISCONF": "Redis cannot persist (see its log: stop-writes-on-bgsave-error); fix the disk or the setting",
+    "BUSY": "a Lua script or function is running too long on Redis; SCRIPT KILL it or wait",
+}
+
+
+def reply_text(err: object) -> str:
+    text = str(err)
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def classify(err: object, what: str) -> SinkError:
+    """Turn an error reply into the exception the sink raises.
+
+    ``what`` says where it happened ("XADD to stream 'cdc:app.users'", "AUTH to
+    redis://...:***@host:6379/0"): it is the start of the message.
+    """
+    text = reply_text(err)
+    prefix = text.split(" ", 1)[0].upper()
+    if prefix in RETRIABLE_PREFIXES:
+        return SinkUnavailable(f"{what} failed: {text}", _RETRY_HINTS.get(prefix, "DeltaForge retries with backoff"))
+    if prefix == "NOAUTH":
+        return SinkError(f"{what} failed: Redis requires a password ({text})",
+                         "put the password in the sink URI: redis://[user]:password@host:6379/0")
+    if prefix == "WRONGPASS" or text.startswith("ERR invalid password") or text.startswith("ERR invalid username"):
+        return SinkError(f"{what} failed: the username or password was rejected ({text})",
+                         "check the user and password in the sink URI (and that the ACL user is enabled)")
+    if text.startswith("ERR AUTH") or "without any password configured" in text:
+        return SinkError(f"{what} failed: the URI has a password but Redis has none configured ({text})",
+                         "remove the password from the sink URI, or set requirepass / an ACL user on Redis")
+    if prefix == "NOPERM":
+        return SinkError(f"{what} failed: permission denied ({text})", ACL_HINT)
+    if prefix == "WRONGTYPE":
+        return SinkError(f"{what} failed: {text}",
+                         "the key exists with another type; delete it or point the sink at another key")
+    return SinkError(f"{what} failed: {text}")
+
+
+def _float_param(uri: RedisURI, name: str, default: float) -> float:
+    raw = uri.params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError("", f"{name}={raw!r} in {uri.redacted()} is not a number of seconds",
+                          f"write ?{name}=5 in the sink URI") from None
+    return value
+
+
+class RedisConnection:
+    """One socket to one Redis server. Not thread-safe; one per sink."""
+
+    def __init__(self, uri: RedisURI, *, client_name: str | None = None) -> None:
+        self.uri = uri
+        self.client_name = client_name
+        self.connect_timeout = _float_param(uri, "connect_timeout", 5.0)
+        self.socket_timeout = _float_param(uri, "socket_timeout", 30.0)
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+
+    @property
+    def where(self) -> str:
+        return self.uri.redacted()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def connect(self) -> None:
+        """Open the socket and run the handshake (AUTH, SELECT, CLIENT SETNAME) in one round trip."""
+        self.close()
+        uri = self.uri
+        try:
+            sock = socket.create_connection((uri.host, uri.port), timeout=self.connect_timeout)
+        except (TimeoutError, OSError) as e:
+            raise SinkUnavailable(
+                f"cannot connect to Redis at {self.where}: {e.strerror or e}",
+                "check that Redis is running and reachable at that host:port (DeltaForge retries)",
+            ) from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if uri.tls:
+                sock = self._wrap_tls(sock)
+            sock.settimeout(self.socket_timeout)
+        except ssl.SSLError as e:
+            sock.close()
+            raise SinkError(f"TLS handshake with {self.where} failed: {e}",
+                            "check the server certificate, or add ?ssl_ca_certs=<file> "
+                            "(?ssl_cert_reqs=none to skip verification)") from None
+        except OSError as e:
+            sock.close()
+            raise SinkUnavailable(f"cannot connect to Redis at {self.where}: {e}") from None
+        self._sock = sock
+        self._reader = hiredis.Reader()
+        commands: list[tuple[str, str]] = []
+        hello: list[list[bytes | str | int]] = []
+        if uri.password is not None:
+            auth: list[bytes | str | int] = ["AUTH", uri.username, uri.password] if uri.username else ["AUTH", uri.password]
+            hello.append(auth)
+            commands.append(("AUTH", f"AUTH to {self.where}"))
+        if uri.db:
+            hello.append(["SELECT", uri.db])
+            commands.append(("SELECT", f"SELECT {uri.db} on {self.where}"))
+        if self.client_name:
+            hello.append(["CLIENT", "SETNAME", self.client_name])
+            commands.append(("SETNAME", f"CLIENT SETNAME on {self.where}"))
+        if not hello:
+            return
+        from deltaforge._accel import resp
+
+        try:
+            self.send(resp.encode_commands(hello))
+            replies = self.read_replies(len(hello))
+        except SinkError:
+            self.close()
+            raise
+        for (cmd, what), reply in zip(commands, replies, strict=True):
+            if isinstance(reply, hiredis.ReplyError):
+                if cmd == "SETNAME" and reply_text(reply).upper().startswith("NOPERM"):
+                    continue  # the name is a convenience for operators; an ACL may forbid it
+                self.close()
+                raise classify(reply, what)
+
+    def _wrap_tls(self, sock: socket.socket) -> socket.socket:
+        params = self.uri.params
+        ctx = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
+        if params.get("ssl_cert_reqs", "").lower() == "none":
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx.wrap_socket(sock, server_hostname=self.uri.host)
+
+    def send(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise SinkUnavailable(f"not connected to Redis at {self.where}")
+        try:
+            sock.sendall(data)
+        except (TimeoutError, OSError) as e:
+            self.close()
+            raise SinkUnavailable(f"lost the connection to Redis at {self.where} while sending: {e}",
+                                  "DeltaForge reconnects and retries") from None
+
+    def read_replies(self, n: int) -> list[Any]:
+        """Read exactly ``n`` replies; error replies are ``hiredis.ReplyError`` values in the list."""
+        sock = self._sock
+        reader = self._reader
+        if sock is None:
+            raise SinkUnavailable(f"not connected to Redis at {self.where}")
+        out: list[Any] = []
+        gets = reader.gets
+        append = out.append
+        try:
+            while len(out) < n:
+                reply = gets()
+                if reply is False:
+                    data = sock.recv(1 << 18)
+                    if not data:
+                        self.close()
+                        raise SinkUnavailable(f"Redis at {self.where} closed the connection",
+                                              "DeltaForge reconnects and retries")
+                    reader.feed(data)
+                    continue
+                append(reply)
+        except SinkUnavailable:  # a ConnectionError, hence an OSError: do not wrap it twice
+            raise
+        except TimeoutError:
+            self.close()
+            raise SinkUnavailable(
+                f"no reply from Redis at {self.where} within {self.socket_timeout:g}s",
+                "check the server's load, or raise ?socket_timeout= in the sink URI",
+            ) from None
+        except hiredis.ProtocolError as e:
+            self.close()
+            raise SinkUnavailable(f"protocol error from {self.where}: {e}", "DeltaForge reconnects") from None
+        except OSError as e:
+            self.close()
+            raise SinkUnavailable(f"lost the connection to Redis at {self.where}: {e}",
+                                  "DeltaForge reconnects and retries") from None
+        return out
+
+    def call(self, *args: bytes | str | int, what: str | None = None) -> Any:
+        """One command, one reply; an error reply raises (classified)."""
+        from deltaforge._accel import resp
+
+        self.send(resp.encode_commands([args]))
+        reply = self.read_replies(1)[0]
+        if isinstance(reply, hiredis.ReplyError):
+            raise classify(reply, what or f"{args[0]!s} on {self.where}")
+        return reply
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        self._reader = None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()

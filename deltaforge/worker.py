@@ -1,0 +1,647 @@
+"""``deltaforge worker``: the cache-invalidation consumer (DESIGN.md §7).
+
+The Python counterpart of the seed's Node worker (``seed/cache-invalidation.md``), built for
+production. It reads the stream the engine writes, deletes the cache keys the JavaScript processor
+computed, and acknowledges the entries.
+
+Wire format (DESIGN.md §4): ``XADD <stream> * df-event <payload> event_id <id> idempotency_key <k>``.
+The payload is read from the field ``df-event`` (else the first field, as the seed reads
+``fields[1]``) and may be any of the three envelopes, detected by shape:
+
+- ``native``: the event object; keys in ``(after or before)._cache_keys``;
+- ``debezium``: ``{"schema": null, "payload": <native>}``;
+- ``cloudevents``: ``{"specversion": "1.0", "data": {before, after, op, ...}, "subject": ...}``.
+
+Contract:
+
+- The consumer group is created if missing (``XGROUP CREATE <stream> <group> 0 MKSTREAM``), also
+  after a Redis restart without persistence lost it (``NOGROUP``).
+- One batch = one XREADGROUP of up to ``count`` entries. All keys of the batch are UNLINKed in one
+  pipelined round trip (keys containing ``*`` go through SCAN MATCH + UNLINK, as the seed does);
+  only then are the entries XACKed, in a second round trip. A crash between the two re-delivers
+  the batch (at-least-once); deleting a key twice is harmless.
+- Entries this consumer read but did not ack (a Redis connection lost mid-batch, or a restart
+  with the same ``--consumer``) are re-read first (``XREADGROUP ... 0``). Entries left pending by
+  dead consumers are taken over with XAUTOCLAIM once idle longer than ``claim_idle_ms``
+  (0 disables this: with 0, live consumers' entries would be stolen).
+- Poison entries (payload that is not a DeltaForge event) are logged with their id and acked:
+  they can never block the group. An entry without ``_cache_keys`` (or with none) is acked
+  silently, like the seed, which logs nothing for it.
+- ``double_delete_ms > 0``: every batch's keys are deleted a second time that many ms later, to
+  close the read-fill race (a reader that missed the cache, read the old row before the commit and
+  fills the cache after the first delete). The second delete is scheduled, never slept for per
+  event; XREADGROUP's BLOCK is shortened so it runs on time. It is best effort: the entries are
+  acked after the first delete, so a crash before the second one loses only the second delete.
+- Output: one line per event on stdout in the seed's words, ``Invalidated 5 keys for app.users``,
+  written per batch after the ack. Everything else (stats, poison, reconnects) goes to logging
+  (stderr).
+- Metrics: events, keys, poison, reclaimed; lag from commit (payload ``ts_ms``) to delete, p50/p99
+  over the recent window. Note that MySQL binlog timestamps have one-second resolution, so the lag
+  reads up to 1 s high. A summary is logged every ``stats_interval_s``; ``--metrics-port`` serves
+  them in Prometheus text format on 127.0.0.1.
+
+Hazards:
+
+- Shutdown (``request_stop`` from a signal handler, or the ``stop`` event) is noticed between
+  batches: the worker finishes and acks the batch in hand, then exits 0. A blocked XREADGROUP is
+  not interrupted (that could leave delivered entries pending), so shutdown takes up to
+  ``block_ms`` (plus ``double_delete_ms`` for the last second deletes). A second signal exits at
+  once (128 + signal number) leaving the batch pending, to be re-read or reclaimed.
+- Keys matched by a pattern are never the stream itself (``*`` would otherwise delete it).
+- Connection loss (or LOADING, timeouts) is retried with capped exponential backoff, forever; only
+  errors the operator must fix (auth, ACL, a stream key of the wrong type) end the worker, as a
+  one-line :class:`~deltaforge.errors.SinkError`.
+- SCAN over a pattern walks the whole keyspace; patterns are de-duplicated per batch but stay
+  expensive on large databases. Prefer exact keys in the processor.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TextIO, TypeVar
+
+import click
+import msgspec
+import redis
+
+from deltaforge.dsn import parse_redis_uri, redact
+from deltaforge.errors import ConfigError, DeltaForgeError, SinkError
+
+logger = logging.getLogger("deltaforge.worker")
+
+#: keys per UNLINK command inside the pipeline (keeps single commands small)
+_UNLINK_CHUNK = 512
+#: SCAN COUNT hint for pattern keys
+_SCAN_COUNT = 1000
+#: lag samples kept for the percentiles
+_LAG_WINDOW = 8192
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 5.0
+
+
+# --- payload shapes --------------------------------------------------------------------------
+# Only the fields the worker needs are declared: msgspec skips the rest (row columns, source,
+# transaction, tags) without allocating them.
+
+
+class _Image(msgspec.Struct):
+    cache_keys: list[str | int] | None = msgspec.field(default=None, name="_cache_keys")
+
+
+class _Source(msgspec.Struct):
+    db: str | None = None
+    table: str | None = None
+    ts_ms: int | float | None = None
+
+
+class _Body(msgspec.Struct):
+    """A native event, a Debezium ``payload`` or a CloudEvents ``data``."""
+
+    table: str | None = None
+    before: _Image | None = None
+    after: _Image | None = None
+    ts_ms: int | float | None = None
+    source: _Source | None = None
+
+
+class _Wire(msgspec.Struct):
+    """The top level of any of the three envelopes."""
+
+    table: str | None = None
+    before: _Image | None = None
+    after: _Image | None = None
+    ts_ms: int | float | None = None
+    source: _Source | str | None = None  # CloudEvents' `source` is a URI string
+    payload: _Body | None = None  # debezium
+    data: _Body | None = None  # cloudevents
+    subject: str | None = None  # cloudevents
+    time: str | None = None  # cloudevents
+
+
+_decoder = msgspec.json.Decoder(_Wire)
+
+
+class ParsedEvent(msgspec.Struct):
+    """What the worker takes from one stream entry."""
+
+    table: str
+    keys: list[str]
+    ts_ms: float | None
+
+
+def parse_payload(raw: bytes | str) -> ParsedEvent:
+    """Decode one payload in any envelope. Raises ``msgspec.DecodeError``/``ValidationError``."""
+    wire = _decoder.decode(raw)
+    body: _Wire | _Body
+    if wire.payload is not None:
+        body = wire.payload
+    elif wire.data is not None:
+        body = wire.data
+    else:
+        body = wire
+    record = body.after if body.after is not None else body.before
+    keys = record.cache_keys if record is not None and record.cache_keys else []
+    if keys and not all(type(k) is str for k in keys):
+        keys = [k if isinstance(k, str) else str(k) for k in keys]
+    src = body.source if isinstance(body.source, _Source) else None
+    table = body.table
+    if table is None and src is not None and src.db and src.table:
+        table = f"{src.db}.{src.table}"
+    if table is None and body is wire.data:
+        table = wire.subject
+    ts: float | None = body.ts_ms
+    if ts is None and src is not None:
+        ts = src.ts_ms
+    if ts is None and wire.time:
+        try:
+            ts = datetime.fromisoformat(wire.time.replace("Z", "+00:00")).timestamp() * 1000.0
+        except ValueError:
+            ts = None
+    return ParsedEvent(table=table or "unknown", keys=keys, ts_ms=ts)  # type: ignore[arg-type]  # str|int narrowed above
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+class WorkerMetrics:
+    """Counters and a lag window. Updated once per batch; read by the stats log and /metrics."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.keys = 0
+        self.poison = 0
+        self.reclaimed = 0
+        self.second_deletes = 0
+        self.reconnects = 0
+        self._lags: collections.deque[float] = collections.deque(maxlen=_LAG_WINDOW)
+        self._lock = threading.Lock()
+        self._last_events = 0
+        self._last_keys = 0
+
+    def record(self, events: int, keys: int, lags_ms: Iterable[float]) -> None:
+        with self._lock:
+            self.events += events
+            self.keys += keys
+            self._lags.extend(lags_ms)
+
+    def lag_percentiles(self) -> tuple[float | None, float | None]:
+        with self._lock:
+            lags = sorted(self._lags)
+        if not lags:
+            return None, None
+        last = len(lags) - 1
+        return lags[round(0.50 * last)], lags[round(0.99 * last)]
+
+    def summary(self) -> str:
+        """One log line; counts are since the previous summary."""
+        p50, p99 = self.lag_percentiles()
+        events, keys = self.events - self._last_events, self.keys - self._last_keys
+        self._last_events, self._last_keys = self.events, self.keys
+        lag = f"lag p50 {p50:.0f} ms p99 {p99:.0f} ms" if p50 is not None else "lag n/a"
+        return (f"worker stats: {events} events, {keys} keys since last report "
+                f"({self.events} events, {self.poison} poison, {self.reclaimed} reclaimed in total); {lag}")
+
+    def prometheus(self) -> str:
+        p50, p99 = self.lag_percentiles()
+        lines = []
+        for name, kind, value, text in (
+            ("events", "counter", self.events, "Stream entries handled (acked)"),
+            ("keys", "counter", self.keys, "Cache keys (and patterns) deleted"),
+            ("poison", "counter", self.poison, "Unparseable entries acked and skipped"),
+            ("reclaimed", "counter", self.reclaimed, "Entries taken over from dead consumers"),
+            ("second_deletes", "counter", self.second_deletes, "Delayed second deletes run"),
+            ("reconnects", "counter", self.reconnects, "Redis errors retried with backoff"),
+        ):
+            metric = f"deltaforge_worker_{name}_total"
+            lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}", f"{metric} {value}"]
+        lines += ["# HELP deltaforge_worker_lag_ms Commit-to-delete lag over the recent window",
+                  "# TYPE deltaforge_worker_lag_ms summary"]
+        for q, v in (("0.5", p50), ("0.99", p99)):
+            lines.append(f'deltaforge_worker_lag_ms{{quantile="{q}"}} {"NaN" if v is None else f"{v:.1f}"}')
+        return "\n".join(lines) + "\n"
+
+
+def serve_metrics(metrics: WorkerMetrics, port: int) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` on 127.0.0.1:``port`` (0 = any free port) from a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                self.send_error(404)
+                return
+            body = metrics.prometheus().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+            pass
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    except OSError as e:
+        raise ConfigError("--metrics-port", f"cannot listen on 127.0.0.1:{port}: {e.strerror}",
+                          "pick a free port or leave --metrics-port out") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    return server
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """Internal: a transient Redis failure; the loop backs off and tries again."""
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class InvalidationWorker:
+    """Consumes invalidation events from one stream with a consumer group. See the module doc."""
+
+    def __init__(
+        self,
+        redis_uri: str,
+        stream: str = "cache:invalidations",
+        group: str = "cache-workers",
+        consumer: str | None = None,
+        count: int = 100,
+        block_ms: int = 5000,
+        double_delete_ms: int = 0,
+        claim_idle_ms: int = 60000,
+        *,
+        stats_interval_s: float = 60.0,
+        out: TextIO | None = None,
+    ) -> None:
+        parse_redis_uri(redis_uri, "--redis-uri (REDIS_URI)")  # one-line ConfigError if malformed
+        for name, value, low in (("--count", count, 1), ("--block-ms", block_ms, 1),
+                                 ("--double-delete-ms", double_delete_ms, 0),
+                                 ("--claim-idle-ms", claim_idle_ms, 0)):
+            if value < low:
+                # BLOCK 0 would mean "forever": the worker could never notice a stop request
+                raise ConfigError(name, f"must be >= {low}, found {value}", f"pass {name} {max(low, 1)} or more")
+        self.uri_redacted = redact(redis_uri)
+        self.stream = stream
+        self._stream_key = stream.encode()
+        self.group = group
+        self.consumer = consumer or f"worker-{socket.gethostname()}-{os.getpid()}"
+        self.count = count
+        self.block_ms = block_ms
+        self.double_delete_ms = double_delete_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.stats_interval_s = stats_interval_s
+        self._out = out
+        self.metrics = WorkerMetrics()
+        # The read timeout must outlast BLOCK, or every idle XREADGROUP would look like a dead socket.
+        self._redis = redis.Redis.from_url(
+            redis_uri, socket_connect_timeout=5.0, socket_timeout=block_ms / 1000.0 + 10.0,
+            socket_keepalive=True, decode_responses=False,
+        )
+        self._group_ready = False
+        self._recover_own = True  # re-read our own unacked entries first (restart with same name)
+        self._claim_cursor = "0-0"
+        # Reclaim at start (dead workers' leftovers), then every half idle period.
+        self._claim_every_s = min(max(claim_idle_ms / 2000.0, 0.1), 30.0)
+        self._next_claim = time.monotonic()
+        # (due monotonic time, plain keys, patterns): appended in due order since the delay is fixed
+        self._second: collections.deque[tuple[float, list[str], list[str]]] = collections.deque()
+        self._stop_requested = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Async-signal-safe: only sets a flag, checked between batches."""
+        self._stop_requested = True
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def run(self, stop: threading.Event) -> None:
+        """Process batches until ``stop`` is set or :meth:`request_stop` is called.
+
+        Transient Redis failures are retried with backoff; operator errors raise ``SinkError``.
+        On stop, the batch in hand is finished and acked and due second deletes are run.
+        """
+        def stopping() -> bool:
+            return self._stop_requested or stop.is_set()
+
+        delay = _BACKOFF_FIRST_S
+        next_stats = time.monotonic() + self.stats_interval_s
+        logger.info("Starting cache invalidation worker: %s (stream %s, group %s, %s)",
+                    self.consumer, self.stream, self.group, self.uri_redacted)
+        try:
+            while not stopping():
+                try:
+                    self.process_once()
+                    delay = _BACKOFF_FIRST_S
+                except _Retry as e:
+                    self.metrics.reconnects += 1
+                    logger.warning("Redis at %s unavailable (%s); retrying in %.1fs",
+                                   self.uri_redacted, e, delay)
+                    self._sleep(delay, stopping)
+                    delay = min(delay * 2, _BACKOFF_MAX_S)
+                now = time.monotonic()
+                if now >= next_stats:
+                    logger.info("%s", self.metrics.summary())
+                    next_stats = now + self.stats_interval_s
+            self._drain_second_deletes(stopping_is_final=True)
+        finally:
+            logger.info("%s", self.metrics.summary())
+            logger.info("worker %s stopped", self.consumer)
+
+    @staticmethod
+    def _sleep(seconds: float, stopping: Any) -> None:
+        deadline = time.monotonic() + seconds
+        while not stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    # -- one iteration --------------------------------------------------------------------------
+
+    def process_once(self) -> int:
+        """Run due second deletes, then handle one batch. Returns the number of entries handled.
+
+        Blocks up to ``block_ms`` when the stream has nothing new. Raises ``_Retry`` (internal)
+        on transient Redis failures and ``SinkError`` on errors the operator must fix.
+        """
+        try:
+            return self._process_once()
+        except redis.AuthenticationError as e:
+            raise SinkError(f"Redis at {self.uri_redacted} refused the credentials: {e}",
+                            "fix the user/password in --redis-uri (REDIS_URI)") from None
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            # BusyLoadingError is a ConnectionError. Whatever was read but not acked stays
+            # pending for this consumer: re-read it after reconnecting.
+            self._recover_own = True
+            raise _Retry(str(e) or type(e).__name__) from None
+        except redis.ResponseError as e:
+            msg = str(e)
+            if msg.startswith("NOGROUP"):
+                # Redis restarted without persistence, or someone destroyed the group.
+                logger.warning("consumer group %s on %s is gone (%s); creating it again",
+                               self.group, self.stream, msg)
+                self._group_ready = False
+                self._recover_own = True
+                raise _Retry("consumer group missing") from None
+            if msg.startswith(("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")):
+                self._recover_own = True
+                raise _Retry(msg) from None
+            hint = {"WRONGTYPE": f"--stream {self.stream!r} names a key that is not a stream; pick another name",
+                    "NOPERM": "grant the Redis user +@stream +unlink +scan on the stream and the cache keys",
+                    "NOAUTH": "put the password in --redis-uri (REDIS_URI)"}
+            raise SinkError(f"Redis at {self.uri_redacted} rejected a worker command: {msg}",
+                            hint.get(msg.split(" ", 1)[0], "check the Redis server log")) from None
+
+    def _process_once(self) -> int:
+        if not self._group_ready:
+            self._ensure_group()
+        if self._second:
+            self._drain_second_deletes(stopping_is_final=False)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+        if self._recover_own:
+            entries = self._read("0", block=None)
+            if not entries:
+                self._recover_own = False
+        if not entries and self.claim_idle_ms and time.monotonic() >= self._next_claim:
+            entries = self._autoclaim()
+            self.metrics.reclaimed += len(entries)
+        if not entries:
+            entries = self._read(">", block=self._block_ms_now())
+        if not entries:
+            return 0
+        self._handle(entries)
+        return len(entries)
+
+    def _ensure_group(self) -> None:
+        try:
+            self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            logger.info("created consumer group %s on %s", self.group, self.stream)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        self._group_ready = True
+
+    def _block_ms_now(self) -> int:
+        """BLOCK for XREADGROUP: ``block_ms``, shortened so due second deletes and reclaims run on time."""
+        block = float(self.block_ms)
+        now = time.monotonic()
+        if self._second:
+            block = min(block, (self._second[0][0] - now) * 1000.0)
+        if self.claim_idle_ms:
+            block = min(block, (self._next_claim - now) * 1000.0)
+        return max(1, int(block))  # never 0: BLOCK 0 waits forever
+
+    def _read(self, last_id: str, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        resp: Any = self._redis.xreadgroup(self.group, self.consumer, {self.stream: last_id},
+                                           count=self.count, block=block)
+        if not resp:
+            return []
+        if isinstance(resp, dict):  # RESP3 (?protocol=3 in the URI)
+            return [e for batches in resp.values() for batch in batches for e in batch]
+        return [e for _stream, batch in resp for e in batch]
+
+    def _autoclaim(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        resp = self._redis.xautoclaim(self.stream, self.group, self.consumer,
+                                      min_idle_time=self.claim_idle_ms,
+                                      start_id=self._claim_cursor, count=self.count)
+        cursor, claimed = resp[0], resp[1]
+        cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        if cursor == "0-0":
+            # Walked the whole PEL: rest until the next period.
+            self._claim_cursor = "0-0"
+            self._next_claim = time.monotonic() + self._claim_every_s
+        else:
+            self._claim_cursor = cursor  # more to look at: continue on the next iteration
+        if claimed:
+            logger.info("reclaimed %d entries idle > %d ms from dead consumers", len(claimed), self.claim_idle_ms)
+        # Redis 6.2 reports entries deleted from the stream as (None, None): nothing to do for them.
+        return [(eid, f) for eid, f in claimed if eid is not None]
+
+    def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        ids: list[bytes] = []
+        lines: list[str] = []
+        plain: list[str] = []
+        patterns: list[str] = []
+        stamps: list[float] = []
+        keys_total = 0
+        for eid, fields in entries:
+            ids.append(eid)
+            raw = fields.get(b"df-event") if fields else None
+            if raw is None and fields:
+                raw = next(iter(fields.values()))  # the seed's fields[1]
+            if raw is None:
+                continue  # entry deleted from the stream while pending: only the ack is left
+            try:
+                event = parse_payload(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                self.metrics.poison += 1
+                logger.warning("poison entry %s on %s: not a DeltaForge event (%s; payload %.120r); "
+                               "acked and skipped so it cannot block the group",
+                               eid.decode(), self.stream, e, raw)
+                continue
+            keys = event.keys
+            if not keys:
+                continue  # the seed logs nothing for events without keys
+            for k in keys:
+                (patterns if "*" in k else plain).append(k)
+            keys_total += len(keys)
+            lines.append(f"Invalidated {len(keys)} keys for {event.table}\n")
+            if event.ts_ms is not None:
+                stamps.append(event.ts_ms)
+        plain = list(dict.fromkeys(plain))  # one UNLINK per key even if many events name it
+        patterns = list(dict.fromkeys(patterns))
+        if plain or patterns:
+            self._invalidate(plain, patterns)
+        done_ms = time.time() * 1000.0
+        # Acks go only after the deletes succeeded (a failure above raises and skips this).
+        pipe = self._redis.pipeline(transaction=False)
+        for chunk in _chunks(ids, _UNLINK_CHUNK):
+            pipe.xack(self.stream, self.group, *chunk)
+        pipe.execute()
+        if self.double_delete_ms and (plain or patterns):
+            self._second.append((time.monotonic() + self.double_delete_ms / 1000.0, plain, patterns))
+        self.metrics.record(len(ids), keys_total, [max(0.0, done_ms - ts) for ts in stamps])
+        if lines:
+            out = self._out or sys.stdout
+            out.write("".join(lines))
+            out.flush()
+
+    def _invalidate(self, plain: list[str], patterns: list[str]) -> None:
+        if plain:
+            pipe = self._redis.pipeline(transaction=False)
+            for chunk in _chunks(plain, _UNLINK_CHUNK):
+                pipe.unlink(*chunk)
+            pipe.execute()
+        for pattern in patterns:
+            cursor = 0
+            while True:
+                cursor, found = self._redis.scan(cursor, match=pattern, count=_SCAN_COUNT)
+                # A broad pattern ("*", "cache*") must not take the invalidation stream with it.
+                found = [k for k in found if k != self._stream_key]
+                if found:
+                    self._redis.unlink(*found)
+                if not cursor:
+                    break
+
+    def _drain_second_deletes(self, *, stopping_is_final: bool) -> None:
+        """Run the second deletes that are due; on the final drain, wait for all of them.
+
+        Items are popped only after their deletes succeeded, so a connection error keeps them.
+        """
+        if not self._second:
+            return
+        if stopping_is_final:
+            # Bounded by double_delete_ms: the delay is what makes the second delete useful.
+            wait = self._second[-1][0] - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        now = time.monotonic()
+        due = 0
+        while due < len(self._second) and self._second[due][0] <= now:
+            due += 1
+        if not due:
+            return
+        plain: list[str] = []
+        patterns: list[str] = []
+        for i in range(due):
+            plain += self._second[i][1]
+            patterns += self._second[i][2]
+        try:
+            self._invalidate(list(dict.fromkeys(plain)), list(dict.fromkeys(patterns)))
+        except (redis.ConnectionError, redis.TimeoutError):
+            if stopping_is_final:
+                logger.warning("Redis unavailable at shutdown: %d delayed second deletes not run", len(plain))
+                return
+            raise
+        for _ in range(due):
+            self._second.popleft()
+        self.metrics.second_deletes += due
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+@click.command("worker")
+@click.option("--redis-uri", envvar="REDIS_URI", required=True,
+              help="Redis holding the stream and the cache keys (env REDIS_URI).")
+@click.option("--stream", default="cache:invalidations", show_default=True)
+@click.option("--group", default="cache-workers", show_default=True, help="Consumer group.")
+@click.option("--consumer", default=None, help="Consumer name [default: worker-<hostname>-<pid>].")
+@click.option("--count", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Entries per XREADGROUP batch.")
+@click.option("--block-ms", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="XREADGROUP BLOCK; also the longest a stop request waits.")
+@click.option("--double-delete-ms", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Delete every batch's keys again this many ms later (0 = off).")
+@click.option("--claim-idle-ms", default=60000, show_default=True, type=click.IntRange(min=0),
+              help="Take over entries pending this long on dead consumers (0 = off).")
+@click.option("--metrics-port", default=None, type=click.IntRange(min=0, max=65535),
+              help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+@click.option("--stats-interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between stats log lines.")
+def worker_command(redis_uri: str, stream: str, group: str, consumer: str | None, count: int,
+                   block_ms: int, double_delete_ms: int, claim_idle_ms: int, metrics_port: int | None,
+                   stats_interval: float) -> None:
+    """Consume cache-invalidation events and delete the cache keys they name.
+
+    The Python counterpart of the seed's Node worker: same stream, group and log lines.
+    """
+    if not logging.getLogger().handlers:  # run standalone, not under `deltaforge`
+        from deltaforge.log import setup_logging
+
+        setup_logging()
+    try:
+        worker = InvalidationWorker(redis_uri, stream, group, consumer, count, block_ms,
+                                    double_delete_ms, claim_idle_ms, stats_interval_s=stats_interval)
+        server = serve_metrics(worker.metrics, metrics_port) if metrics_port is not None else None
+        if server is not None:
+            logger.info("metrics on http://127.0.0.1:%d/metrics", server.server_address[1])
+    except DeltaForgeError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+
+    signals_seen = 0
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            # Second signal: leave now. The batch in hand stays pending and is re-read
+            # (same --consumer) or reclaimed by another worker; nothing is lost.
+            os._exit(128 + signum)
+        worker.request_stop()  # only a flag: the loop finishes the batch in hand
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # signal.signal needs the main thread
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.run(threading.Event())
+    except DeltaForgeError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.shutdown()
+        worker.close()
