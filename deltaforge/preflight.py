@@ -152,7 +152,8 @@ def _network_fix(host: str, port: int, cause: BaseException, text: str, where: s
         return (f"connection refused by {host}:{port} (nothing listens there)",
                 f"start the server or correct host/port in {where}")
     if isinstance(cause, (TimeoutError, socket.timeout)) or "timed out" in low or "timeout" in low:
-        return (f"no answer from {host}:{port} within {CONNECT_TIMEOUT_S}s",
+        return (f"no answer from {host}:{port} (timed out: a firewall drops the packets, or the port "
+                "is not the right server)",
                 f"check host/port in {where}, firewalls and security groups")
     return (f"cannot connect to {host}:{port}: {text}", f"check host/port in {where}")
 
@@ -268,7 +269,9 @@ _SELECT = {"SELECT"} | _ALL
 
 def _split_privs(text: str) -> list[str]:
     """Split "SELECT (`a`, `b`), INSERT" at commas outside parentheses."""
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1
@@ -444,8 +447,7 @@ def _check_mysql(cfg: Any, dsn: Any, results: list[CheckResult]) -> ServerInfo |
         results.append(_ok(name, "mysql.credentials", f"logged in as {grantee}"))
 
         variables = _variables(conn)
-        flavor, version = _flavor_version(variables.get("version", ""))
-        vt = _version_tuple(version)
+        flavor, _version = _flavor_version(variables.get("version", ""))
 
         # --- binlog settings -------------------------------------------------
         server_id = int(variables.get("server_id") or 0)
@@ -456,6 +458,13 @@ def _check_mysql(cfg: Any, dsn: Any, results: list[CheckResult]) -> ServerInfo |
                                  _setting_fix("server_id", "<unique non-zero number>")))
         else:
             results.append(_ok(name, "mysql.log_bin", f"log_bin is ON (server_id {server_id})"))
+        own_id = getattr(_source_config(cfg), "server_id", None)
+        if own_id is not None and server_id and int(own_id) == server_id:
+            # A replica with the server's own id is refused (MySQL) or its events are skipped.
+            results.append(_fail(name, "mysql.server_id",
+                                 f"spec.source.config.server_id {own_id} is the server's own server_id",
+                                 "set spec.source.config.server_id to a number no server or replica uses, "
+                                 "or remove it to derive one"))
 
         fmt = variables.get("binlog_format", "").upper()
         if fmt == "ROW":
@@ -555,7 +564,7 @@ def _check_mysql(cfg: Any, dsn: Any, results: list[CheckResult]) -> ServerInfo |
 
         # --- start position ----------------------------------------------------
         if info is not None:
-            results.append(_start_check(conn, getattr(_source_config(cfg), "start", None), info, vt))
+            results.append(_start_check(conn, getattr(_source_config(cfg), "start", None), info))
         return info
     finally:
         conn.close()
@@ -675,7 +684,7 @@ _MARIADB_GTID = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
 _MYSQL_GTID = re.compile(r"^[0-9a-fA-F-]{36}(:[\w]+)?(:\d+(-\d+)?)+(,\s*[0-9a-fA-F-]{36}(:[\w]+)?(:\d+(-\d+)?)+)*$")
 
 
-def _start_check(conn: Any, start: Any, info: ServerInfo, _vt: tuple[int, ...]) -> CheckResult:
+def _start_check(conn: Any, start: Any, info: ServerInfo) -> CheckResult:
     """Where a pipeline without a checkpoint begins; validates file:pos and GTID starts."""
     import pymysql
 

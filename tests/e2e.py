@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,23 +52,60 @@ spec:
     return path
 
 
-def start_engine(config: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "deltaforge", "run", str(config), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **(env or {})},
-    )
+class Engine:
+    """A ``deltaforge run`` subprocess whose output is collected by a thread (so pipes never fill)."""
+
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deltaforge", "run", str(config), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float = 30.0) -> Engine:
+        """Until the pipeline is positioned on the binlog (its "reading from" log line)."""
+        wait_for(lambda: "reading from" in self.output or self.proc.poll() is not None, timeout, "engine start")
+        return self
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float = 60.0) -> tuple[int, str]:
+        self.proc.wait(timeout)
+        self._reader.join(5)
+        return self.proc.returncode, self.output
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode, self.output
 
 
-def stop_engine(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return proc.returncode, out
+def start_engine(config: Path, *extra: str, env: dict[str, str] | None = None, ready: bool = True) -> Engine:
+    engine = Engine(config, *extra, env=env)
+    return engine.wait_ready() if ready else engine
+
+
+def stop_engine(engine: Engine, sig: int = signal.SIGTERM, timeout: float = 30.0) -> tuple[int, str]:
+    return engine.stop(sig, timeout)
 
 
 def stream_events(client: Any, stream: str) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from deltaforge.config import load_config
 
+from deltaforge.config import load_config
 from deltaforge.runtime.pipeline import Supervisor
 from deltaforge.testing import MariaDBServer, RedisServer
 from tests.e2e import binlog_end, start_engine, stop_engine, stream_events, wait_for, write_config
@@ -194,9 +194,7 @@ def test_js_error_stops_without_commit(tmp_path: Path, mariadb: MariaDBServer, r
                        processors=processors)
     mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (1,'ok',1)")
     mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (2,'poison',2)")
-    proc = start_engine(cfg)
-    out, _ = proc.communicate(timeout=60)
-    code = proc.returncode
+    code, out = start_engine(cfg, ready=False).wait(60)
     assert code not in (0, None), out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: ") and "boom" in last and "poison row" in last and "line 3" in last, out

@@ -112,7 +112,7 @@ def temp_user(mariadb: MariaDBServer) -> Iterator[Any]:
 
     def create(user: str, password: str, *grants: str) -> str:
         mariadb.execute(f"DROP USER IF EXISTS '{user}'@'%'", f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'",
-                        *(f"GRANT {g} TO '{user}'@'%'" for g in grants))
+                        *(f"GRANT {g} TO '{user}'@'%'" for g in grants))  # "<privs> ON <obj>" or a role
         made.append(user)
         return mariadb.dsn(user, password)
 
@@ -244,6 +244,20 @@ def test_table_level_select_is_enough(mariadb: MariaDBServer, temp_user: Any, ap
     assert f"tables[1] '{app_db}.orders_2024': no such table" in text and "GRANT SELECT on it" in text
 
 
+def test_privileges_through_a_default_role(mariadb: MariaDBServer, temp_user: Any, app_db: str) -> None:
+    mariadb.execute("DROP ROLE IF EXISTS pf_role", "CREATE ROLE pf_role",
+                    "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO pf_role", f"GRANT SELECT ON {app_db}.* TO pf_role")
+    try:
+        dsn = temp_user("pf_roleuser", "Role-pw-8", "pf_role")
+        mariadb.execute("SET DEFAULT ROLE pf_role FOR 'pf_roleuser'@'%'")
+        ok, lines = run_mysql(make_cfg(dsn, [f"{app_db}.users", f"{app_db}.orders%"]))
+    finally:
+        mariadb.execute("DROP ROLE IF EXISTS pf_role")
+    assert ok, lines
+    assert "ok   mysql: 'pf_roleuser'@'%' has REPLICATION SLAVE and BINLOG MONITOR" in lines
+    assert any("match 3 table(s)" in line for line in lines)
+
+
 def test_missing_table_and_wildcard_matching_nothing(mariadb: MariaDBServer, app_db: str) -> None:
     cfg = make_cfg(mariadb.dsn(), [f"{app_db}.users", f"{app_db}.nope", f"{app_db}.zzz%"])
     ok, lines = run_mysql(cfg)
@@ -289,6 +303,15 @@ def test_row_image_minimal_fails(mariadb: MariaDBServer, app_db: str) -> None:
     assert not ok
     (fail,) = failures(lines)
     assert "binlog_row_image is MINIMAL" in fail and "fix: SET GLOBAL binlog_row_image=FULL" in fail
+
+
+def test_source_server_id_equal_to_the_servers(mariadb: MariaDBServer, app_db: str) -> None:
+    cfg = make_cfg(mariadb.dsn(), [f"{app_db}.users"])
+    cfg.spec.source.config.server_id = 1  # the fixture server's id
+    ok, lines = run_mysql(cfg)
+    assert not ok
+    (fail,) = failures(lines)
+    assert "spec.source.config.server_id 1 is the server's own server_id" in fail and "fix:" in fail
 
 
 def test_start_positions(mariadb: MariaDBServer, app_db: str) -> None:
@@ -351,6 +374,14 @@ def test_redis_unreachable(app_db: str, mariadb: MariaDBServer) -> None:
     assert fail.startswith(f"FAIL redis[s1]: connection refused by 127.0.0.1:{port}")
     assert "fix:" in fail and "REDIS_URI" in fail
     assert "Gone-pw-3" not in "\n".join(lines)
+
+
+def test_redis_unknown_host() -> None:
+    uri = "redis://:Unseen-pw-4@no-such-host.invalid:6379/0"
+    results = check_redis(make_cfg("mysql://u@h/", ["a.b"], [{"id": "s1", "uri": uri, "stream": "cdc"}]))
+    (fail,) = [r.line() for r in results]
+    assert fail.startswith("FAIL redis[s1]: unknown host 'no-such-host.invalid'") and "fix:" in fail
+    assert "Unseen-pw-4" not in fail
 
 
 def test_unreachable_optional_sink_is_a_warning(app_db: str, mariadb: MariaDBServer,

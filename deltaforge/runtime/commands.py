@@ -37,10 +37,15 @@ def check_command(config: str) -> None:
 def run_command(config: str, workers: int, skip_preflight: bool) -> None:
     """Run the pipeline in CONFIG until SIGINT/SIGTERM."""
     from deltaforge.errors import ConfigError
-    from deltaforge.preflight import run_preflight
     from deltaforge.runtime.pipeline import Supervisor
 
+    # Signals first: a SIGTERM during start-up must still mean "stop cleanly".
+    supervisor = Supervisor(None)
+    supervisor.install_signal_handlers()
+    from deltaforge.preflight import run_preflight
+
     cfg = _load(config)
+    supervisor.cfg = cfg
     if workers != 0:
         raise ConfigError("--workers", f"{workers} worker processes are not available in this version",
                           "use --workers 0 (in-process topology)")
@@ -48,6 +53,6 @@ def run_command(config: str, workers: int, skip_preflight: bool) -> None:
         click.echo("error: preflight failed; fix the lines marked FAIL above (deltaforge check shows them again)",
                    err=True)
         sys.exit(3)
-    supervisor = Supervisor(cfg)
-    supervisor.install_signal_handlers()
+    if supervisor.stop.is_set():
+        sys.exit(0)
     sys.exit(supervisor.run())

@@ -44,6 +44,8 @@ class Stats:
         self.first_commit: float | None = None
         self.last_commit: float | None = None
         self.lag_ms = 0
+        #: checkpoint value each sink last committed: a restart must find it unchanged (fencing)
+        self.sink_values: dict[str, bytes] = {}
 
     def record(self, batch_in: Batch, batch_out: Batch) -> None:
         now = time.time()
@@ -82,7 +84,7 @@ class Pipeline:
         chain = None
         source = None
         try:
-            resume = sinks.open()
+            resume = sinks.open(self.stats.sink_values)
             chain = ProcessorChain(list(cfg.spec.processors), name) if cfg.spec.processors else None
             source = open_source(cfg, self.stop, resume)
             log.info("pipeline %s: reading from %s%s", name, source.start_position,
@@ -100,6 +102,9 @@ class Pipeline:
                              self.stats.events_in, rate, self.stats.position, self.stats.lag_ms)
                     last_report, reported_events = now, self.stats.events_in
         finally:
+            for sink in sinks.sinks:
+                if sink.last_value is not None:
+                    self.stats.sink_values[sink.id] = sink.last_value
             if source is not None:
                 source.close()
             if chain is not None:

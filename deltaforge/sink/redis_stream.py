@@ -158,23 +158,31 @@ class RedisStreamSink:
             self._conn.close()
             self._conn = None
 
-    def open(self) -> Position | None:
-        """Connect, read (and in exactly-once mode claim) the checkpoint; None when absent."""
+    def open(self, expect: bytes | None = None) -> Position | None:
+        """Connect, read (and in exactly-once mode claim) the checkpoint; None when absent.
+
+        ``expect`` is the checkpoint value this process last committed (a restart after a
+        failure): if the checkpoint holds anything else, another instance took the pipeline
+        over meanwhile and this one is fenced instead of taking it back.
+        """
         deadline = time.monotonic() + self.retry_deadline
         delay = self.retry_initial
         while True:
             try:
-                return self._open_once()
+                return self._open_once(expect)
             except SinkUnavailable as e:
                 self._drop_conn()
                 delay = self._backoff(e, delay, deadline, "opening")
 
-    def _open_once(self) -> Position | None:
+    def _open_once(self, expect: bytes | None = None) -> Position | None:
         conn = self._connect()
         key = self.checkpoint_key
         value: bytes | None = None
         for _ in range(5):
             value = self._watch_get(conn) if self.exactly_once else self._get(conn)
+            if expect is not None and self.exactly_once and value != expect:
+                raise self._fence("it changed while this instance was restarting")
+            expect = None
             if value is None or not self.exactly_once:
                 break
             doc = self._decode_value(value)
@@ -210,6 +218,11 @@ class RedisStreamSink:
 
     def close(self) -> None:
         self._drop_conn()
+
+    @property
+    def last_value(self) -> bytes | None:
+        """The checkpoint value this instance last read or committed (for :meth:`open`'s ``expect``)."""
+        return self._last_value
 
     def _set_checkpoint(self, pos: Position | None) -> None:
         self.checkpoint = pos

@@ -55,12 +55,15 @@ class SinkSet:
             return required or self.sinks
         return self.sinks
 
-    def open(self) -> Position | None:
-        """Open every sink; return where the source resumes (None: use the source's ``start``)."""
+    def open(self, expect: dict[str, bytes] | None = None) -> Position | None:
+        """Open every sink; return where the source resumes (None: use the source's ``start``).
+
+        ``expect`` maps sink ids to the checkpoint values this process last committed (restarts).
+        """
         opened = 0
         for sink in self.sinks:
             try:
-                sink.open()
+                sink.open((expect or {}).get(sink.id))
                 opened += 1
             except FencedError:
                 self.close()

@@ -101,11 +101,12 @@ def parse_start(start: str, path: str = "spec.source.config.start") -> Position 
     text = start.strip()
     if text in ("latest", "earliest"):
         return text
+    # GTIDs first: a MySQL "uuid:23" would also read as file:pos
+    if _MARIADB_GTID.match(text) or _MYSQL_GTID.match(text):
+        return Position(file="", pos=0, gtid=text)
     m = _FILE_POS.match(text)
     if m:
         return Position(file=m["file"], pos=int(m["pos"]))
-    if _MARIADB_GTID.match(text) or _MYSQL_GTID.match(text):
-        return Position(file="", pos=0, gtid=text)
     raise ConfigError(path, f"cannot read start position {start!r}",
                       "use latest, earliest, <binlog file>:<pos> (binlog.000003:4) or a GTID set (0-1-42)")
 
@@ -142,6 +143,11 @@ class _OneShotConnect:
         if self.made > 2:  # 1 control + 1 stream connection
             raise SourceUnavailable("the binlog connection was lost", "the pipeline restarts from its checkpoint")
         kwargs.setdefault("connect_timeout", 10)
+        # mysql-replication still passes pymysql's deprecated spellings
+        if "passwd" in kwargs:
+            kwargs["password"] = kwargs.pop("passwd")
+        if "db" in kwargs:
+            kwargs["database"] = kwargs.pop("db")
         try:
             return pymysql.connect(**kwargs)
         except pymysql.err.OperationalError as e:
