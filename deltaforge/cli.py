@@ -32,6 +32,14 @@ def friendly_errors(func: F) -> F:
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:
+            if debug:
+                raise
+            click.echo(f"error: internal error {type(e).__name__}: {scrub(str(e))} "
+                       "(fix: this is a DeltaForge bug; rerun with --debug and report the traceback)", err=True)
+            sys.exit(70)
 
     return wrapper  # type: ignore[return-value]
 

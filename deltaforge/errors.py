@@ -84,7 +84,7 @@ class FencedError(SinkError):
     exit_code = 4
 
 
-class ShutdownRequested(DeltaForgeError):  # noqa: N818 - control flow, not a failure
+class ShutdownRequested(DeltaForgeError):
     """Raised inside stages to unwind promptly when a stop was requested."""
 
     exit_code = 0

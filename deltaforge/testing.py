@@ -105,9 +105,9 @@ class MariaDBServer:
         )
         return self
 
-    def _launch(self, server: str, timeout: float) -> None:
+    def _launch(self, server: str, timeout: float, port: int | None = None) -> None:
         assert self.dir is not None
-        self.port = free_port()
+        self.port = port or free_port()
         err = self.dir / "error.log"
         args = [
             server, "--no-defaults", f"--datadir={self.dir / 'data'}", f"--socket={self.dir / 'mysql.sock'}",
@@ -153,10 +153,12 @@ class MariaDBServer:
         finally:
             conn.close()
 
-    def restart(self, timeout: float = 60.0) -> None:
-        """Stop and start again on a new port (simulates a server going away)."""
+    def restart(self, timeout: float = 60.0, *, same_port: bool = True, down_for: float = 0.0) -> None:
+        """Stop and start again (a server going away and coming back)."""
+        port = self.port if same_port else None
         self._kill(signal.SIGTERM)
-        self._launch(require_binary(("mariadbd", "mysqld"), "mariadb-server"), timeout)
+        time.sleep(down_for)
+        self._launch(require_binary(("mariadbd", "mysqld"), "mariadb-server"), timeout, port)
 
     def _kill(self, sig: int) -> None:
         if self.proc and self.proc.poll() is None:

@@ -55,9 +55,10 @@ spec:
 class Engine:
     """A ``deltaforge run`` subprocess whose output is collected by a thread (so pipes never fill)."""
 
-    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
+                 global_args: tuple[str, ...] = ()) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deltaforge", "run", str(config), *extra],
+            [sys.executable, "-m", "deltaforge", *global_args, "run", str(config), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})},
         )

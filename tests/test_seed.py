@@ -48,8 +48,8 @@ def test_seed_pipeline_with_the_seed_node_worker(seed_engine: Engine, mariadb: M
     finally:
         node.stop()
     assert not any("Worker error" in line for line in node.lines)
-    (entry_id, fields), = redis_client.xrange("cache:invalidations")
-    assert list(fields)[0] == b"df-event"
+    (_entry_id, fields), = redis_client.xrange("cache:invalidations")
+    assert next(iter(fields)) == b"df-event"
 
 
 def test_seed_pipeline_with_deltaforge_worker(seed_engine: Engine, mariadb: MariaDBServer,
