@@ -221,7 +221,7 @@ def run_engine(cfg: Any, rows: int, redis_client: Any, *, timeout: float = 600.0
     spy = None
     if pyspy_out:
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--rate", "200", "--native",
-                                "--format", "raw", "-o", pyspy_out, "--nonblocking"],
+                                "--format", "raw", "-o", pyspy_out],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # let it attach before the drain starts
     cpu0 = time.process_time()
@@ -299,7 +299,8 @@ def run_naive(mysql_dsn: str, redis_uri: str, start: str, rows: int) -> dict[str
 #: (stage, how to find it) for cProfile: ("ct"|"tt", file suffix, function name[, caller name])
 _STAGES: list[tuple[str, str, str, str, str | None]] = [
     ("read: mysql-replication fetchone (socket + framing + table maps)", "ct", "binlogstream.py", "fetchone", None),
-    ("read: readiness checks (_buffered/_wait_readable)", "ct", "binlog.py", "_buffered", None),
+    ("read: readiness checks (_buffered)", "ct", "binlog.py", "_buffered", "batches"),
+    ("idle: waiting for data at the end of the backlog (_wait_readable)", "ct", "binlog.py", "_wait_readable", None),
     ("decode rows (rowdecode.decode_rows)", "ct", "rowdecode.py", "decode_rows", None),
     ("event ids (derive_event_id)", "ct", "model.py", "derive_event_id", None),
     ("event construction + batching (batches() self time)", "tt", "binlog.py", "batches", None),
@@ -309,12 +310,18 @@ _STAGES: list[tuple[str, str, str, str, str | None]] = [
     ("V8 call (mini-racer marshalling + JSON.parse + processBatch + stringify)", "ct", "js.py", "_call", None),
     ("JSON decode from V8 (msgspec)", "ct", "~", "<method 'decode' of 'msgspec.json.Decoder' objects>", "process"),
     ("rebuild events after JS (_rebuild)", "ct", "js.py", "_rebuild", None),
-    ("envelope encode (native JSON)", "ct", "envelope.py", "encode", None),
+    ("envelope encode (native JSON)", "ct", "envelope.py", "_encode_native", None),
     ("stream name render", "ct", "envelope.py", "render_batch", None),
     ("idempotency keys", "ct", "model.py", "idempotency_key", None),
     ("XADD command tuples (genexpr in write)", "tt", "redis_stream.py", "<genexpr>", None),
-    ("RESP encode (encode_commands)", "ct", "resp_py.py", "encode_commands", "write"),
+    ("RESP encode (encode_commands; when compiled its time is in sink write's self time)", "ct",
+     "resp_py.py", "encode_commands", "write"),
+    ("sink write self time (bookkeeping; compiled RESP encode)", "tt", "redis_stream.py", "write", None),
     ("Redis round trip (send + read replies + checks)", "ct", "redis_stream.py", "_commit_with_retry", None),
+    ("stats record", "ct", "pipeline.py", "record", None),
+    ("setup: open sinks, connect source, start V8 (once)", "ct", "sinkset.py", "open", None),
+    ("setup: open sinks, connect source, start V8 (once)", "ct", "binlog.py", "open_source", None),
+    ("setup: open sinks, connect source, start V8 (once)", "ct", "js.py", "__init__", "run"),
 ]
 
 
@@ -328,7 +335,7 @@ def profile_stages(prof: cProfile.Profile, rows: int) -> dict[str, Any]:
     raw: dict[Any, Any] = st.stats  # type: ignore[attr-defined]
     out: dict[str, float] = {}
     for name, kind, file, func, caller in _STAGES:
-        total = 0.0
+        total = out.get(name, 0.0)
         for key in _find(raw, file, func):
             _cc, _nc, tt, ct, callers = raw[key]
             if caller is None:
@@ -342,8 +349,10 @@ def profile_stages(prof: cProfile.Profile, rows: int) -> dict[str, Any]:
     total = max((raw[k][3] for k in run_keys), default=0.0)
     stage = {k: round(v / rows * 1e6, 2) for k, v in out.items()}
     accounted = sum(out.values())
-    stage["other (stats, sink bookkeeping, glue)"] = round((total - accounted) / rows * 1e6, 2)
-    return {"total_us_per_event": round(total / rows * 1e6, 2), "stages_us_per_event": stage}
+    stage["other (loop glue, C-level struct inits, gc)"] = round((total - accounted) / rows * 1e6, 2)
+    fixed = sum(v for k, v in out.items() if k.startswith(("idle:", "setup:")))
+    return {"total_us_per_event": round(total / rows * 1e6, 2),
+            "busy_us_per_event": round((total - fixed) / rows * 1e6, 2), "stages_us_per_event": stage}
 
 
 def print_profile_top(prof: cProfile.Profile, n: int = 25) -> None:
@@ -353,26 +362,30 @@ def print_profile_top(prof: cProfile.Profile, n: int = 25) -> None:
         st.sort_stats(key).print_stats(n)
 
 
-#: py-spy stage classification: the first (innermost-first) frame whose text contains the marker.
-_SPY_STAGES: list[tuple[str, str]] = [
-    ("read: socket recv", "recv_into"),
-    ("read: socket recv", "_read_bytes"),
-    ("decode rows", "rowdecode.py"),
-    ("event ids", "derive_event_id"),
-    ("JSON to V8 (encode)", "process (deltaforge/process/js.py:2"),  # refined below by line
-    ("V8 call", "_call (deltaforge/process/js.py"),
-    ("rebuild after JS", "_rebuild"),
-    ("envelope encode", "envelope.py"),
-    ("RESP encode", "encode_commands"),
-    ("Redis round trip", "_commit_with_retry"),
-    ("sink other", "redis_stream.py"),
-    ("read: mysql-replication framing/table maps", "pymysqlreplication"),
-    ("read: pymysql packets", "pymysql/"),
-    ("readiness checks", "_buffered"),
-    ("readiness checks", "_wait_readable"),
-    ("schema per table map", "_schema_for"),
-    ("event construction + batching", "batches (deltaforge/source/binlog.py"),
-    ("JS stage other", "js.py"),
+#: py-spy stage classification: the first rule whose markers all occur in the sample's stack wins
+#: (most specific first: socket reads happen both in the reader and in the Redis sink).
+_SPY_RULES: list[tuple[str, tuple[str, ...]]] = [
+    ("setup: connections (incl. TLS context), V8 start", ("Connection.connect",)),
+    ("setup: connections (incl. TLS context), V8 start", ("open_source",)),
+    ("setup: connections (incl. TLS context), V8 start", ("SinkSet.open",)),
+    ("setup: connections (incl. TLS context), V8 start", ("ProcessorChain.__init__",)),
+    ("sink: Redis round trip (send + wait + parse replies)", ("_commit_with_retry",)),
+    ("sink: envelope encode", ("envelope.py",)),
+    ("sink: other (idempotency keys, command tuples, RESP)", ("redis_stream.py",)),
+    ("js: rebuild events", ("_rebuild",)),
+    ("js: V8 call (wait for V8 thread + marshalling)", ("_call (deltaforge/process/js.py",)),
+    ("js: JSON encode/decode + other", ("process/js.py",)),
+    ("read: decode rows", ("rowdecode.py",)),
+    ("read: event ids", ("derive_event_id",)),
+    ("read: schema per table map", ("_schema_for",)),
+    ("idle: wait for data", ("_wait_readable",)),
+    ("read: readiness checks", ("_buffered",)),
+    ("read: table map parse (mysql-replication)", ("TableMapEvent", )),
+    ("read: table map parse (mysql-replication)", ("row_event.py:8",)),
+    ("read: socket recv", ("_fetch", "recv")),
+    ("read: mysql-replication/pymysql framing", ("_fetch",)),
+    ("read: event construction + batching", ("batches (deltaforge/source/binlog.py",)),
+    ("stats", ("record (deltaforge/runtime/pipeline.py",)),
 ]
 
 
@@ -382,21 +395,117 @@ def pyspy_stages(path: str) -> dict[str, Any]:
     total = 0
     for line in Path(path).read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
-        if "Pipeline.run" not in stack and "run (deltaforge/runtime/pipeline.py" not in stack:
+        if "(deltaforge/runtime/pipeline.py" not in stack:
             continue
         k = int(n)
         total += k
-        frames = stack.split(";")
-        # the innermost deltaforge/library frame decides; walk from the leaf outwards
-        label = "other"
-        for frame in reversed(frames):
-            hit = next((lab for lab, marker in _SPY_STAGES if marker in frame), None)
-            if hit:
-                label = hit
-                break
+        label = next((lab for lab, marks in _SPY_RULES if all(m in stack for m in marks)), "other")
         counts[label] = counts.get(label, 0) + k
     shares = {k: round(100.0 * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
     return {"samples": total, "share_pct": shares}
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+@contextlib.contextmanager
+def tablemap_cache() -> Any:
+    """EXPERIMENT (bench only): reuse mysql-replication's parse of a table map whose bytes were seen before.
+
+    The server re-sends each table's map before every rows event; with FULL row metadata
+    the library's parse (columns, optional metadata, charset sync) is the reader's single
+    biggest cost. Identical bytes (table id included) parse identically, so the parsed
+    attributes are copied from the first instance; the per-packet fields are still set by
+    ``BinLogEvent.__init__``.
+    """
+    from pymysqlreplication.event import BinLogEvent
+    from pymysqlreplication.row_event import TableMapEvent
+
+    original = TableMapEvent.__init__
+    cache: dict[bytes, dict[str, Any]] = {}
+
+    def init(self: Any, from_packet: Any, event_size: int, table_map: Any, ctl_connection: Any, **kw: Any) -> None:
+        p = from_packet.packet
+        key = bytes(p._data[p._position:p._position + event_size])
+        hit = cache.get(key)
+        if hit is None:
+            original(self, from_packet, event_size, table_map, ctl_connection, **kw)
+            if len(cache) > 4096:
+                cache.clear()
+            cache[key] = dict(self.__dict__)
+            return
+        self.__dict__.update(hit)
+        BinLogEvent.__init__(self, from_packet, event_size, table_map, ctl_connection, **kw)
+        self._processed = hit["_processed"]
+        if self._processed:
+            table_map[self.table_id] = self.table_obj
+
+    TableMapEvent.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TableMapEvent.__init__ = original  # type: ignore[method-assign]
+
+
+#: extra runs (not in the default set): name -> (config tweak, context manager factory)
+def experiment_config(kind: str, start: str) -> Any:
+    cfg = engine_config(start, True)
+    if kind == "ours-b1000":
+        rep = msgspec.structs.replace
+        cfg = rep(cfg, spec=rep(cfg.spec, batch=rep(cfg.spec.batch, max_events=1000)))
+    return cfg
+
+
+def v8_micro(cfg: Any, n_batches: int = 20) -> dict[str, Any]:
+    """Time the JS stage's parts on real batches of the backlog (µs per event, medians of 5 passes)."""
+    from deltaforge.process.js import JsProcessor, _decode_out, _encode
+    from deltaforge.source.binlog import open_source
+
+    stop = threading.Event()
+    source = open_source(cfg, stop, None)
+    batches = []
+    try:
+        for batch in source.batches():
+            if batch.events:
+                batches.append(batch)
+            if len(batches) >= n_batches:
+                break
+    finally:
+        source.close()
+    events = sum(len(b.events) for b in batches)
+    spec = cfg.spec.processors[0]
+    seed = JsProcessor(spec, 0)
+    identity = JsProcessor(msgspec.structs.replace(spec, code="function processBatch(events) { return events; }"), 0)
+    empty = JsProcessor(msgspec.structs.replace(spec, code="function processBatch(events) { return null; }"), 0)
+    payloads = [_encode(b.events).decode() for b in batches]
+
+    def timed(fn: Any) -> float:
+        runs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for i, b in enumerate(batches):
+                fn(i, b)
+            runs.append(time.perf_counter() - t)
+        return round(statistics.median(runs) / events * 1e6, 2)
+
+    results = [seed._call(p, b) for p, b in zip(payloads, batches, strict=True)]
+    outs = [_decode_out(r) for r in results]
+    figures = {
+        "events": events, "batches": len(batches),
+        "encode_to_json_str": timed(lambda i, b: _encode(b.events).decode()),
+        "v8_call_fixed_cost (processBatch returns null on a 2-byte input)": timed(lambda i, b: empty._call("[]", b)),
+        "v8_call_parse_only (returns null)": timed(lambda i, b: empty._call(payloads[i], b)),
+        "v8_call_identity (parse + slim + stringify)": timed(lambda i, b: identity._call(payloads[i], b)),
+        "v8_call_seed": timed(lambda i, b: seed._call(payloads[i], b)),
+        "decode_from_json": timed(lambda i, b: _decode_out(results[i])),
+        "rebuild": timed(lambda i, b: seed._rebuild(b, outs[i])),
+        "whole_process_seed": timed(lambda i, b: seed.process(b)),
+        "payload_bytes_per_event": round(sum(len(p) for p in payloads) / events, 1),
+        "result_bytes_per_event": round(sum(len(r) for r in results) / events, 1),
+    }
+    for proc in (seed, identity, empty):
+        proc.close()
+    return figures
 
 
 # --------------------------------------------------------------------------- main
@@ -411,7 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=100_000, help="row changes in the backlog")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--only", default="ours,ours-noproc,naive", help="comma-separated subset of the runs")
+    ap.add_argument("--only", default="ours,ours-noproc,naive",
+                    help="comma-separated runs: ours, ours-noproc, naive, and the experiments ours-tmcache "
+                         "(table-map parse cache) and ours-b1000 (batch.max_events 1000)")
+    ap.add_argument("--v8-micro", action="store_true", help="time the JS stage's parts on real batches")
     ap.add_argument("--json", dest="json_path", default=None, help="write the figures here")
     ap.add_argument("--profile", default=None, help="cProfile one more engine run; dump pstats here")
     ap.add_argument("--py-spy", dest="pyspy", default=None, help="py-spy one more engine run; raw stacks here")
@@ -446,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({backlog.stats}) written in {write_s:.1f}s, binlog {start} .. {end[0]}:{end[1]}", flush=True)
 
         client = redis_srv.client()
-        cfgs = {"ours": engine_config(start, True), "ours-noproc": engine_config(start, False)}
+        cfgs = {"ours": engine_config(start, True), "ours-noproc": engine_config(start, False),
+                "ours-b1000": experiment_config("ours-b1000", start), "ours-tmcache": engine_config(start, True)}
         for r in range(args.rounds):
             order = kinds[r % len(kinds):] + kinds[: r % len(kinds)]
             for kind in order:
@@ -455,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
                 if kind == "naive":
                     res = run_naive(mysql.dsn(), redis_srv.uri, start, args.rows)
                     res["stream_entries"] = int(client.xlen("naive"))
+                elif kind == "ours-tmcache":
+                    with tablemap_cache():
+                        res = run_engine(cfgs[kind], args.rows, client)
                 else:
                     res = run_engine(cfgs[kind], args.rows, client)
                 res["load1"] = round(load, 2)
@@ -476,8 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         result["summary"] = summary
         print(f"\n{'run':14s} {'events/s (median)':>18s} {'min':>10s} {'max':>10s} {'cpu µs/ev':>10s} {'x naive':>8s}")
         for kind, s in summary.items():
+            ratio = f"{s['ratio_vs_naive']:.2f}" if s["ratio_vs_naive"] is not None else "-"
             print(f"{kind:14s} {s['events_per_s_median']:>18.1f} {s['min']:>10.1f} {s['max']:>10.1f} "
-                  f"{s['cpu_us_per_event_median']:>10.1f} {s['ratio_vs_naive'] or 0:>8.2f}")
+                  f"{s['cpu_us_per_event_median']:>10.1f} {ratio:>8s}")
 
         if args.profile:
             client.flushall()
@@ -487,10 +604,17 @@ def main(argv: list[str] | None = None) -> int:
             stages = profile_stages(prof, args.rows)
             result["cprofile"] = {"run": res, **stages}
             print(f"\ncProfile run: {res['events_per_s']} ev/s under the profiler; "
-                  f"{stages['total_us_per_event']} µs/event in Pipeline.run")
+                  f"{stages['total_us_per_event']} µs/event in Pipeline.run, "
+                  f"{stages['busy_us_per_event']} without set-up and the final idle wait")
             for k, v in stages["stages_us_per_event"].items():
                 print(f"  {v:>8.2f} µs/ev  {k}")
             print_profile_top(prof)
+        if args.v8_micro:
+            micro = v8_micro(cfgs["ours"])
+            result["v8_micro_us_per_event"] = micro
+            print("\nJS stage on real batches (µs/event, median of 5 passes):")
+            for k, v in micro.items():
+                print(f"  {v:>9}  {k}")
         if args.pyspy:
             if shutil.which("py-spy") is None:
                 print("py-spy is not installed (pip install py-spy); skipping", file=sys.stderr)

@@ -134,6 +134,8 @@ class RedisStreamSink:
         #: last committed position (None: nothing committed and no checkpoint found)
         self.checkpoint: Position | None = None
         self._ckpt_order: tuple[int, int, int] | None = None
+        #: True once a batch past the checkpoint read at open() was written (skipping is over)
+        self._caught_up = False
         #: the checkpoint key's value as we last wrote or read it (None: key absent)
         self._last_value: bytes | None = None
         self._commit = 0
@@ -203,6 +205,7 @@ class RedisStreamSink:
         else:
             raise self._fence("it kept changing while this instance tried to take over")
         self._last_value = value
+        self._caught_up = False
         if value is None:
             self._set_checkpoint(None)
             self._commit = 0
@@ -296,17 +299,20 @@ class RedisStreamSink:
             raise self._fenced
         events = batch.events
         order = self._ckpt_order
-        if order is not None:
-            # Only right after a restart can this sink be ahead of the batch: keep the check cheap.
+        if order is not None and not self._caught_up:
+            # Only right after open() can this sink be ahead of the batch. Once a batch ending past the
+            # checkpoint is written, every later event is past it too, so the check is switched off.
             if batch.end.order_key() <= order:
                 return  # all of it is already in this sink; never move the checkpoint back
             keys = batch.keys
-            if events and keys[0] < order:
+            # min(), not keys[0]: a processor may reorder events (each keeps its input's key)
+            if events and min(keys) < order:
                 if keys == sorted(keys):
                     cut = bisect.bisect_left(keys, order)
                     events = events[cut:]
                 else:
                     events = [e for e, k in zip(events, keys, strict=True) if not k < order]
+            self._caught_up = True
         payloads = self.envelope.encode(events)
         streams = self.template.render_batch(events)
         fresh = set(streams) - self._checked_streams if self.template.is_template else set()
