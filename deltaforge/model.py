@@ -126,18 +126,29 @@ class Batch(msgspec.Struct):
 _NAMESPACE = uuid.UUID("6f1b8c52-5d2e-4c7a-9a51-0d1e7c3b9f10")
 
 
+def event_id_hasher(server: str, file: str, pos: int) -> Any:
+    """SHA-1 state over the position prefix shared by every row of one binlog event."""
+    return hashlib.sha1(_NAMESPACE.bytes + f"{server}|{file}|{pos}|".encode())
+
+
+def event_id_for(hasher: Any, row: int) -> str:
+    """The id of row ``row`` of the event whose prefix ``hasher`` holds (see :func:`derive_event_id`)."""
+    h = hasher.copy()
+    h.update(str(row).encode())
+    b = bytearray(h.digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50
+    b[8] = (b[8] & 0x3F) | 0x80
+    x = b.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 def derive_event_id(server: str, file: str, pos: int, row: int) -> str:
     """Deterministic UUID (v5-shaped) from the source position of one row.
 
     A replayed row gets the same id, so consumers can de-duplicate across
     at-least-once sinks and the idempotency key is stable.
     """
-    digest = hashlib.sha1(_NAMESPACE.bytes + f"{server}|{file}|{pos}|{row}".encode()).digest()
-    b = bytearray(digest[:16])
-    b[6] = (b[6] & 0x0F) | 0x50
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return event_id_for(event_id_hasher(server, file, pos), row)
 
 
 def derive_synthetic_id(parent_id: str, processor_id: str, index: int) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import signal
 import threading
@@ -29,6 +30,20 @@ from typing import Any
 
 from deltaforge.errors import DeltaForgeError, FencedError
 from deltaforge.model import Batch, Position
+
+#: batches read ahead of the processor/sink stage: bounds memory, lets decoding overlap V8 and Redis waits
+READ_AHEAD = 2
+_END = object()
+
+
+class AnyStop:
+    """Stop flag that is set when any of its events is (the supervisor's stop, or this run's halt)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
 log = logging.getLogger("deltaforge.pipeline")
 
@@ -83,25 +98,49 @@ class Pipeline:
         )
         chain = None
         source = None
+        reader: threading.Thread | None = None
+        writer: threading.Thread | None = None
+        halt = threading.Event()  # ends this run's reader (errors in this thread)
         try:
             resume = sinks.open(self.stats.sink_values)
             chain = ProcessorChain(list(cfg.spec.processors), name) if cfg.spec.processors else None
-            source = open_source(cfg, self.stop, resume)
+            source = open_source(cfg, AnyStop(self.stop, halt), resume)  # type: ignore[arg-type]
             log.info("pipeline %s: reading from %s%s", name, source.start_position,
                      " (checkpoint)" if resume else f" (start: {cfg.spec.source.config.start})")
-            last_report = time.monotonic()
-            reported_events = 0
-            for batch in source.batches():
+            # Three stages, three threads: the reader decodes, this thread runs V8, the writer talks to
+            # Redis. V8 and socket waits release the GIL, so the stages overlap; one thread per stage
+            # keeps batches in order, and the small queues bound memory.
+            from_reader: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
+            to_writer: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
+            failure: list[BaseException] = []
+            reader = threading.Thread(target=_read_batches, args=(source, from_reader, halt),
+                                      name="deltaforge-reader", daemon=True)
+            writer = threading.Thread(target=_write_batches, args=(sinks, to_writer, halt, self.stats, failure),
+                                      name="deltaforge-writer", daemon=True)
+            reader.start()
+            writer.start()
+            while True:
+                if failure:
+                    raise failure[0]
+                try:
+                    batch = from_reader.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if batch is _END:
+                    break
+                if isinstance(batch, BaseException):
+                    raise batch
                 out = chain.process(batch) if chain is not None else batch
-                sinks.write(out)
-                self.stats.record(batch, out)
-                now = time.monotonic()
-                if now - last_report >= 10.0:
-                    rate = (self.stats.events_in - reported_events) / (now - last_report)
-                    log.info("committed %d events (%.0f/s), position %s, lag %d ms",
-                             self.stats.events_in, rate, self.stats.position, self.stats.lag_ms)
-                    last_report, reported_events = now, self.stats.events_in
+                _put(to_writer, (batch, out), halt)
+            _put(to_writer, _END, halt)
+            writer.join()
+            if failure:
+                raise failure[0]
         finally:
+            halt.set()
+            for thread in (writer, reader):
+                if thread is not None:
+                    thread.join(timeout=10)
             for sink in sinks.sinks:
                 if sink.last_value is not None:
                     self.stats.sink_values[sink.id] = sink.last_value
@@ -110,6 +149,57 @@ class Pipeline:
             if chain is not None:
                 chain.close()
             sinks.close()
+
+
+def _put(q: queue.Queue[Any], item: Any, halt: threading.Event) -> bool:
+    """Blocking put that gives up when this run is halted (the consumer may be gone)."""
+    while True:
+        try:
+            q.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            if halt.is_set():
+                return False
+
+
+def _read_batches(source: Any, handoff: queue.Queue[Any], halt: threading.Event) -> None:
+    """Reader thread: batches into ``handoff``, then ``_END``; an exception is handed over as an item."""
+    try:
+        for batch in source.batches():
+            if not _put(handoff, batch, halt):
+                return
+        _put(handoff, _END, halt)
+    except BaseException as e:  # noqa: BLE001 - re-raised in the pipeline thread
+        _put(handoff, e, halt)
+
+
+def _write_batches(sinks: Any, inbox: queue.Queue[Any], halt: threading.Event, stats: Stats,
+                   failure: list[BaseException]) -> None:
+    """Writer thread: commits batches in order; the first error stops the run."""
+    last_report = time.monotonic()
+    reported = stats.events_in
+    try:
+        while True:
+            try:
+                item = inbox.get(timeout=0.2)
+            except queue.Empty:
+                if halt.is_set():
+                    return
+                continue
+            if item is _END:
+                return
+            batch, out = item
+            sinks.write(out)
+            stats.record(batch, out)
+            now = time.monotonic()
+            if now - last_report >= 10.0:
+                rate = (stats.events_in - reported) / (now - last_report)
+                log.info("committed %d events (%.0f/s), position %s, lag %d ms",
+                         stats.events_in, rate, stats.position, stats.lag_ms)
+                last_report, reported = now, stats.events_in
+    except BaseException as e:  # noqa: BLE001 - re-raised in the pipeline thread
+        failure.append(e)
+        halt.set()
 
 
 class Supervisor:

@@ -67,7 +67,8 @@ from deltaforge.model import (
     Source,
     Transaction,
     binlog_file_number,
-    derive_event_id,
+    event_id_for,
+    event_id_hasher,
 )
 from deltaforge.source import rowdecode
 from deltaforge.source.schema import (
@@ -89,6 +90,54 @@ _SILENCE_S = 30.0
 _FILE_POS = re.compile(r"^(?P<file>[^:\s]+):(?P<pos>\d+)$")
 _MARIADB_GTID = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
 _MYSQL_GTID = re.compile(r"^[0-9a-fA-F-]{36}:\d+(-\d+)?(:\d+(-\d+)?)*(,[0-9a-fA-F-]{36}:\d+(-\d+)?(:\d+(-\d+)?)*)*$")
+
+
+_tm_cache_local = threading.local()
+_TM_CACHE_MAX = 2048
+
+
+def _install_table_map_cache() -> None:
+    """Reuse mysql-replication's parse of a table map whose exact bytes were seen before.
+
+    The server re-sends a table's map before every rows event, and the library parses
+    each one in full (columns, FULL row metadata, charsets): measured as the reader's
+    largest single cost with small transactions. Identical bytes (the table id included)
+    parse identically, so the parsed attributes are copied from the first parse; the
+    per-packet fields are still set by ``BinLogEvent.__init__``. Active only in threads
+    that set ``_tm_cache_local.cache`` (our reader); anything else parses as before.
+    """
+    if getattr(TableMapEvent, "_deltaforge_cache", False):
+        return
+    from pymysqlreplication.event import BinLogEvent
+
+    original = TableMapEvent.__init__
+
+    def cached_init(self: Any, from_packet: Any, event_size: int, table_map: Any, ctl_connection: Any,
+                    **kw: Any) -> None:
+        cache: dict[bytes, dict[str, Any]] | None = getattr(_tm_cache_local, "cache", None)
+        if cache is None:
+            original(self, from_packet, event_size, table_map, ctl_connection, **kw)
+            return
+        p = from_packet.packet
+        key = p._data[p._position:p._position + event_size]
+        hit = cache.get(key)
+        if hit is None:
+            original(self, from_packet, event_size, table_map, ctl_connection, **kw)
+            if len(cache) >= _TM_CACHE_MAX:
+                cache.clear()
+            # the event's own dict: what the reader attaches to it (its schema) is shared by later hits
+            cache[key] = self.__dict__
+            return
+        BinLogEvent.__init__(self, from_packet, event_size, table_map, ctl_connection, **kw)
+        per_packet = self.__dict__.copy()
+        self.__dict__.update(hit)
+        self.__dict__.update(per_packet)
+        self._processed = hit["_processed"]
+        if self._processed:
+            table_map[self.table_id] = self.table_obj
+
+    TableMapEvent.__init__ = cached_init  # type: ignore[method-assign]
+    TableMapEvent._deltaforge_cache = True  # type: ignore[attr-defined]
 
 
 def default_replica_server_id(pipeline: str) -> int:
@@ -203,7 +252,7 @@ class BinlogSource:
         self._stream: BinLogStreamReader | None = None
         self._ctl: Any = None
         self._schemas: dict[int, TableSchema] = {}
-        self._schema_keys: dict[int, tuple[Any, ...]] = {}
+        self._tm_cache: dict[bytes, dict[str, Any]] = {}
         self._warned_minimal: set[str] = set()
         self.flavor = "mysql"
         self.server_identity = ""
@@ -382,15 +431,24 @@ class BinlogSource:
             raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
 
     def _schema_for(self, tm: TableMapEvent) -> TableSchema | None:
-        if not self.filter.matches(tm.schema, tm.table):
+        """The decoding schema of a table map (None: table not captured), built once per distinct map."""
+        # With the table-map cache, every map parsed from the same bytes shares the first one's
+        # attributes, including the schema stored here on first sight.
+        cached = tm.__dict__.get("_df_schema")
+        if cached is not None and cached[0] is self:
+            schema: TableSchema | None = cached[1]
+        else:
+            schema = self._build_schema(tm)
+            tm._df_schema = (self, schema)  # type: ignore[attr-defined]
+        if schema is None:
             self._schemas.pop(tm.table_id, None)
+        else:
+            self._schemas[tm.table_id] = schema
+        return schema
+
+    def _build_schema(self, tm: TableMapEvent) -> TableSchema | None:
+        if not self.filter.matches(tm.schema, tm.table):
             return None
-        # The table map is re-sent with every transaction; rebuild decoders only when it changed.
-        key = (tm.schema, tm.table, tuple((c.type, c.name, getattr(c, "max_length", None), getattr(c, "fsp", None),
-                                           getattr(c, "decimals", None), getattr(c, "precision", None),
-                                           c.character_set_name, c.unsigned) for c in tm.columns))
-        if self._schema_keys.get(tm.table_id) == key:
-            return self._schemas[tm.table_id]
         live = None
         if needs_live_columns(tm):
             name = f"{tm.schema}.{tm.table}"
@@ -400,15 +458,20 @@ class BinlogSource:
                             "(binlog_row_metadata is not FULL, or old temporal formats); using the live schema "
                             "from information_schema (fix: SET GLOBAL binlog_row_metadata=FULL)", name)
             live = fetch_live_columns(self._control(), tm.schema, tm.table)
-        schema = schema_from_table_map(tm, live)
-        self._schemas[tm.table_id] = schema
-        self._schema_keys[tm.table_id] = key
-        return schema
+        return schema_from_table_map(tm, live)
 
     def batches(self) -> Iterator[Batch]:
         """Yield batches until stop is requested. Raises SourceUnavailable/SourceError/DecodeError."""
         if self._stream is None:
             raise SourceError("BinlogSource.batches() called before open()")
+        _install_table_map_cache()
+        _tm_cache_local.cache = self._tm_cache  # this thread reads the binlog: its maps are cached
+        try:
+            yield from self._batches()
+        finally:
+            _tm_cache_local.cache = None
+
+    def _batches(self) -> Iterator[Batch]:
         events: list[Event] = []
         keys: list[OrderKey] = []
         nbytes = 0
@@ -516,13 +579,14 @@ class BinlogSource:
                 if not events:
                     started = time.monotonic()
                 origin = f"{table} at {file}:{start_pos}"
+                hasher = event_id_hasher(ident, file, start_pos)
                 for i, (before, after) in enumerate(rows):
                     seq = tx.rows
                     tx.rows += 1
                     if seq < skip:  # delivered before a restart in the middle of this transaction
                         continue
                     events.append(Event(
-                        event_id=derive_event_id(ident, file, start_pos, i),
+                        event_id=event_id_for(hasher, i),
                         tenant_id=self.tenant,
                         table=table,
                         op=op,
