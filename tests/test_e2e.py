@@ -202,3 +202,39 @@ def test_js_error_stops_without_commit(tmp_path: Path, mariadb: MariaDBServer, r
     assert "Traceback" not in out
     ids = [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")]
     assert 2 not in ids
+
+
+@pytest.mark.parametrize("batch", [
+    "  batch:\n    max_bytes: 2048\n",
+    "  batch:\n    max_events: 64\n    respect_source_tx: false\n",
+], ids=["max_bytes", "ignore_tx_boundaries"])
+def test_batch_limits_split_and_resume(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
+                                       redis_client, fresh_db: str, batch: str) -> None:
+    _make_items(mariadb, fresh_db)
+    start = binlog_end(mariadb)
+    expected: list[int] = []
+    statements = []
+    for tx in range(12):
+        ids = range(len(expected) + 1, len(expected) + 1 + (250 if tx == 5 else 30))
+        expected.extend(ids)
+        statements.append(f"INSERT INTO {fresh_db}.items VALUES " +
+                          ",".join(f"({i},'{'x' * 30}',{i})" for i in ids))
+    mariadb.execute(*statements)
+    cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=start, batch=batch)
+    proc = start_engine(cfg)
+    try:
+        wait_for(lambda: redis_client.xlen("cdc:e2e") >= 200, what="200 entries")
+    finally:
+        stop_engine(proc, signal.SIGKILL)
+    proc = start_engine(cfg)
+    try:
+        wait_for(lambda: redis_client.xlen("cdc:e2e") >= len(expected), what="all entries")
+    finally:
+        code, out = stop_engine(proc)
+    assert code == 0, out
+    events = stream_events(redis_client, "cdc:e2e")
+    assert [e["after"]["id"] for e in events] == expected
+    ends = [e["after"]["id"] for e in events if e["transaction"]["end"]]
+    assert len(ends) == 12
+    checkpoint = redis_client.get("{cdc:e2e}:deltaforge:checkpoint:e2e:stream")
+    assert b'"skip_rows":0' in checkpoint

@@ -844,3 +844,17 @@ def test_process_after_close_is_an_error(make_proc):
     proc.close()  # idempotent
     with pytest.raises(ProcessorError, match="after close"):
         proc.process(make_batch(users_rows()[0]))
+
+
+def test_processor_uses_the_direct_v8_call() -> None:
+    """mini-racer's internals match what _DirectCall expects (a mini-racer upgrade would show here)."""
+    from deltaforge.process.js import JsProcessor, _DirectCall
+
+    spec = type("Spec", (), {"type": "javascript", "id": "p", "code": "function processBatch(e) { return e; }",
+                             "origin": "spec.processors[0].inline",
+                             "limits": type("L", (), {"timeout_ms": 1000, "mem_mb": 64})()})()
+    proc = JsProcessor(spec, 0)
+    try:
+        assert isinstance(proc._run, _DirectCall)
+    finally:
+        proc.close()

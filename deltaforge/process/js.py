@@ -44,6 +44,8 @@ Hazards:
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import re
 from typing import Any
 
@@ -53,6 +55,7 @@ from py_mini_racer import (
     JSFunction,
     JSParseException,
     JSTimeoutException,
+    JSUndefined,
     MiniRacer,
 )
 
@@ -257,7 +260,7 @@ class JsProcessor:
                 )
             run = make(mr.eval("processBatch"))
             assert isinstance(run, JSFunction)
-            self._run = run
+            self._run = _DirectCall.wrap(mr, run)
         except BaseException:
             self._discard()
             raise
@@ -533,3 +536,50 @@ class ProcessorChain:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _DirectCall:
+    """Call a JS function through mini-racer's C API from the calling thread.
+
+    ``JSFunction.__call__`` hops to mini-racer's asyncio thread, evaluates ``[]`` for
+    the argument array and waits on a future: ~250 µs per call on this project's
+    machine, 2.5 µs/event at the seed's batch of 100. Here one argument array is made
+    once, its element is replaced per call, and the result is taken from the
+    context's queue for uncancelable tasks, which the V8 thread fills directly.
+
+    Hazard: this uses mini-racer internals (pinned to 0.14.x in pyproject.toml). The
+    results queue is shared with ``MiniRacer.eval``; the processor never calls both at
+    once (one thread per isolate). ``wrap`` falls back to the public call when the
+    internals are not there.
+    """
+
+    def __init__(self, mr: MiniRacer, func: JSFunction) -> None:
+        ctx: Any = mr._ctx  # private: see the class docstring
+        self._ctx = ctx
+        self._dll = ctx._dll
+        self._raw = ctx._ctx
+        self._func = ctx._python_to_value_handle(func)
+        self._this = ctx._python_to_value_handle(JSUndefined)
+        self._argv: Any = mr.eval("[null]")
+        self._argv_handle = ctx._python_to_value_handle(self._argv)
+        self._results: queue.Queue[Any] = ctx._non_cancelable_mr_task_results_queue
+
+    @classmethod
+    def wrap(cls, mr: MiniRacer, func: JSFunction) -> Any:
+        try:
+            return cls(mr, func)
+        except AttributeError:  # another mini-racer layout: the public (slower) call
+            return func
+
+    def __call__(self, payload: str, timeout_sec: float | None = None) -> Any:
+        self._argv[0] = payload
+        task = self._dll.mr_call_function(self._raw, self._func.raw, self._this.raw, self._argv_handle.raw, 0)
+        try:
+            handle = self._results.get(timeout=timeout_sec)
+        except queue.Empty:
+            self._dll.mr_cancel_task(self._raw, task)
+            handle = self._results.get()  # the terminated call still reports; drain it
+            with contextlib.suppress(Exception):
+                self._ctx._value_handle_to_python(handle)
+            raise JSTimeoutException from None
+        return self._ctx._value_handle_to_python(handle)
