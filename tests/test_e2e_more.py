@@ -142,3 +142,26 @@ def _restart_redis(server: RedisServer, port: int) -> None:
          "--logfile", str(log), "--daemonize", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     _wait_port(port, server.proc, "redis-server", log, 30)
+
+
+def test_statement_format_change_stops_with_the_fix(tmp_path: Path, mariadb: MariaDBServer,
+                                                   redis_server: RedisServer, redis_client: Any,
+                                                   fresh_db: str) -> None:
+    """A change logged as a statement cannot be captured: stop loudly before it, never skip it silently."""
+    table = _table(mariadb, fresh_db)
+    start = binlog_end(mariadb)
+    mariadb.execute(f"INSERT INTO {table} VALUES (1,'row')")
+    conn = mariadb.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION binlog_format='STATEMENT'")
+            cur.execute(f"INSERT INTO {table} VALUES (2,'statement')")
+    finally:
+        conn.close()
+    cfg = write_config(tmp_path, mariadb, redis_server, [table], start=start)
+    code, out = Engine(cfg).wait(60)
+    assert code == 1, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: a change to a captured table was logged as a statement"), out
+    assert "binlog_format=ROW" in last
+    assert [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")] == [1]

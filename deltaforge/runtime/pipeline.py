@@ -129,6 +129,9 @@ class Pipeline:
                 if batch is _END:
                     break
                 if isinstance(batch, BaseException):
+                    # the reader failed after handing out what was complete: commit that first
+                    _put(to_writer, _END, halt)
+                    writer.join()
                     raise batch
                 out = chain.process(batch) if chain is not None else batch
                 _put(to_writer, (batch, out), halt)

@@ -58,7 +58,13 @@ from pymysqlreplication.row_event import (
 )
 
 from deltaforge.dsn import MySQLDSN, parse_mysql_dsn
-from deltaforge.errors import ConfigError, DecodeError, SourceError, SourceUnavailable
+from deltaforge.errors import (
+    ConfigError,
+    DecodeError,
+    DeltaForgeError,
+    SourceError,
+    SourceUnavailable,
+)
 from deltaforge.model import (
     Batch,
     Event,
@@ -87,6 +93,7 @@ _MARIADB_GTID_STANDALONE = 0x01
 _HEARTBEAT_S = 5.0
 #: no byte from the server for this long (heartbeats included) = connection dead
 _SILENCE_S = 30.0
+_DML = ("INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD DATA")
 _FILE_POS = re.compile(r"^(?P<file>[^:\s]+):(?P<pos>\d+)$")
 _MARIADB_GTID = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
 _MYSQL_GTID = re.compile(r"^[0-9a-fA-F-]{36}:\d+(-\d+)?(:\d+(-\d+)?)*(,[0-9a-fA-F-]{36}:\d+(-\d+)?(:\d+(-\d+)?)*)*$")
@@ -500,140 +507,167 @@ class BinlogSource:
             committed = end
             return batch
 
-        while True:
-            if tx is None:
-                idle = not self._buffered()
-                if boundary is not None and boundary_count:
-                    if (idle or boundary_count >= self.max_events or nbytes >= self.max_bytes
-                            or time.monotonic() - started >= self.max_s):
-                        yield take(boundary_count, boundary)
-                elif (idle and boundary is not None and not events and committed is not None
-                      and boundary.order_key() > committed.order_key() and time.monotonic() - last_yield >= 1.0):
-                    # Only other tables changed: commit the position alone so a restart need not re-read them.
-                    yield take(0, boundary)
-                if self.stop.is_set():
-                    break
-                if idle and not self._wait_readable():
-                    break
-            elif self.stop.is_set():
-                break  # the open transaction is re-read after a restart; nothing partial is handed out
-            ev = self._fetch()
-            if ev is None:
-                continue
-            cls = type(ev)
-            pkt = ev.packet
-            if cls is RotateEvent:
-                self._file = ev.next_binlog
-                continue
-            if cls is HeartbeatLogEvent:
-                continue
-            start_pos = pkt.log_pos - pkt.event_size
-            if cls is MariadbGtidEvent or cls is GtidEvent:
-                if cls is MariadbGtidEvent:
-                    tx = _Tx(self._file, start_pos, ev.gtid, str(self._gtid_state) or None,
-                             bool(ev.flags & _MARIADB_GTID_STANDALONE))
-                else:
-                    tx = _Tx(self._file, start_pos, ev.gtid, self._mysql_gtid, False)
-                continue
-            if cls is TableMapEvent:
-                self._schema_for(ev)
-                continue
-            if cls is QueryEvent:
-                query = ev.query.strip().upper() if isinstance(ev.query, str) else ""
-                if query == "BEGIN":
-                    if tx is None:
-                        tx = _Tx(self._file, start_pos, None, self._gtid_or_none(), False)
+        try:
+            while True:
+                if tx is None:
+                    idle = not self._buffered()
+                    if boundary is not None and boundary_count:
+                        if (idle or boundary_count >= self.max_events or nbytes >= self.max_bytes
+                                or time.monotonic() - started >= self.max_s):
+                            yield take(boundary_count, boundary)
+                    elif (idle and boundary is not None and not events and committed is not None
+                          and boundary.order_key() > committed.order_key() and time.monotonic() - last_yield >= 1.0):
+                        # Only other tables changed: commit the position alone so a restart need not re-read them.
+                        yield take(0, boundary)
+                    if self.stop.is_set():
+                        break
+                    if idle and not self._wait_readable():
+                        break
+                elif self.stop.is_set():
+                    break  # the open transaction is re-read after a restart; nothing partial is handed out
+                ev = self._fetch()
+                if ev is None:
                     continue
-                if tx is not None and not tx.standalone and query not in ("COMMIT", "ROLLBACK"):
-                    continue  # a statement inside a transaction
-                # COMMIT, or a standalone statement (DDL): falls through to the commit handling
-            elif cls is not XidEvent:
-                # ---- a rows event
-                schema = self._schemas.get(ev.table_id)
-                if schema is None:
+                cls = type(ev)
+                pkt = ev.packet
+                if cls is RotateEvent:
+                    self._file = ev.next_binlog
                     continue
-                if tx is None:  # rows outside any transaction marker: treat the event as its own transaction
-                    tx = _Tx(self._file, start_pos, None, self._gtid_or_none(), False)
-                kind = _KIND[cls]
-                p = pkt.packet
-                body = p._data[p._position:p._position + ev.event_size - pkt.read_bytes]
-                try:
-                    rows = rowdecode.decode_rows(
-                        schema, body, kind, ev.columns_present_bitmap,
-                        ev.columns_present_bitmap2 if kind == rowdecode.UPDATE else None,
-                    )
-                except DecodeError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - any decoder failure is a poison row: name it
-                    raise DecodeError(
-                        f"{schema.db}.{schema.table} at {self._file}:{start_pos}: cannot decode row: {e}",
-                        "report this with the table definition; nothing past this row was committed") from None
-                if not rows:
+                if cls is HeartbeatLogEvent:
                     continue
-                table = f"{schema.db}.{schema.table}"
-                op = _OP[kind]
-                ts_ms = ev.timestamp * 1000
-                per_row = len(body) // len(rows) + 1
-                file = self._file
-                file_no = binlog_file_number(tx.file)
-                if not events:
-                    started = time.monotonic()
-                origin = f"{table} at {file}:{start_pos}"
-                hasher = event_id_hasher(ident, file, start_pos)
-                for i, (before, after) in enumerate(rows):
-                    seq = tx.rows
-                    tx.rows += 1
-                    if seq < skip:  # delivered before a restart in the middle of this transaction
+                start_pos = pkt.log_pos - pkt.event_size
+                if cls is MariadbGtidEvent or cls is GtidEvent:
+                    if cls is MariadbGtidEvent:
+                        tx = _Tx(self._file, start_pos, ev.gtid, str(self._gtid_state) or None,
+                                 bool(ev.flags & _MARIADB_GTID_STANDALONE))
+                    else:
+                        tx = _Tx(self._file, start_pos, ev.gtid, self._mysql_gtid, False)
+                    continue
+                if cls is TableMapEvent:
+                    self._schema_for(ev)
+                    continue
+                if cls is QueryEvent:
+                    query = ev.query.strip().upper() if isinstance(ev.query, str) else ""
+                    if query == "BEGIN":
+                        if tx is None:
+                            tx = _Tx(self._file, start_pos, None, self._gtid_or_none(), False)
                         continue
-                    events.append(Event(
-                        event_id=event_id_for(hasher, i),
-                        tenant_id=self.tenant,
-                        table=table,
-                        op=op,
-                        before=before,
-                        after=after,
-                        ts_ms=ts_ms,
-                        source=Source(connector="mysql", name=name, server_id=pkt.server_id, db=schema.db,
-                                      table=schema.table, file=file, pos=start_pos, row=i, gtid=tx.gtid,
-                                      ts_ms=ts_ms),
-                        transaction=Transaction(id=tx.id, seq=seq, end=False),
-                    ))
-                    keys.append((file_no, tx.pos, seq))
-                    nbytes += per_row
-                if len(events) > self.max_events or nbytes > self.max_bytes:
-                    if self.respect_tx and boundary_count and boundary is not None:
-                        yield take(boundary_count, boundary)  # the complete transactions first
-                    # Split the open transaction, holding back its newest row (its `end` flag is unknown yet).
-                    while len(events) > 1 and (len(events) > self.max_events or nbytes > self.max_bytes):
-                        n = min(len(events) - 1, self.max_events)
-                        if nbytes > self.max_bytes:
-                            n = max(1, min(n, len(events) * self.max_bytes // max(nbytes, 1)))
-                        last = events[n - 1].transaction
-                        assert last is not None
-                        yield take(n, Position(file=tx.file, pos=tx.pos, gtid=tx.gtid_before,
-                                               skip_rows=last.seq + 1))
-                continue
-            # ---- commit of `tx` (XID, COMMIT, or a standalone statement)
-            if tx is not None and tx.gtid and self.flavor == "mariadb":
-                self._gtid_state = MariaGtidState(self._gtid_state.with_gtid(tx.gtid))
-            elif tx is not None and tx.gtid:
-                self._mysql_gtid = _mysql_gtid_add(self._mysql_gtid, tx.gtid)
-            if tx is not None and events:
-                last_tx = events[-1].transaction
-                if last_tx is not None and last_tx.id == tx.id:
-                    last_tx.end = True
-            skip = 0
-            tx = None
-            boundary = Position(file=self._file, pos=pkt.log_pos, gtid=self._gtid_or_none())
-            boundary_count = len(events)
+                    if query.startswith(_DML) and self._captures_statement(ev):
+                        raise SourceError(
+                            f"a change to a captured table was logged as a statement, not as rows, at "
+                            f"{self._file}:{start_pos} (schema {_query_schema(ev)}): it cannot be captured",
+                            "set binlog_format=ROW on the server (MIXED logs some changes as statements); to go on "
+                            "without this change, set spec.source.config.start past it and reset the checkpoint")
+                    if tx is not None and not tx.standalone and query not in ("COMMIT", "ROLLBACK"):
+                        continue  # a statement inside a transaction
+                    # COMMIT, or a standalone statement (DDL): falls through to the commit handling
+                elif cls is not XidEvent:
+                    # ---- a rows event
+                    schema = self._schemas.get(ev.table_id)
+                    if schema is None:
+                        continue
+                    if tx is None:  # rows outside any transaction marker: treat the event as its own transaction
+                        tx = _Tx(self._file, start_pos, None, self._gtid_or_none(), False)
+                    kind = _KIND[cls]
+                    p = pkt.packet
+                    body = p._data[p._position:p._position + ev.event_size - pkt.read_bytes]
+                    try:
+                        rows = rowdecode.decode_rows(
+                            schema, body, kind, ev.columns_present_bitmap,
+                            ev.columns_present_bitmap2 if kind == rowdecode.UPDATE else None,
+                        )
+                    except DecodeError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - any decoder failure is a poison row: name it
+                        raise DecodeError(
+                            f"{schema.db}.{schema.table} at {self._file}:{start_pos}: cannot decode row: {e}",
+                            "report this with the table definition; nothing past this row was committed") from None
+                    if not rows:
+                        continue
+                    table = f"{schema.db}.{schema.table}"
+                    op = _OP[kind]
+                    ts_ms = ev.timestamp * 1000
+                    per_row = len(body) // len(rows) + 1
+                    file = self._file
+                    file_no = binlog_file_number(tx.file)
+                    if not events:
+                        started = time.monotonic()
+                    origin = f"{table} at {file}:{start_pos}"
+                    hasher = event_id_hasher(ident, file, start_pos)
+                    for i, (before, after) in enumerate(rows):
+                        seq = tx.rows
+                        tx.rows += 1
+                        if seq < skip:  # delivered before a restart in the middle of this transaction
+                            continue
+                        events.append(Event(
+                            event_id=event_id_for(hasher, i),
+                            tenant_id=self.tenant,
+                            table=table,
+                            op=op,
+                            before=before,
+                            after=after,
+                            ts_ms=ts_ms,
+                            source=Source(connector="mysql", name=name, server_id=pkt.server_id, db=schema.db,
+                                          table=schema.table, file=file, pos=start_pos, row=i, gtid=tx.gtid,
+                                          ts_ms=ts_ms),
+                            transaction=Transaction(id=tx.id, seq=seq, end=False),
+                        ))
+                        keys.append((file_no, tx.pos, seq))
+                        nbytes += per_row
+                    if len(events) > self.max_events or nbytes > self.max_bytes:
+                        if self.respect_tx and boundary_count and boundary is not None:
+                            yield take(boundary_count, boundary)  # the complete transactions first
+                        # Split the open transaction, holding back its newest row (its `end` flag is unknown yet).
+                        while len(events) > 1 and (len(events) > self.max_events or nbytes > self.max_bytes):
+                            n = min(len(events) - 1, self.max_events)
+                            if nbytes > self.max_bytes:
+                                n = max(1, min(n, len(events) * self.max_bytes // max(nbytes, 1)))
+                            last = events[n - 1].transaction
+                            assert last is not None
+                            yield take(n, Position(file=tx.file, pos=tx.pos, gtid=tx.gtid_before,
+                                                   skip_rows=last.seq + 1))
+                    continue
+                # ---- commit of `tx` (XID, COMMIT, or a standalone statement)
+                if tx is not None and tx.gtid and self.flavor == "mariadb":
+                    self._gtid_state = MariaGtidState(self._gtid_state.with_gtid(tx.gtid))
+                elif tx is not None and tx.gtid:
+                    self._mysql_gtid = _mysql_gtid_add(self._mysql_gtid, tx.gtid)
+                if tx is not None and events:
+                    last_tx = events[-1].transaction
+                    if last_tx is not None and last_tx.id == tx.id:
+                        last_tx.end = True
+                skip = 0
+                tx = None
+                boundary = Position(file=self._file, pos=pkt.log_pos, gtid=self._gtid_or_none())
+                boundary_count = len(events)
+        except DeltaForgeError:
+            # Commit what is complete before the failure (poison row, statement-format change,
+            # lost connection): a restart then begins right at the failing transaction.
+            if boundary is not None and boundary_count:
+                yield take(boundary_count, boundary)
+            raise
         # stop requested: hand out complete transactions only; a partial one is re-read on restart
         if boundary is not None and boundary_count:
             yield take(boundary_count, boundary)
+
+    def _captures_statement(self, ev: QueryEvent) -> bool:
+        """Could this statement-format DML touch a captured table? (its default schema, or one named in it)"""
+        default = _query_schema(ev)
+        schemas = self.filter.schemas()
+        if default in schemas:
+            return True
+        text = ev.query if isinstance(ev.query, str) else ""
+        return any(f"{db}." in text or f"`{db}`." in text for db in schemas)
 
     def _gtid_or_none(self) -> str | None:
         if self.flavor == "mariadb":
             return str(self._gtid_state) or None
         return self._mysql_gtid
+
+
+def _query_schema(ev: QueryEvent) -> str:
+    schema = ev.schema
+    return schema.decode(errors="replace") if isinstance(schema, bytes) else str(schema)
 
 
 def _mysql_gtid_add(gtid_set: str | None, gtid: str) -> str:
