@@ -1,17 +1,17 @@
 """The JavaScript processor stage (deltaforge/process/js.py): no servers needed.
 
-The seed processor below is copied verbatim (trailing blanks included) from the user's
-seed/cache-invalidation.md.
+The seed processor is read from conf/pipeline.yaml, the user's seed pipeline verbatim.
 """
-# ruff: noqa: W291, W293
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import yaml
 
 from deltaforge import config
 from deltaforge.errors import ConfigError, ProcessorError, ProcessorLimitError
@@ -26,88 +26,10 @@ from deltaforge.model import (
 )
 from deltaforge.process.js import JsProcessor, ProcessorChain
 
-SEED_JS = """\
-function processBatch(events) {
-  return events.map(event => {
-    const keys = generateCacheKeys(event);
-    const strategy = getStrategy(event);
-    
-    // Store cache keys in event.after metadata
-    // (we can modify event.after since it's a JSON Value)
-    if (event.after) {
-      event.after._cache_keys = keys;
-      event.after._invalidation_strategy = strategy;
-    } else if (event.before) {
-      // For deletes, add to before
-      event.before._cache_keys = keys;
-      event.before._invalidation_strategy = strategy;
-    }
-    
-    // Add tags for routing/filtering
-    event.tags = (event.tags || []).concat([
-      'cache:invalidate',
-      `strategy:${strategy}`,
-      `keys:${keys.length}`
-    ]);
-    
-    return event;
-  });
-}
-
-function generateCacheKeys(event) {
-  const table = event.table.split('.')[1];
-  const keys = [];
-  const record = event.after || event.before;
-  
-  if (!record || !record.id) return keys;
-  const id = record.id;
-  
-  switch (table) {
-    case 'users':
-      keys.push(`user:${id}`);
-      if (record.email) {
-        keys.push(`user:email:${record.email}`);
-      }
-      // If email changed, invalidate old email key
-      if (event.before && event.before.email && 
-          event.before.email !== record.email) {
-        keys.push(`user:email:${event.before.email}`);
-      }
-      keys.push(`user:${id}:orders`);
-      keys.push(`user:${id}:profile`);
-      break;
-      
-    case 'products':
-      keys.push(`product:${id}`);
-      keys.push(`product:${id}:details`);
-      if (record.category_id) {
-        keys.push(`category:${record.category_id}:products`);
-      }
-      break;
-      
-    case 'orders':
-      keys.push(`order:${id}`);
-      if (record.user_id) {
-        keys.push(`user:${record.user_id}:orders`);
-      }
-      break;
-      
-    case 'inventory':
-      keys.push(`inventory:${record.product_id}`);
-      keys.push(`product:${record.product_id}:stock`);
-      break;
-  }
-  
-  return keys;
-}
-
-function getStrategy(event) {
-  const table = event.table.split('.')[1];
-  if (table === 'inventory') return 'immediate';
-  if (event.op === 'd') return 'immediate';
-  return 'batched';
-}
-"""
+# The seed's processor exactly as the user wrote it: conf/pipeline.yaml is checked byte for byte
+# against seed/cache-invalidation.md in tests/test_config.py.
+SEED_JS: str = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "pipeline.yaml").read_text())[
+    "spec"]["processors"][0]["inline"]
 
 
 # Stand-ins with the attributes of deltaforge.config.ProcessorSpec / its limits.
