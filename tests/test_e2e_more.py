@@ -165,3 +165,22 @@ def test_statement_format_change_stops_with_the_fix(tmp_path: Path, mariadb: Mar
     assert last.startswith("error: a change to a captured table was logged as a statement"), out
     assert "binlog_format=ROW" in last
     assert [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")] == [1]
+
+
+def test_poison_row_stops_after_committing_what_came_before(tmp_path: Path, mariadb: MariaDBServer,
+                                                            redis_server: RedisServer, redis_client: Any,
+                                                            fresh_db: str) -> None:
+    """A value the decoder cannot render (a charset Python lacks) is a poison row: one line, nothing skipped."""
+    table = _table(mariadb, fresh_db)
+    mariadb.execute(f"CREATE TABLE {fresh_db}.odd (id INT PRIMARY KEY, v VARCHAR(10) CHARACTER SET swe7)")
+    start = binlog_end(mariadb)
+    mariadb.execute(f"INSERT INTO {table} VALUES (1,'fine')",
+                    f"INSERT INTO {fresh_db}.odd VALUES (1,'abc')",
+                    f"INSERT INTO {table} VALUES (2,'after')")
+    cfg = write_config(tmp_path, mariadb, redis_server, [table, f"{fresh_db}.odd"], start=start)
+    code, out = Engine(cfg).wait(60)
+    assert code == 1, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"{fresh_db}.odd" in last and "swe7" in last, out
+    assert "Traceback" not in out
+    assert [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")] == [1]
