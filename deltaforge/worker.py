@@ -67,7 +67,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, TextIO, TypeVar
 
 import click
@@ -76,6 +76,7 @@ import redis
 
 from deltaforge.dsn import parse_redis_uri, redact
 from deltaforge.errors import ConfigError, DeltaForgeError, SinkError
+from deltaforge.metrics import serve_http
 
 logger = logging.getLogger("deltaforge.worker")
 
@@ -234,29 +235,10 @@ class WorkerMetrics:
 def serve_metrics(metrics: WorkerMetrics, port: int) -> ThreadingHTTPServer:
     """Serve ``/metrics`` on 127.0.0.1:``port`` (0 = any free port) from a daemon thread."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-                self.send_error(404)
-                return
-            body = metrics.prometheus().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def render() -> tuple[int, str]:
+        return 200, metrics.prometheus()
 
-        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
-            pass
-
-    try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    except OSError as e:
-        raise ConfigError("--metrics-port", f"cannot listen on 127.0.0.1:{port}: {e.strerror}",
-                          "pick a free port or leave --metrics-port out") from None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
-    return server
+    return serve_http({"/metrics": render, "/": render}, port, "worker-metrics")
 
 
 # --- the worker ------------------------------------------------------------------------------

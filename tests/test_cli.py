@@ -103,3 +103,29 @@ def test_second_signal_exits_at_once_without_committing(tmp_path: Path, mariadb:
     assert time.monotonic() - started < 10
     assert "second signal" in out
     assert stream_events(redis_client, "cdc:e2e") == []
+
+
+def test_metrics_and_health_endpoint(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
+                                     redis_client: Any, fresh_db: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    from deltaforge.testing import free_port
+
+    mariadb.execute(f"CREATE TABLE {fresh_db}.t (id INT PRIMARY KEY)")
+    cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.t"], start=binlog_end(mariadb))
+    port = free_port()
+    engine = Engine(cfg, "--metrics-port", str(port)).wait_ready()
+    try:
+        mariadb.execute(f"INSERT INTO {fresh_db}.t VALUES (1),(2)")
+        wait_for(lambda: redis_client.xlen("cdc:e2e") == 2, what="2 entries")
+        wait_for(lambda: b"deltaforge_events_committed_total" in urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=5).read(), what="metrics")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+        assert health.status == 200 and health.read().startswith(b"ok: streaming")
+    finally:
+        code, out = engine.stop()
+    assert code == 0, out
+    assert 'deltaforge_events_committed_total{pipeline="e2e"} 2' in metrics
+    assert 'deltaforge_up{pipeline="e2e"} 1' in metrics

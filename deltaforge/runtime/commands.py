@@ -33,8 +33,10 @@ def check_command(config: str) -> None:
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Processor worker processes; 0 runs every stage in this process.")
 @click.option("--skip-preflight", is_flag=True, help="Start without checking the servers first.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve /metrics (Prometheus) and /health on 127.0.0.1:PORT (0 = any free port).")
 @friendly_errors
-def run_command(config: str, workers: int, skip_preflight: bool) -> None:
+def run_command(config: str, workers: int, skip_preflight: bool, metrics_port: int | None) -> None:
     """Run the pipeline in CONFIG until SIGINT/SIGTERM."""
     from deltaforge.errors import ConfigError
     from deltaforge.runtime.pipeline import Supervisor
@@ -55,4 +57,14 @@ def run_command(config: str, workers: int, skip_preflight: bool) -> None:
         sys.exit(3)
     if supervisor.stop.is_set():
         sys.exit(0)
+    if metrics_port is not None:
+        import logging
+
+        from deltaforge.metrics import serve_http
+
+        stats, name = supervisor.stats, cfg.metadata.name
+        server = serve_http({"/metrics": lambda: (200, stats.prometheus(name)), "/health": stats.health},
+                            metrics_port, "metrics")
+        logging.getLogger("deltaforge.pipeline").info(
+            "metrics on http://127.0.0.1:%d/metrics, health on /health", server.server_port)
     sys.exit(supervisor.run())

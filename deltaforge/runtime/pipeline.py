@@ -61,6 +61,44 @@ class Stats:
         self.lag_ms = 0
         #: checkpoint value each sink last committed: a restart must find it unchanged (fencing)
         self.sink_values: dict[str, bytes] = {}
+        #: starting | running | restarting | stopped (for /health)
+        self.state = "starting"
+        self.restarts = 0
+        self.last_error = ""
+
+    def prometheus(self, pipeline: str) -> str:
+        """Prometheus text exposition of the counters (``/metrics``)."""
+        label = f'{{pipeline="{pipeline}"}}'
+        pos = self.position
+        lines = [
+            "# HELP deltaforge_up 1 while the pipeline is connected and streaming",
+            "# TYPE deltaforge_up gauge",
+            f"deltaforge_up{label} {1 if self.state == 'running' else 0}",
+            "# TYPE deltaforge_events_read_total counter",
+            f"deltaforge_events_read_total{label} {self.events_in}",
+            "# TYPE deltaforge_events_committed_total counter",
+            f"deltaforge_events_committed_total{label} {self.events_out}",
+            "# TYPE deltaforge_batches_committed_total counter",
+            f"deltaforge_batches_committed_total{label} {self.batches}",
+            "# HELP deltaforge_lag_ms source commit time of the newest committed event to its commit in the sinks",
+            "# TYPE deltaforge_lag_ms gauge",
+            f"deltaforge_lag_ms{label} {self.lag_ms}",
+            "# TYPE deltaforge_last_commit_timestamp_seconds gauge",
+            f"deltaforge_last_commit_timestamp_seconds{label} {self.last_commit or 0:.3f}",
+            "# TYPE deltaforge_restarts_total counter",
+            f"deltaforge_restarts_total{label} {self.restarts}",
+        ]
+        if pos is not None:
+            lines += ["# TYPE deltaforge_binlog_position gauge",
+                      f'deltaforge_binlog_position{{pipeline="{pipeline}",file="{pos.file}"}} {pos.pos}']
+        return "\n".join(lines) + "\n"
+
+    def health(self) -> tuple[int, str]:
+        """``/health``: 200 while streaming, 503 while starting, restarting or stopped."""
+        if self.state == "running":
+            return 200, f"ok: streaming, position {self.position}, lag {self.lag_ms} ms\n"
+        detail = f" ({self.last_error})" if self.last_error else ""
+        return 503, f"{self.state}{detail}\n"
 
     def record(self, batch_in: Batch, batch_out: Batch) -> None:
         now = time.time()
@@ -105,6 +143,7 @@ class Pipeline:
             resume = sinks.open(self.stats.sink_values)
             chain = ProcessorChain(list(cfg.spec.processors), name) if cfg.spec.processors else None
             source = open_source(cfg, AnyStop(self.stop, halt), resume)  # type: ignore[arg-type]
+            self.stats.state = "running"
             log.info("pipeline %s: reading from %s%s", name, source.start_position,
                      " (checkpoint)" if resume else f" (start: {cfg.spec.source.config.start})")
             # Three stages, three threads: the reader decodes, this thread runs V8, the writer talks to
@@ -245,6 +284,9 @@ class Supervisor:
                 if (self.stats.events_in, self.stats.batches) != before:
                     failures = 0
                 failures += 1
+                self.stats.state = "restarting"
+                self.stats.restarts += 1
+                self.stats.last_error = str(e)
                 if failures > self.max_restarts:
                     raise
                 delay = min(self.backoff_max_s, 0.5 * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
@@ -252,6 +294,7 @@ class Supervisor:
                             e, delay, failures, self.max_restarts)
                 if self.stop.wait(delay):
                     break
+        self.stats.state = "stopped"
         log.info("stopped: %d events committed in %d batches, position %s",
                  self.stats.events_in, self.stats.batches, self.stats.position)
         return 0
