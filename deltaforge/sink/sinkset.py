@@ -31,6 +31,10 @@ from deltaforge.sink.redis_stream import RedisStreamSink
 log = logging.getLogger("deltaforge.sink")
 
 
+#: retry budget of a sink that does not gate the checkpoint (commit_policy required, required: false)
+OPTIONAL_SINK_RETRY_S = 5.0
+
+
 class SinkSet:
     def __init__(self, sinks: list[RedisStreamSink], policy: Any) -> None:
         if not sinks:
@@ -48,6 +52,10 @@ class SinkSet:
             )
         #: sink ids disabled after a failure (until restart)
         self.disabled: dict[str, DeltaForgeError] = {}
+        # A sink the pipeline can go on without must not stall it for the full retry budget.
+        for sink in sinks:
+            if self.mode == "required" and not sink.required and any(s.required for s in sinks):
+                sink.retry_deadline = min(sink.retry_deadline, OPTIONAL_SINK_RETRY_S)
 
     def _counted(self) -> list[RedisStreamSink]:
         if self.mode == "required":
