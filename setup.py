@@ -39,15 +39,5 @@ def extensions() -> list[Extension]:
     )
 
 
-setup(
-    ext_modules=extensions(),
-    packages=[
-        "deltaforge",
-        "deltaforge._core",
-        "deltaforge.source",
-        "deltaforge.process",
-        "deltaforge.sink",
-        "deltaforge.runtime",
-    ],
-    package_dir={"deltaforge._core": "_core"},
-)
+# Packages and metadata live in pyproject.toml; this file only adds the extensions.
+setup(ext_modules=extensions())

@@ -71,6 +71,12 @@ def _register() -> None:
         main.add_command(demo_command)
     except ImportError:
         pass
+    try:
+        from deltaforge.bench import bench_command
+
+        main.add_command(bench_command)
+    except ImportError:
+        pass
 
 
 _register()

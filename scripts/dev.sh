@@ -52,11 +52,14 @@ case "$cmd" in
     [ $rc -eq 5 ] && { echo "no tests ran"; rc=1; }
     exit $rc
     ;;
+  bench)
+    exec deltaforge bench "$@"
+    ;;
   lint)
     ruff check deltaforge tests && mypy deltaforge
     ;;
   *)
-    echo "usage: scripts/dev.sh demo|test|lint" >&2
+    echo "usage: scripts/dev.sh demo|test|bench|lint" >&2
     exit 2
     ;;
 esac

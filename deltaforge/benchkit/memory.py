@@ -1,0 +1,96 @@
+"""Peak resident memory of a process tree, from ``/proc`` (Linux only).
+
+:class:`PeakRss` is polled by the drain loop: every :meth:`PeakRss.sample` reads
+``VmHWM`` (the kernel's own high-water mark of resident memory, so a peak between two
+polls is not missed) of the root process and of every descendant alive at that moment.
+A child that starts and exits between two polls is missed; engine workers live as long
+as the engine, so that does not happen in practice.
+
+Figures are MiB (2^20 bytes). The total is the sum of each process's peak: an upper
+bound of the tree's simultaneous peak, which is what a memory limit must allow for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _status(pid: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children of all its threads, recursively)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(OSError):
+                for child in Path(f"/proc/{p}/task/{tid}/children").read_text().split():
+                    c = int(child)
+                    if c not in found:
+                        found.append(c)
+                        todo.append(c)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all threads) and its reaped children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17 (1-based)
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime + cutime + cstime) / _TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its live descendants."""
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in descendants(pid))
+
+
+class PeakRss:
+    """Polls VmHWM of a process tree; :meth:`result` gives per-process and total peaks."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = root_pid
+        self.peaks: dict[int, tuple[str, int]] = {}
+
+    def sample(self) -> None:
+        for pid in (self.root, *descendants(self.root)):
+            st = _status(pid)
+            hwm = st.get("VmHWM", "")
+            if not hwm:
+                continue
+            kib = int(hwm.split()[0])
+            name = st.get("Name", "?")
+            prev = self.peaks.get(pid)
+            if prev is None or kib > prev[1]:
+                self.peaks[pid] = (name, kib)
+
+    def result(self) -> dict[str, Any]:
+        procs = [{"pid": pid, "name": name, "peak_rss_mib": round(kib / 1024, 1)}
+                 for pid, (name, kib) in sorted(self.peaks.items())]
+        return {
+            "peak_rss_mib": round(sum(kib for _, kib in self.peaks.values()) / 1024, 1),
+            "processes": procs,
+        }
