@@ -218,7 +218,7 @@ class _Run:
         r = self.env.redis()
         try:
             while not self.stop.is_set():
-                resp = r.xread({STREAM: last_id}, count=1000, block=200)
+                resp: Any = r.xread({STREAM: last_id}, count=1000, block=200)
                 now = time.time()
                 for _stream, entries in resp or []:
                     for eid, fields in entries:
@@ -351,8 +351,8 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
             if pubsub is not None:
                 threads.append(threading.Thread(target=run.guard(lambda: run.subscriber(pubsub)),
                                                 name="bench-lat-deletions", daemon=True))
-            last = admin.xrevrange(STREAM, count=1)
-            last_id = last[0][0] if last else b"0-0"
+            last: Any = admin.xrevrange(STREAM, count=1)
+            last_id: bytes = last[0][0] if last else b"0-0"
             threads.append(threading.Thread(target=run.guard(lambda: run.reader(last_id)),
                                             name="bench-lat-stream", daemon=True))
             for t in threads:

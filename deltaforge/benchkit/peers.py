@@ -111,9 +111,11 @@ def _run_peer(name: str, cmd: list[str], env: BenchEnv, backlog: Backlog, stream
     }
 
 
-def _skip(peer: str, reason: str) -> None:
+def _skip(peer: str, reason: str) -> dict[str, Any] | None:
+    """Record why ``peer`` did not run; returns None (the peer's result) for the caller to return."""
     skip_reasons[peer] = reason
     log.warning("%s peer skipped: %s", peer, reason)
+    return None
 
 
 def _common_args(env: BenchEnv, backlog: Backlog, stream: str) -> list[str]:

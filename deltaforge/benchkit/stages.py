@@ -102,7 +102,7 @@ def decode_ours(env: BenchEnv, backlog: Backlog, rows: int) -> tuple[float, list
                 break
     finally:
         stop.set()
-        gen.close()  # leaves the table-map cache of this thread switched off for the next reader
+        gen.close()  # type: ignore[attr-defined]  # leaves the table-map cache of this thread switched off for the next reader
         source.close()
         dog.join()
     if seen < rows:
