@@ -97,10 +97,10 @@ def test_second_signal_exits_at_once_without_committing(tmp_path: Path, mariadb:
     engine.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     assert engine.poll() is None, "the first signal must wait for the batch in flight"
-    started = time.monotonic()
+    # The batch in flight spins for 20 s; stop() SIGKILLs after 15 s (code -9), so 130 means the
+    # second signal ended the process by itself, without waiting for the batch.
     code, out = engine.stop(signal.SIGTERM, timeout=15)
     assert code == 130, out
-    assert time.monotonic() - started < 10
     assert "second signal" in out
     assert stream_events(redis_client, "cdc:e2e") == []
 
