@@ -11,6 +11,7 @@ removed on exit or Ctrl-C.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -77,6 +78,10 @@ CACHE = [
 ]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _default_config() -> Path:
     here = Path(__file__).resolve().parent.parent / "conf" / "pipeline.yaml"
     return here if here.exists() else Path("conf/pipeline.yaml")
@@ -116,6 +121,11 @@ def demo_command(config_path: str | None, keep_running: bool) -> None:
     from deltaforge.worker import InvalidationWorker
 
     path = Path(config_path) if config_path else _default_config()
+    # Ctrl-C and SIGTERM both unwind through the `finally` below, which removes the servers. (SIGINT
+    # may arrive ignored from a non-interactive parent shell; the servers run in sessions of their
+    # own, so a demo killed without cleanup would leave them running.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     mysql = MariaDBServer()
     redis_srv = RedisServer()
     stop = threading.Event()
