@@ -25,7 +25,7 @@ def extensions() -> list[Extension]:
             define_macros=macros,
             extra_compile_args=args,
         )
-        for name in ("resp",)
+        for name in ("resp", "rowdecode")
     ]
     return cythonize(
         mods,

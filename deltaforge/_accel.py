@@ -2,7 +2,11 @@
 
 Each compiled module has a pure-Python twin with identical output. Set
 ``DELTAFORGE_NO_EXT=1`` to force the twins (the test suite runs both ways).
-``IMPLEMENTATION`` says which one is loaded (``"cython"`` or ``"python"``).
+``IMPLEMENTATIONS`` maps each module to the one loaded (``"cython"`` or ``"python"``);
+``IMPLEMENTATION`` (the RESP encoder's) and ``ROWDECODE_IMPLEMENTATION`` are shorthands.
+
+Hazard: callers bind the module object (``from deltaforge._accel import rowdecode``), so
+anything that wants to wrap a function must patch the attribute on *that* module object.
 """
 
 from __future__ import annotations
@@ -25,5 +29,11 @@ def _load(compiled: str, twin: str) -> ModuleType:
 
 
 resp = _load("deltaforge._core.resp", "deltaforge.sink.resp_py")
+rowdecode = _load("deltaforge._core.rowdecode", "deltaforge.source.rowdecode")
 
-IMPLEMENTATION = "python" if _FORCE_PURE else resp.IMPLEMENTATION
+IMPLEMENTATIONS: dict[str, str] = {
+    "resp": "python" if _FORCE_PURE else resp.IMPLEMENTATION,
+    "rowdecode": "python" if _FORCE_PURE else rowdecode.IMPLEMENTATION,
+}
+IMPLEMENTATION = IMPLEMENTATIONS["resp"]
+ROWDECODE_IMPLEMENTATION = IMPLEMENTATIONS["rowdecode"]

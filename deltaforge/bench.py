@@ -280,12 +280,9 @@ def describe_machine(env: BenchEnv | None) -> dict[str, Any]:
         mr.close()
     except Exception as e:  # noqa: BLE001 - a description, never a reason to fail the bench
         info["v8"] = f"unknown ({type(e).__name__})"
-    try:
-        from deltaforge.source import rowdecode
+    from deltaforge import _accel
 
-        info["rowdecode_implementation"] = getattr(rowdecode, "IMPLEMENTATION", "python")
-    except ImportError:
-        pass
+    info["rowdecode_implementation"] = _accel.ROWDECODE_IMPLEMENTATION
     if env is not None:
         try:
             conn = env.mysql()

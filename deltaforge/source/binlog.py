@@ -1,8 +1,9 @@
 """Reader stage: one replication connection -> batches of events (DESIGN.md §2, §3, §5).
 
 mysql-replication does the transport, event framing and table-map parsing; row
-bodies are decoded by :mod:`deltaforge.source.rowdecode` from the raw packet
-bytes, so values render exactly as DESIGN.md §3 says.
+bodies are decoded by our own decoder from the raw packet bytes, so values render
+exactly as DESIGN.md §3 says: ``_core/rowdecode.pyx``, or its pure-Python twin
+:mod:`deltaforge.source.rowdecode` (chosen in :mod:`deltaforge._accel`).
 
 Batching contract
 -----------------
@@ -57,6 +58,7 @@ from pymysqlreplication.row_event import (
     WriteRowsEvent,
 )
 
+from deltaforge._accel import rowdecode
 from deltaforge.dsn import MySQLDSN, parse_mysql_dsn
 from deltaforge.errors import (
     ConfigError,
@@ -76,7 +78,6 @@ from deltaforge.model import (
     event_id_for,
     event_id_hasher,
 )
-from deltaforge.source import rowdecode
 from deltaforge.source.schema import (
     TableSchema,
     fetch_live_columns,

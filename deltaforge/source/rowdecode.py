@@ -723,6 +723,11 @@ def decode_rows(
     out: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = []
     append = out.append
     end = len(body)
+    if end and not plan.cols and not plan_after.cols:
+        # an image of no columns consumes no bytes: the loop below would never end
+        raise DecodeError(
+            f"{schema.qualified}: the present-columns bitmap selects no columns but the rows event "
+            f"has {end} bytes")
     pos = 0
     while pos < end:
         start, cur = pos, plan
