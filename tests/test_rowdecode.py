@@ -12,7 +12,7 @@ import itertools
 import os
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal, getcontext
 from typing import Any
 
@@ -67,9 +67,11 @@ class Change:
 _KINDS = {WriteRowsEvent: WRITE, UpdateRowsEvent: UPDATE, DeleteRowsEvent: DELETE}
 
 
-def read_changes(server: MariaDBServer, start: tuple[str, int], db: str,
-                 on_table_map: Callable[[Any, Any], TableSchema] | None = None) -> list[Change]:
-    """Read the binlog from ``start`` (non-blocking) and decode every row of ``db``.
+def raw_rows(server: MariaDBServer, start: tuple[str, int], db: str,
+             on_table_map: Callable[[Any, Any], TableSchema] | None = None,
+             ) -> Iterator[tuple[str, TableSchema, bytes, int, bytes, bytes | None]]:
+    """Every rows event of ``db`` from ``start`` (non-blocking), undecoded:
+    (table, schema, body, kind, present, present_after).
 
     is_mariadb=False on purpose: with is_mariadb=True mysql-replication 1.0.17 sends a
     MariaDB COM_BINLOG_DUMP that ignores log_file/log_pos and always starts at the first
@@ -84,7 +86,6 @@ def read_changes(server: MariaDBServer, start: tuple[str, int], db: str,
         only_events=[TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent],
     )
     schemas: dict[int, TableSchema] = {}
-    out: list[Change] = []
     try:
         for ev in stream:
             if isinstance(ev, TableMapEvent):
@@ -94,16 +95,22 @@ def read_changes(server: MariaDBServer, start: tuple[str, int], db: str,
                     live = fetch_live_columns(conn, ev.schema, ev.table) if needs_live_columns(ev) else None
                     schemas[ev.table_id] = schema_from_table_map(ev, live)
                 continue
-            sch = schemas[ev.table_id]
             p = ev.packet.packet
             body = bytes(p._data[p._position : p._position + ev.event_size - ev.packet.read_bytes])
-            kind = _KINDS[type(ev)]
-            present2 = getattr(ev, "columns_present_bitmap2", None)
-            for before, after in decode_rows(sch, body, kind, ev.columns_present_bitmap, present2):
-                out.append(Change(ev.table, kind, before, after, sch))
+            yield (ev.table, schemas[ev.table_id], body, _KINDS[type(ev)], bytes(ev.columns_present_bitmap),
+                   getattr(ev, "columns_present_bitmap2", None))
     finally:
         stream.close()
         conn.close()
+
+
+def read_changes(server: MariaDBServer, start: tuple[str, int], db: str,
+                 on_table_map: Callable[[Any, Any], TableSchema] | None = None) -> list[Change]:
+    """Read the binlog from ``start`` and decode every row of ``db``."""
+    out: list[Change] = []
+    for table, sch, body, kind, present, present2 in raw_rows(server, start, db, on_table_map):
+        for before, after in decode_rows(sch, body, kind, present, present2):
+            out.append(Change(table, kind, before, after, sch))
     return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import importlib
-import itertools
 import os
 import random
 import struct
@@ -21,13 +20,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.row_event import (
-    DeleteRowsEvent,
-    TableMapEvent,
-    UpdateRowsEvent,
-    WriteRowsEvent,
-)
 
 from deltaforge import _accel
 from deltaforge.errors import DecodeError
@@ -36,17 +28,12 @@ from deltaforge.source import schema as S
 from deltaforge.source.schema import (
     ColumnSpec,
     TableSchema,
-    fetch_live_columns,
-    needs_live_columns,
-    schema_from_table_map,
 )
-from deltaforge.testing import REPL_PASSWORD, REPL_USER, MariaDBServer
-from tests.test_rowdecode import ALL_COLUMNS, _ddl, _insert_all_types, master_position
+from deltaforge.testing import MariaDBServer
+from tests.test_rowdecode import ALL_COLUMNS, _ddl, _insert_all_types, master_position, raw_rows
 
 compiled = importlib.import_module("deltaforge._core.rowdecode")
 
-_server_ids = itertools.count(6000 + os.getpid() % 1000 * 10)
-_KINDS = {WriteRowsEvent: pure.WRITE, UpdateRowsEvent: pure.UPDATE, DeleteRowsEvent: pure.DELETE}
 
 Raw = tuple[TableSchema, bytes, int, bytes, "bytes | None"]
 
@@ -90,31 +77,8 @@ def assert_twins_agree(schema: TableSchema, body: bytes, kind: int, present: byt
 
 def read_raw(server: MariaDBServer, start: tuple[str, int], db: str) -> list[Raw]:
     """Every rows event of ``db`` from ``start`` as (schema, body, kind, present, present2)."""
-    conn = server.connect()
-    stream = BinLogStreamReader(
-        connection_settings={"host": "127.0.0.1", "port": server.port, "user": REPL_USER,
-                             "passwd": REPL_PASSWORD},
-        server_id=next(_server_ids), blocking=False, is_mariadb=False,
-        log_file=start[0], log_pos=start[1], resume_stream=True, only_schemas=[db],
-        only_events=[TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent],
-    )
-    schemas: dict[int, TableSchema] = {}
-    out: list[Raw] = []
-    try:
-        for ev in stream:
-            if isinstance(ev, TableMapEvent):
-                live = fetch_live_columns(conn, ev.schema, ev.table) if needs_live_columns(ev) else None
-                schemas[ev.table_id] = schema_from_table_map(ev, live)
-                continue
-            p = ev.packet.packet
-            body = bytes(p._data[p._position : p._position + ev.event_size - ev.packet.read_bytes])
-            kind = _KINDS[type(ev)]
-            out.append((schemas[ev.table_id], body, kind, bytes(ev.columns_present_bitmap),
-                        getattr(ev, "columns_present_bitmap2", None)))
-    finally:
-        stream.close()
-        conn.close()
-    return out
+    return [(sch, body, kind, present, present2)
+            for _table, sch, body, kind, present, present2 in raw_rows(server, start, db)]
 
 
 def _truncations_and_corruptions(raws: list[Raw], rng: random.Random, corruptions: int) -> dict[str, int]:
