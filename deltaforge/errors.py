@@ -78,6 +78,16 @@ class SinkUnavailable(SinkError, ConnectionError):
     retriable = True
 
 
+class CheckpointRolledBack(SinkError):
+    """Redis holds an older checkpoint of our own lineage: it rolled back, stream entries included.
+
+    Retriable: the pipeline restarts from that checkpoint and re-delivers what was lost.
+    Not a :class:`SinkUnavailable`, so a sink's own retry loop does not swallow it.
+    """
+
+    retriable = True
+
+
 class FencedError(SinkError):
     """Another instance committed to this pipeline's checkpoint: this one must stop."""
 

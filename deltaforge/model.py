@@ -1,4 +1,4 @@
-"""Event and batch structs shared by every stage.
+"""Event and batch structs shared by every stage, and the one rule for comparing positions.
 
 Contract (DESIGN.md §3): the JavaScript view of an event and the ``native``
 envelope are the JSON encoding of :class:`Event`, fields in this order::
@@ -10,15 +10,26 @@ envelope are the JSON encoding of :class:`Event`, fields in this order::
 Positions (DESIGN.md §5): a :class:`Position` is where reading resumes. For a
 committed transaction it is the binlog position right after its commit event
 (= where the next transaction starts) and ``skip_rows == 0``. For a transaction
-split across batches it is the position of the transaction's *start* and
-``skip_rows`` is the number of its (captured) rows already delivered; resume
-re-reads the transaction and skips exactly those rows. ``gtid`` is the GTID state
-covering every transaction *before* ``file:pos`` (MariaDB ``d-s-n[,d-s-n]``,
-MySQL ``uuid:1-n[,...]``); when present it is preferred on resume.
+split across batches it is the position of the transaction's *start*, ``tx`` is
+its GTID and ``skip_rows`` the number of its (captured) rows already delivered;
+resume re-reads the transaction and skips exactly those rows. ``gtid`` is the
+executed GTID set covering every transaction *before* ``file:pos`` (MariaDB
+``d-s-n[,d-s-n]``, MySQL ``uuid:1-n[,...]``); ``server`` names the server whose
+binlog ``file:pos`` refers to.
 
-Every event also has an ordering key ``(file_number, tx_start_pos, seq)``; a
-position covers an event when the event's key sorts before the position's key.
-Sinks use it to skip what their own checkpoint already holds.
+"Already delivered?" has one answer, here (:meth:`Position.covers`,
+:func:`position_le`, :func:`min_position`): by GTID wherever both sides have one,
+by ``file:pos`` only within one server's binlog. Another server numbers its files
+differently, so after a failover a file comparison would call new rows delivered.
+
+Every event has an ordering key ``(file_number, tx_start_pos, seq, tx_gtid)``
+(``tx_gtid`` is ``""`` without GTIDs); processors carry their input's key onto
+their output, and sinks use it to skip what their own checkpoint already holds.
+
+Event ids (DESIGN.md §3) are UUIDs (v5-shaped, SHA-1) of
+``(transaction GTID, row index in the transaction)`` where a GTID exists, so a
+replay on any server of the topology gives the same id; without GTIDs, of
+``(server identity, binlog file, event position, row index in the event)``.
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-OrderKey = tuple[int, int, int]
+from deltaforge.source.gtid import parse_gtid_set
+
+OrderKey = tuple[int, int, int, str]
 
 
 class Source(msgspec.Struct):
@@ -85,16 +98,32 @@ class Position(msgspec.Struct, frozen=True):
     pos: int
     gtid: str | None = None
     skip_rows: int = 0
+    #: GTID of the transaction ``skip_rows`` counts into (None: the one starting at file:pos)
+    tx: str | None = None
+    #: identity of the server whose binlog ``file:pos`` belongs to ("": unknown, an older checkpoint)
+    server: str = ""
 
-    def order_key(self) -> OrderKey:
+    def order_key(self) -> tuple[int, int, int]:
+        """Order within ONE server's binlog (see :func:`position_le` for anything wider)."""
         return (binlog_file_number(self.file), self.pos, self.skip_rows)
 
-    def covers(self, key: OrderKey) -> bool:
-        """True when the event with ordering ``key`` is already delivered at this position."""
-        return key < self.order_key()
+    def _by_gtid(self) -> bool:
+        return self.gtid is not None and (not self.skip_rows or self.tx is not None)
+
+    def same_binlog(self, server: str) -> bool:
+        return not self.server or not server or self.server == server
+
+    def covers(self, key: tuple[int, ...] | tuple[Any, ...], server: str = "") -> bool:
+        """True when the event with ordering ``key``, read from ``server``, is already delivered here."""
+        gtid = key[3] if len(key) > 3 else ""
+        if gtid and self._by_gtid():
+            if self.skip_rows and self.tx == gtid:
+                return bool(key[2] < self.skip_rows)
+            return parse_gtid_set(self.gtid or "").contains(gtid)
+        return tuple(key[:3]) < self.order_key()
 
     def __str__(self) -> str:
-        text = f"{self.file}:{self.pos}"
+        text = f"{self.file}:{self.pos}" if self.file else "gtid"
         if self.skip_rows:
             text += f"+{self.skip_rows} rows"
         if self.gtid:
@@ -102,9 +131,41 @@ class Position(msgspec.Struct, frozen=True):
         return text
 
 
+def position_le(a: Position, b: Position) -> bool:
+    """Is everything delivered at ``a`` also delivered at ``b``?
+
+    By GTID when both carry an executed set: ``a``'s set within ``b``'s, and ``a``'s
+    partial transaction complete in ``b`` or partial there with at least as many rows.
+    Otherwise by file:pos, which is meaningful only within one server's binlog (the
+    reader refuses to resume on another server without GTIDs).
+    """
+    if a._by_gtid() and b._by_gtid():
+        sa, sb = parse_gtid_set(a.gtid or ""), parse_gtid_set(b.gtid or "")
+        if not sa.issubset(sb):
+            return False
+        if a.skip_rows and a.tx:
+            return sb.contains(a.tx) or (b.tx == a.tx and a.skip_rows <= b.skip_rows)
+        return True
+    return a.order_key() <= b.order_key()
+
+
 def min_position(positions: list[Position]) -> Position | None:
+    """The position every one of ``positions`` has delivered (resume point over several sinks).
+
+    One of them when it is behind all others; when GTID positions diverge (different
+    domains ahead in different sinks) their intersection, whole transactions only:
+    each sink then skips what it holds itself.
+    """
     if not positions:
         return None
+    for p in positions:
+        if all(position_le(p, q) for q in positions):
+            return p
+    if all(p.gtid is not None for p in positions):
+        common = parse_gtid_set(positions[0].gtid or "")
+        for p in positions[1:]:
+            common = common.intersection(parse_gtid_set(p.gtid or ""))
+        return Position(file="", pos=0, gtid=str(common))
     return min(positions, key=Position.order_key)
 
 
@@ -143,12 +204,22 @@ def event_id_for(hasher: Any, row: int) -> str:
 
 
 def derive_event_id(server: str, file: str, pos: int, row: int) -> str:
-    """Deterministic UUID (v5-shaped) from the source position of one row.
+    """Deterministic UUID (v5-shaped) from the source position of one row (sources without GTIDs).
 
     A replayed row gets the same id, so consumers can de-duplicate across
     at-least-once sinks and the idempotency key is stable.
     """
     return event_id_for(event_id_hasher(server, file, pos), row)
+
+
+def gtid_event_id_hasher(gtid: str) -> Any:
+    """SHA-1 state over the prefix shared by every row of the transaction ``gtid``."""
+    return hashlib.sha1(_NAMESPACE.bytes + f"gtid|{gtid}|".encode())
+
+
+def derive_gtid_event_id(gtid: str, seq: int) -> str:
+    """Id of row ``seq`` (index among the captured rows) of transaction ``gtid``: the same on every server."""
+    return event_id_for(gtid_event_id_hasher(gtid), seq)
 
 
 def derive_synthetic_id(parent_id: str, processor_id: str, index: int) -> str:

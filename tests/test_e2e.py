@@ -236,5 +236,5 @@ def test_batch_limits_split_and_resume(tmp_path: Path, mariadb: MariaDBServer, r
     assert [e["after"]["id"] for e in events] == expected
     ends = [e["after"]["id"] for e in events if e["transaction"]["end"]]
     assert len(ends) == 12
-    checkpoint = redis_client.get("{cdc:e2e}:deltaforge:checkpoint:e2e:stream")
+    checkpoint = redis_client.get("{e2e}:deltaforge:checkpoint:e2e:stream")
     assert b'"skip_rows":0' in checkpoint

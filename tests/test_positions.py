@@ -83,3 +83,63 @@ def test_replica_server_id_is_stable_and_out_of_the_usual_range() -> None:
     assert default_replica_server_id("cache-invalidation") == default_replica_server_id("cache-invalidation")
     assert default_replica_server_id("a") != default_replica_server_id("b")
     assert default_replica_server_id("a") >= 0x40000000
+
+
+# ----------------------------------------------------------------------------- GTID semantics (source/gtid.py)
+
+from deltaforge.model import position_le  # noqa: E402
+from deltaforge.source.gtid import parse_gtid_set  # noqa: E402
+
+
+def test_mariadb_gtid_containment_is_per_domain_seq_whatever_the_server() -> None:
+    state = parse_gtid_set("0-1-100,1-7-5")
+    assert state.contains("0-1-100") and state.contains("0-2-99")  # a promoted replica numbers on
+    assert not state.contains("0-2-101") and not state.contains("2-1-1")
+    assert str(state) == "0-1-100,1-7-5"
+    assert parse_gtid_set("").contains("0-1-1") is False
+
+
+def test_mysql_gtid_sets_are_interval_sets() -> None:
+    s = parse_gtid_set(f"{UUID}:1-5:7-9")
+    assert s.contains(f"{UUID}:5") and s.contains(f"{UUID.upper()}:8")
+    assert not s.contains(f"{UUID}:6")
+    assert parse_gtid_set(f"{UUID}:1-5").issubset(s) and not s.issubset(parse_gtid_set(f"{UUID}:1-8"))
+    assert str(parse_gtid_set(f"{UUID}:1-3:4-5")) == f"{UUID}:1-5"
+    with pytest.raises(ValueError, match="interval"):
+        parse_gtid_set(f"{UUID}:5-1")
+    with pytest.raises(ValueError, match="neither"):
+        parse_gtid_set("binlog.000001:4")
+
+
+def test_positions_compare_by_gtid_across_servers_not_by_file_numbers() -> None:
+    """The failover hole: the new server's files are numbered lower, yet its rows are newer."""
+    primary = Position(file="binlog.000006", pos=900, gtid="0-1-100", server="mariadb-1")
+    key_on_replica = (2, 400, 0, "0-2-101")  # binlog.000002 on the promoted replica
+    assert not primary.covers(key_on_replica, "mariadb-2")
+    assert primary.covers((2, 300, 0, "0-1-100"), "mariadb-2")
+    replica_later = Position(file="binlog.000002", pos=500, gtid="0-2-101", server="mariadb-2")
+    assert position_le(primary, replica_later) and not position_le(replica_later, primary)
+    assert min_position([replica_later, primary]) == primary
+
+
+def test_split_checkpoint_covers_the_rows_of_its_own_transaction_only() -> None:
+    split = Position(file="binlog.000003", pos=4, gtid="0-1-41", skip_rows=3, tx="0-1-42", server="mariadb-1")
+    assert split.covers((3, 4, 2, "0-1-42")) and not split.covers((3, 4, 3, "0-1-42"))
+    assert split.covers((1, 4, 9, "0-1-41")) and not split.covers((3, 900, 0, "0-1-43"))
+    done = Position(file="binlog.000003", pos=800, gtid="0-1-42", server="mariadb-1")
+    more = Position(file="binlog.000003", pos=4, gtid="0-1-41", skip_rows=5, tx="0-1-42", server="mariadb-1")
+    assert position_le(split, more) and position_le(more, done) and not position_le(done, split)
+
+
+def test_min_position_of_diverging_domains_is_their_common_part() -> None:
+    a = Position(file="", pos=0, gtid="0-1-10,1-1-5")
+    b = Position(file="", pos=0, gtid="0-1-8,1-1-9")
+    assert min_position([a, b]) == Position(file="", pos=0, gtid="0-1-8,1-1-5")
+
+
+def test_gtid_event_ids_are_the_same_on_every_server() -> None:
+    from deltaforge.model import derive_gtid_event_id
+
+    assert derive_gtid_event_id("0-1-42", 3) == derive_gtid_event_id("0-1-42", 3)
+    assert derive_gtid_event_id("0-1-42", 3) != derive_gtid_event_id("0-1-42", 4)
+    assert derive_gtid_event_id("0-1-42", 0) != derive_event_id("mariadb-1", "binlog.000001", 4, 0)

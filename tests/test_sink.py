@@ -126,7 +126,7 @@ def test_xadd_field_layout_and_checkpoint(redis_server: RedisServer, redis_clien
         assert list(doc) == ["event_id", "tenant_id", "table", "op", "before", "after", "ts_ms", "source",
                              "transaction", "tags"]
         assert doc["after"]["name"] == "Zoë"
-    key = "{cdc:events}:deltaforge:checkpoint:pipe:s1"
+    key = "{pipe}:deltaforge:checkpoint:pipe:s1"
     assert sink.checkpoint_key == key
     ck = json.loads(redis_client.get(key))
     assert (ck["file"], ck["pos"], ck["gtid"], ck["skip_rows"]) == (FILE, 2000, "0-1-1000", 0)
@@ -215,7 +215,7 @@ def test_second_instance_fences_the_first(redis_server: RedisServer, redis_clien
     assert second.open() == b1.end
     with pytest.raises(FencedError, match="another instance owns pipeline 'pipe'") as exc:
         first.write(b2)
-    assert "checkpoint '{cdc:events}:deltaforge:checkpoint:pipe:s1'" in str(exc.value)
+    assert "checkpoint '{pipe}:deltaforge:checkpoint:pipe:s1'" in str(exc.value)
     assert event_ids(redis_server, "cdc:events") == ids_of(b1)  # nothing of the fenced commit landed
     second.write(b2)
     with pytest.raises(FencedError):
@@ -263,8 +263,8 @@ def test_resume_returns_committed_position(redis_server: RedisServer, redis_clie
 
 
 def test_corrupt_checkpoint_is_reported(redis_server: RedisServer, redis_client: Any) -> None:
-    redis_client.set("{cdc:events}:deltaforge:checkpoint:pipe:s1", "garbage")
-    with pytest.raises(SinkError, match=r"is not a DeltaForge checkpoint .*DEL \{cdc:events\}"):
+    redis_client.set("{pipe}:deltaforge:checkpoint:pipe:s1", "garbage")
+    with pytest.raises(SinkError, match=r"is not a DeltaForge checkpoint .*DEL \{pipe\}"):
         make_sink(cfg(redis_server)).open()
 
 
@@ -550,7 +550,9 @@ def test_per_sink_skip_with_different_checkpoints(redis_server: RedisServer, red
     sset.close()
 
 
-def test_sinkset_resume_position_per_policy(redis_server: RedisServer, redis_client: Any) -> None:
+def test_sinkset_resume_is_the_minimum_over_every_checkpoint(redis_server: RedisServer, redis_client: Any) -> None:
+    """Optional sinks count too (an optional sink that was down gets its gap back); a sink without a
+    checkpoint starts at the others' minimum; only when no sink has one does ``start`` apply (None)."""
     req = make_sink(cfg(redis_server, "a", id="req"))
     req.open()
     req.write(make_batch(1, 5))
@@ -564,11 +566,14 @@ def test_sinkset_resume_position_per_policy(redis_server: RedisServer, redis_cli
     def sinks(*which: RedisStreamSink) -> list[RedisStreamSink]:
         return [make_sink(s.cfg) for s in which]
 
-    assert SinkSet(sinks(req, opt), CommitPolicy("required")).open() == Position(FILE, 6000, gtid="0-1-5000")
-    assert SinkSet(sinks(req, opt), CommitPolicy("all")).open() == Position(FILE, 3000, gtid="0-1-2000")
-    assert SinkSet(sinks(req, opt, fresh), CommitPolicy("quorum", 2)).open() is None
-    assert SinkSet(sinks(req, fresh), CommitPolicy("required")).open() == Position(FILE, 6000, gtid="0-1-5000")
-    assert SinkSet(sinks(opt, fresh), CommitPolicy("required")).open() is None  # none required: all count
+    behind, ahead = Position(FILE, 3000, gtid="0-1-2000"), Position(FILE, 6000, gtid="0-1-5000")
+    for policy in (CommitPolicy("required"), CommitPolicy("all"), CommitPolicy("quorum", 2)):
+        sset = SinkSet(sinks(req, opt, fresh), policy)
+        assert sset.open() == behind
+        sset.close()
+    assert SinkSet(sinks(req, fresh), CommitPolicy("required")).open() == ahead
+    assert SinkSet(sinks(opt, fresh), CommitPolicy("required")).open() == behind
+    assert SinkSet(sinks(fresh), CommitPolicy("required")).open() is None
 
 
 def _breakable(server: RedisServer, stream: str, sid: str, required: bool = True) -> RedisStreamSink:

@@ -5,8 +5,9 @@ multi-process topology rewires the same stage code over shared-memory rings.
 
 Lifecycle contract (owned by :class:`Supervisor`):
 
-* The resume position is read from the sinks (minimum over the required ones);
-  without a checkpoint ``spec.source.config.start`` applies.
+* The resume position is read from the sinks (minimum over every checkpoint,
+  see :mod:`deltaforge.sink.sinkset`); without any, ``spec.source.config.start``
+  applies and is written to the sinks before the first event is read.
 * SIGINT/SIGTERM set ``stop``: the reader stops at the next transaction boundary,
   the batches already read are processed and committed, exit 0. A second signal
   exits at once: commits are atomic, so nothing partial can land.
@@ -143,6 +144,8 @@ class Pipeline:
             resume = sinks.open(self.stats.sink_values)
             chain = ProcessorChain(list(cfg.spec.processors), name) if cfg.spec.processors else None
             source = open_source(cfg, AnyStop(self.stop, halt), resume)  # type: ignore[arg-type]
+            if source.start_position is not None:
+                sinks.persist_start(source.start_position)
             self.stats.state = "running"
             log.info("pipeline %s: reading from %s%s", name, source.start_position,
                      " (checkpoint)" if resume else f" (start: {cfg.spec.source.config.start})")

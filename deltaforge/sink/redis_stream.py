@@ -22,17 +22,32 @@ WATCH, so a writer left over from a killed supervisor is fenced by the new one.
 Checkpoint value (JSON, one string key)::
 
     {"file":"binlog.000003","pos":1234,"gtid":"0-1-42"|null,"skip_rows":0,
-     "owner":"<uuid4 hex of the sink instance>","commit":<counter>,
+     "tx":"0-1-43"|null,"server":"mariadb-1",
+     "owner":"<uuid4 hex of the engine process>","commit":<counter>,
+     "prev":"<owner>:<commit> this lineage took over from"|"",
      "pipeline":"<name>","sink":"<sink id>","ts_ms":<wall clock of the commit>}
 
 Key: ``cfg.checkpoint_key`` or ``{<tag>}:deltaforge:checkpoint:<pipeline>:<sink id>``
-with ``<tag>`` = the stream's own hash tag, else the (non-template) stream
-name, else the pipeline name: the checkpoint shares the stream's cluster slot.
+with ``<tag>`` = the stream's own hash tag, else the pipeline name. It does not
+depend on the stream's name, so renaming ``stream`` keeps the position (older
+versions used the stream name as the tag: such a key is adopted and removed).
+
+Lineage (DESIGN.md §5): ``owner`` + ``commit`` (a counter that only grows, across
+owners too) + ``prev`` say whose value the key holds. Reading it back after a
+reconnect or a restart of the pipeline in this process:
+
+* our value of this commit: nothing happened; of a *later* commit: the commit
+  whose reply was lost did land;
+* our value (or our predecessor's, up to where we took over) of an *earlier*
+  commit: Redis rolled back (restart from an old snapshot, failover to a lagging
+  replica). Stream and checkpoint roll back together (one MULTI), so the
+  pipeline restarts from that checkpoint and re-delivers: :class:`CheckpointRolledBack`;
+* the key gone although we committed: Redis lost the pipeline's state; stop
+  (:class:`SinkError`), never guess;
+* anything else: another instance owns the pipeline, :class:`FencedError`.
 
 Transient failures (:class:`SinkUnavailable`) are retried inside ``write()``
-with exponential backoff and jitter; after a reconnect the checkpoint is read
-back: our new value = the batch landed; our previous value = resend; anything
-else = fenced. The checkpoint never advances on a failure.
+with exponential backoff and jitter; the checkpoint never advances on a failure.
 
 Hazard: Redis does not roll back inside MULTI. A queued command that fails at
 run time (WRONGTYPE: the stream key holds a string) leaves the others executed,
@@ -48,7 +63,6 @@ none is lost).
 
 from __future__ import annotations
 
-import bisect
 import logging
 import random
 import re
@@ -61,8 +75,14 @@ import msgspec
 
 from deltaforge._accel import resp
 from deltaforge.dsn import parse_redis_uri
-from deltaforge.errors import ConfigError, FencedError, SinkError, SinkUnavailable
-from deltaforge.model import Batch, Position, idempotency_key
+from deltaforge.errors import (
+    CheckpointRolledBack,
+    ConfigError,
+    FencedError,
+    SinkError,
+    SinkUnavailable,
+)
+from deltaforge.model import Batch, Position, idempotency_key, position_le
 from deltaforge.sink.envelope import Envelope, StreamTemplate
 from deltaforge.sink.redis_conn import RedisConnection, classify, reply_text
 
@@ -76,14 +96,18 @@ class CheckpointValue(msgspec.Struct):
     pos: int
     gtid: str | None = None
     skip_rows: int = 0
+    tx: str | None = None
+    server: str = ""
     owner: str = ""
     commit: int = 0
+    prev: str = ""
     pipeline: str = ""
     sink: str = ""
     ts_ms: int = 0
 
     def position(self) -> Position:
-        return Position(file=self.file, pos=self.pos, gtid=self.gtid, skip_rows=self.skip_rows)
+        return Position(file=self.file, pos=self.pos, gtid=self.gtid, skip_rows=self.skip_rows, tx=self.tx,
+                        server=self.server)
 
 
 _ckpt_decoder = msgspec.json.Decoder(CheckpointValue)
@@ -91,10 +115,15 @@ _ckpt_encoder = msgspec.json.Encoder()
 
 
 def default_checkpoint_key(template: StreamTemplate, pipeline: str, sink_id: str) -> str:
-    tag = template.hash_tag()
-    if tag is None:
-        tag = template.static if template.static is not None else pipeline
+    tag = template.hash_tag() or pipeline
     return f"{{{tag}}}:deltaforge:checkpoint:{pipeline}:{sink_id}"
+
+
+def legacy_checkpoint_key(template: StreamTemplate, pipeline: str, sink_id: str) -> str | None:
+    """The key versions before lineage used (tagged by the stream's name), when it differs."""
+    if template.hash_tag() is not None or template.static is None:
+        return None
+    return f"{{{template.static}}}:deltaforge:checkpoint:{pipeline}:{sink_id}"
 
 
 class RedisStreamSink:
@@ -128,12 +157,14 @@ class RedisStreamSink:
         self.exactly_once = delivery == "exactly_once"
         max_len = getattr(cfg, "max_len", None)
         self._trim: tuple[bytes | int, ...] = (b"MAXLEN", b"~", int(max_len)) if max_len else ()
-        self.checkpoint_key: str = getattr(cfg, "checkpoint_key", None) or default_checkpoint_key(
-            self.template, pipeline_name, self.id)
+        named_key = getattr(cfg, "checkpoint_key", None)
+        self.checkpoint_key: str = named_key or default_checkpoint_key(self.template, pipeline_name, self.id)
+        self._legacy_key = None if named_key else legacy_checkpoint_key(self.template, pipeline_name, self.id)
         self.owner = uuid.uuid4().hex
+        #: (owner, commit) of the value this lineage took over from: its older values are ours too
+        self._prev: tuple[str, int] | None = None
         #: last committed position (None: nothing committed and no checkpoint found)
         self.checkpoint: Position | None = None
-        self._ckpt_order: tuple[int, int, int] | None = None
         #: True once a batch past the checkpoint read at open() was written (skipping is over)
         self._caught_up = False
         #: the checkpoint key's value as we last wrote or read it (None: key absent)
@@ -163,9 +194,8 @@ class RedisStreamSink:
     def open(self, expect: bytes | None = None) -> Position | None:
         """Connect, read (and in exactly-once mode claim) the checkpoint; None when absent.
 
-        ``expect`` is the checkpoint value this process last committed (a restart after a
-        failure): if the checkpoint holds anything else, another instance took the pipeline
-        over meanwhile and this one is fenced instead of taking it back.
+        ``expect`` is the checkpoint value this process last committed (a restart of the
+        pipeline after a failure): the key is judged against it (module header, Lineage).
         """
         deadline = time.monotonic() + self.retry_deadline
         delay = self.retry_initial
@@ -176,48 +206,126 @@ class RedisStreamSink:
                 self._drop_conn()
                 delay = self._backoff(e, delay, deadline, "opening")
 
+    def _adopt(self, expect: bytes) -> None:
+        """Continue the lineage of the value this process last committed."""
+        doc = self._decode_value(expect)
+        self.owner, self._commit, self._last_value = doc.owner, doc.commit, expect
+        self._prev = _parse_prev(doc.prev)
+
+    def _judge(self, current: bytes | None) -> tuple[str, CheckpointValue | None]:
+        """``same`` | ``newer`` (our later commit) | ``older`` (rolled back) | ``absent`` | ``foreign``."""
+        if current is not None and current == self._last_value:
+            return "same", None
+        if current is None:
+            return ("absent" if self._last_value is not None else "same"), None
+        doc = self._decode_value(current)
+        if doc.owner == self.owner:
+            return ("older" if doc.commit < self._commit else "newer"), doc
+        if self._prev is not None and doc.owner == self._prev[0] and doc.commit <= self._prev[1]:
+            return "older", doc
+        return "foreign", doc
+
+    def _rolled_back(self, doc: CheckpointValue) -> str:
+        return (f"sink {self.id}: Redis at {self.uri.redacted()} rolled back: checkpoint {self.checkpoint_key!r} "
+                f"holds commit {doc.commit} ({doc.position()}) but this engine had committed up to commit "
+                f"{self._commit}, so {self._commit - doc.commit} commit(s) were lost with their stream entries "
+                "(a restart from an older snapshot, or a failover to a replica that lagged)")
+
+    def _vanished(self) -> SinkError:
+        return SinkError(
+            f"sink {self.id}: checkpoint {self.checkpoint_key!r} vanished from {self.uri.redacted()} although this "
+            "engine had committed to it (FLUSHALL, a restart without persistence, or a failover to an empty "
+            "replica): where delivery must resume cannot be known",
+            "check the streams and the cache (flush it if unsure), then set spec.source.config.start to where "
+            "delivery must resume and start again; give Redis persistence (appendonly) to survive restarts",
+        )
+
     def _open_once(self, expect: bytes | None = None) -> Position | None:
         conn = self._connect()
         key = self.checkpoint_key
         value: bytes | None = None
+        legacy: str | None = None
+        if expect is not None and self.exactly_once:
+            self._adopt(expect)
         for _ in range(5):
             value = self._watch_get(conn) if self.exactly_once else self._get(conn)
-            if expect is not None and self.exactly_once and value != expect:
-                raise self._fence("it changed while this instance was restarting")
-            expect = None
+            if value is None and self._legacy_key is not None:
+                value = self._get_key(conn, self._legacy_key)
+                legacy = self._legacy_key if value is not None else None
+            if expect is not None and self.exactly_once:
+                verdict, doc = self._judge(value)
+                if verdict == "absent":
+                    raise self._vanished()
+                if verdict == "foreign":
+                    raise self._fence("it changed while this instance was restarting")
+                if verdict == "older" and doc is not None:
+                    log.warning("%s; re-delivering from %s", self._rolled_back(doc), doc.position())
+                elif verdict == "newer":
+                    log.info("sink %s: the commit whose reply was lost had landed", self.id)
+                expect = None
             if value is None or not self.exactly_once:
                 break
             doc = self._decode_value(value)
-            claimed = self._encode_value(doc, commit=doc.commit + 1)
-            conn.send(resp.encode_commands([
-                (b"MULTI",), (b"SET", key, claimed), (b"EXEC",), (b"WATCH", key), (b"GET", key),
-            ]))
-            replies = conn.read_replies(5)
-            self._raise_errors(replies[:3], f"claiming checkpoint {key!r}")
-            if replies[2] is None:
+            if doc.owner != self.owner:
+                self._prev = (doc.owner, doc.commit)
+            # The counter only grows, across owners and rollbacks: every value is unique.
+            claimed = self._encode_value(doc, commit=max(doc.commit, self._commit) + 1)
+            cmds: list[tuple[Any, ...]] = [(b"MULTI",), (b"SET", key, claimed)]
+            if legacy is not None:
+                cmds.append((b"DEL", legacy))
+            cmds += [(b"EXEC",), (b"WATCH", key), (b"GET", key)]
+            conn.send(resp.encode_commands(cmds))
+            replies = conn.read_replies(len(cmds))
+            self._raise_errors(replies[:-2], f"claiming checkpoint {key!r}")
+            if replies[-3] is None:
                 continue  # the old owner committed between our GET and EXEC: read again
-            if isinstance(replies[4], hiredis.ReplyError):
-                raise classify(replies[4], f"GET of checkpoint {key!r}")
-            if replies[4] != claimed:
+            if isinstance(replies[-1], hiredis.ReplyError):
+                raise classify(replies[-1], f"GET of checkpoint {key!r}")
+            if replies[-1] != claimed:
                 continue
+            if legacy is not None:
+                log.info("sink %s: checkpoint moved from %r to %r (keys no longer depend on the stream name)",
+                         self.id, legacy, key)
             value = claimed
             break
         else:
             raise self._fence("it kept changing while this instance tried to take over")
         self._last_value = value
         self._caught_up = False
+        if self.template.static is not None:
+            self._check_stream_types(conn, [self.template.static])
         if value is None:
             self._set_checkpoint(None)
             self._commit = 0
+            self._refuse_orphan_stream(conn)
         else:
             doc = self._decode_value(value)
             self._commit = doc.commit
             self._set_checkpoint(doc.position())
-        if self.template.static is not None:
-            self._check_stream_types(conn, [self.template.static])
         log.info("sink %s: connected to %s, checkpoint %s = %s", self.id, self.uri.redacted(), key,
-                 self.checkpoint if self.checkpoint is not None else "none (starting from the source's start)")
+                 self.checkpoint if self.checkpoint is not None else "none")
         return self.checkpoint
+
+    def _refuse_orphan_stream(self, conn: RedisConnection) -> None:
+        """No checkpoint, but the stream's newest entry was written by this pipeline: do not guess."""
+        stream = self.template.static
+        if stream is None:
+            return
+        reply = conn.call(b"XREVRANGE", stream, b"+", b"-", b"COUNT", 1, what=f"XREVRANGE of stream {stream!r}")
+        if isinstance(reply, hiredis.ReplyError) or not reply:
+            return  # not a stream (reported by the type check) or empty
+        fields = reply[0][1] or []
+        payload = fields[1] if len(fields) > 1 and fields[0] == b"df-event" else b""
+        name = self.pipeline.encode()
+        if b'"name":"' + name + b'"' in payload or b'"/deltaforge/' + name + b"/" in payload:
+            raise SinkError(
+                f"sink {self.id}: stream {stream!r} on {self.uri.redacted()} holds entries of pipeline "
+                f"{self.pipeline!r} (newest {reply[0][0].decode()}) but its checkpoint {self.checkpoint_key!r} is "
+                "missing (deleted, or lost by Redis): resuming from spec.source.config.start could skip or repeat "
+                "changes",
+                f"restore the checkpoint key, or name the old key in {self.path}.checkpoint_key; to start over on "
+                f"purpose, DEL {stream} (or point {self.path}.stream at a new stream)",
+            )
 
     def close(self) -> None:
         self._drop_conn()
@@ -229,14 +337,15 @@ class RedisStreamSink:
 
     def _set_checkpoint(self, pos: Position | None) -> None:
         self.checkpoint = pos
-        self._ckpt_order = pos.order_key() if pos is not None else None
 
     # ------------------------------------------------------------------ checkpoint value
 
     def _encode_value(self, pos: Position | CheckpointValue, commit: int) -> bytes:
+        prev = f"{self._prev[0]}:{self._prev[1]}" if self._prev is not None else ""
         return _ckpt_encoder.encode(CheckpointValue(
-            file=pos.file, pos=pos.pos, gtid=pos.gtid, skip_rows=pos.skip_rows, owner=self.owner,
-            commit=commit, pipeline=self.pipeline, sink=self.id, ts_ms=int(time.time() * 1000),
+            file=pos.file, pos=pos.pos, gtid=pos.gtid, skip_rows=pos.skip_rows, tx=pos.tx, server=pos.server,
+            owner=self.owner, commit=commit, prev=prev, pipeline=self.pipeline, sink=self.id,
+            ts_ms=int(time.time() * 1000),
         ))
 
     def _decode_value(self, value: bytes) -> CheckpointValue:
@@ -250,9 +359,14 @@ class RedisStreamSink:
             ) from None
 
     def _get(self, conn: RedisConnection) -> bytes | None:
-        reply: bytes | None = conn.call(b"GET", self.checkpoint_key,
-                                        what=f"GET of checkpoint {self.checkpoint_key!r}")
-        return reply
+        return self._get_key(conn, self.checkpoint_key)
+
+    def _get_key(self, conn: RedisConnection, key: str) -> bytes | None:
+        reply = conn.call(b"GET", key, what=f"GET of checkpoint {key!r}")
+        if isinstance(reply, hiredis.ReplyError):
+            raise classify(reply, f"GET of checkpoint {key!r}")
+        value: bytes | None = reply
+        return value
 
     def _watch_get(self, conn: RedisConnection) -> bytes | None:
         key = self.checkpoint_key
@@ -298,27 +412,24 @@ class RedisStreamSink:
         if self._fenced is not None:
             raise self._fenced
         events = batch.events
-        order = self._ckpt_order
-        if order is not None and not self._caught_up:
+        ckpt = self.checkpoint
+        if ckpt is not None and not self._caught_up:
             # Only right after open() can this sink be ahead of the batch. Once a batch ending past the
             # checkpoint is written, every later event is past it too, so the check is switched off.
-            if batch.end.order_key() <= order:
+            if position_le(batch.end, ckpt):
                 return  # all of it is already in this sink; never move the checkpoint back
-            keys = batch.keys
-            # min(), not keys[0]: a processor may reorder events (each keeps its input's key)
-            if events and min(keys) < order:
-                if keys == sorted(keys):
-                    cut = bisect.bisect_left(keys, order)
-                    events = events[cut:]
-                else:
-                    events = [e for e, k in zip(events, keys, strict=True) if not k < order]
+            server = batch.end.server
+            # every key, not the first: a processor may reorder events (each keeps its input's key)
+            held = [ckpt.covers(k, server) for k in batch.keys]
+            if any(held):
+                events = [e for e, h in zip(events, held, strict=True) if not h]
             self._caught_up = True
         payloads = self.envelope.encode(events)
         streams = self.template.render_batch(events)
         fresh = set(streams) - self._checked_streams if self.template.is_template else set()
         commit = self._commit + 1
         value = self._encode_value(batch.end, commit)
-        ckpt = self.checkpoint_key
+        ckpt_key = self.checkpoint_key
         trim = self._trim
         cmds: list[tuple[Any, ...]] = [(b"MULTI",)] if self.exactly_once else []
         cmds.extend(
@@ -326,9 +437,9 @@ class RedisStreamSink:
              b"idempotency_key", idempotency_key(e))
             for s, p, e in zip(streams, payloads, events, strict=True)
         )
-        cmds.append((b"SET", ckpt, value))
+        cmds.append((b"SET", ckpt_key, value))
         if self.exactly_once:
-            cmds += [(b"EXEC",), (b"WATCH", ckpt), (b"GET", ckpt)]
+            cmds += [(b"EXEC",), (b"WATCH", ckpt_key), (b"GET", ckpt_key)]
         data = resp.encode_commands(cmds)
         self._commit_with_retry(data, len(events), streams, value, sorted(fresh))
         self._last_value = value
@@ -376,9 +487,24 @@ class RedisStreamSink:
         if current == value:
             log.info("sink %s: the batch committed before the connection was lost", self.id)
             return True
-        if current == self._last_value or not self.exactly_once:
+        if not self.exactly_once:
             return False
-        raise self._fence("found a value written by another owner after reconnecting")
+        self._raise_unless_same(current, "after reconnecting")
+        return False
+
+    def _raise_unless_same(self, current: bytes | None, when: str) -> None:
+        """The checkpoint should hold our last commit: a rollback, a loss or another owner raises."""
+        verdict, doc = self._judge(current)
+        if verdict == "same":
+            return
+        if verdict == "older" and doc is not None:
+            self._drop_conn()
+            raise CheckpointRolledBack(self._rolled_back(doc) + f", seen {when}",
+                                       "nothing to do: the pipeline restarts from that checkpoint and re-delivers")
+        if verdict == "absent":
+            self._drop_conn()
+            raise self._vanished()
+        raise self._fence(f"found a value written by another owner {when}")
 
     def _check_transaction(self, replies: list[Any], n: int, streams: list[str], value: bytes) -> None:
         # replies: MULTI, n+1 QUEUED (XADDs, SET), EXEC, WATCH, GET
@@ -392,6 +518,9 @@ class RedisStreamSink:
                 raise classify(r, what)
         result = replies[n + 2]
         if result is None:
+            # WATCH fired: the key changed since our last commit (nothing of this batch ran)
+            assert self._conn is not None
+            self._raise_unless_same(self._get(self._conn), "when its WATCH fired")
             raise self._fence("its WATCH fired: another client wrote the key since our last commit")
         if isinstance(result, hiredis.ReplyError):
             raise classify(result, f"EXEC on {self.uri.redacted()}")
@@ -425,3 +554,8 @@ class RedisStreamSink:
             reply = conn.call(*undo, what=f"restoring checkpoint {key!r}")
             log.debug("sink %s: restored checkpoint %s (%r)", self.id, key, reply_text(reply))
         raise first
+
+
+def _parse_prev(text: str) -> tuple[str, int] | None:
+    owner, _, commit = text.rpartition(":")
+    return (owner, int(commit)) if owner and commit.isdigit() else None

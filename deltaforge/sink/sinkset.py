@@ -1,11 +1,14 @@
 """All sinks of a pipeline behind one commit policy (``spec.commit_policy``).
 
-Resume (DESIGN.md §5): the pipeline restarts from the *minimum* checkpoint over
-the sinks that count for the policy (``required``: the sinks with
-``required: true``, or every sink when none is; ``all`` and ``quorum``: every
-sink). If one of them has no checkpoint the answer is None and the source's
-``start`` applies. Each sink then skips what its own checkpoint covers, so the
-replay between the minimum and a sink's checkpoint never duplicates.
+Resume (DESIGN.md §5): the pipeline restarts from the *minimum* over every
+checkpoint that exists, optional sinks included (an optional sink that was down
+gets its gap back at the next start). Each sink then skips what its own
+checkpoint covers, so the replay between the minimum and a sink's checkpoint
+never duplicates. A sink without a checkpoint (just added, or its key renamed)
+starts at that resume point. Only when no sink has a checkpoint does the
+source's ``start`` apply, and then the start position is written to every sink
+(:meth:`SinkSet.persist_start`) before the first event is read, so a crash before
+the first commit cannot move it forward.
 
 Write policy, per batch, sinks in configuration order:
 
@@ -57,12 +60,6 @@ class SinkSet:
             if self.mode == "required" and not sink.required and any(s.required for s in sinks):
                 sink.retry_deadline = min(sink.retry_deadline, OPTIONAL_SINK_RETRY_S)
 
-    def _counted(self) -> list[RedisStreamSink]:
-        if self.mode == "required":
-            required = [s for s in self.sinks if s.required]
-            return required or self.sinks
-        return self.sinks
-
     def open(self, expect: dict[str, bytes] | None = None) -> Position | None:
         """Open every sink; return where the source resumes (None: use the source's ``start``).
 
@@ -89,13 +86,31 @@ class SinkSet:
             raise SinkError(f"only {opened} of {len(self.sinks)} sinks could be opened, "
                             f"commit_policy.quorum needs {self.quorum} ({causes})",
                             "fix the failing sinks, or lower spec.commit_policy.quorum")
-        counted = [s for s in self._counted() if s.id not in self.disabled]
-        positions: list[Position] = []
-        for sink in counted:
-            if sink.checkpoint is None:
-                return None
-            positions.append(sink.checkpoint)
-        return min_position(positions)
+        opened_sinks = [s for s in self.sinks if s.id not in self.disabled]
+        positions = [s.checkpoint for s in opened_sinks if s.checkpoint is not None]
+        resume = min_position(positions)
+        if resume is not None:
+            for sink in opened_sinks:
+                if sink.checkpoint is None:
+                    log.info("sink %s has no checkpoint: it starts at the pipeline's resume position %s",
+                             sink.id, resume)
+        return resume
+
+    def persist_start(self, start: Position) -> None:
+        """Write ``start`` as the checkpoint of every open sink that has none, before reading begins."""
+        for sink in self.sinks:
+            if sink.id in self.disabled or sink.checkpoint is not None:
+                continue
+            try:
+                sink.write(Batch(seq=0, events=[], keys=[], end=start))
+            except FencedError:
+                raise
+            except DeltaForgeError as e:
+                if self.mode == "all" or (self.mode == "required" and sink.required):
+                    raise
+                self.disabled[sink.id] = e
+                sink.close()
+                log.warning("sink %s failed and is disabled until restart: %s", sink.id, e)
 
     def write(self, batch: Batch) -> None:
         ok = 0

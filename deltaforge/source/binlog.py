@@ -77,7 +77,10 @@ from deltaforge.model import (
     binlog_file_number,
     event_id_for,
     event_id_hasher,
+    gtid_event_id_hasher,
+    position_le,
 )
+from deltaforge.source.gtid import parse_gtid_set
 from deltaforge.source.schema import (
     TableSchema,
     fetch_live_columns,
@@ -215,7 +218,7 @@ class _OneShotConnect:
 class _Tx:
     """State of the transaction being read."""
 
-    __slots__ = ("file", "gtid", "gtid_before", "id", "pos", "rows", "standalone")
+    __slots__ = ("file", "gtid", "gtid_before", "hasher", "id", "pos", "rows", "standalone")
 
     def __init__(self, file: str, pos: int, gtid: str | None, gtid_before: str | None, standalone: bool) -> None:
         self.file = file
@@ -225,6 +228,8 @@ class _Tx:
         self.id = gtid or f"{file}:{pos}"
         self.rows = 0  # rows of this transaction read so far (captured tables only)
         self.standalone = standalone
+        #: event ids from (GTID, row index in the transaction): the same on every server (model.py)
+        self.hasher = gtid_event_id_hasher(gtid) if gtid else None
 
 
 class BinlogSource:
@@ -301,16 +306,33 @@ class BinlogSource:
             raise SourceError("the binary log is off on the source server",
                               "start mysqld with log_bin (and binlog_format=ROW)")
         file, pos = str(rows[0][0]), int(rows[0][1])
-        return Position(file=file, pos=pos, gtid=self._gtid_at(file, pos))
+        if self.flavor == "mysql":
+            # Executed_Gtid_Set comes with file:pos in one snapshot ("" with gtid_mode=OFF)
+            executed = str(rows[0][4] or "").replace("\n", "") if len(rows[0]) > 4 else ""
+            return self._position(file, pos, executed or None)
+        return self._position(file, pos, self._gtid_at(file, pos))
 
     def _binlog_first(self) -> Position:
         rows = self._query("SHOW BINARY LOGS")
         if not rows:
             raise SourceError("the binary log is off on the source server", "start mysqld with log_bin")
         file = str(rows[0][0])
-        return Position(file=file, pos=4, gtid=self._gtid_at(file, 4))
+        if self.flavor == "mysql":
+            return self._position(file, 4, self._mysql_purged())
+        return self._position(file, 4, self._gtid_at(file, 4))
+
+    def _position(self, file: str, pos: int, gtid: str | None) -> Position:
+        return Position(file=file, pos=pos, gtid=gtid, server=self.server_identity)
+
+    def _mysql_purged(self) -> str | None:
+        """MySQL: the GTIDs no longer in any binlog (None with gtid_mode OFF)."""
+        mode = self._query("SHOW GLOBAL VARIABLES LIKE 'gtid_mode'")
+        if not mode or str(mode[0][1]).upper() != "ON":
+            return None
+        return str(self._query("SELECT @@GLOBAL.gtid_purged")[0][0] or "").replace("\n", "")
 
     def _gtid_at(self, file: str, pos: int) -> str | None:
+        """MariaDB: the GTID position of ``file:pos`` (every domain); None when unknown."""
         if self.flavor != "mariadb":
             return None
         try:
@@ -319,15 +341,45 @@ class BinlogSource:
             return None
         return None if value is None else str(value)
 
+    def _check_resume(self, resume: Position) -> None:
+        """Refuse a checkpoint this server cannot continue from: another server without GTIDs, or purged."""
+        if resume.server and resume.server != self.server_identity:
+            if resume.gtid is None:
+                raise SourceError(
+                    f"the source server changed (checkpoint written reading {resume.server}, now connected to "
+                    f"{self.server_identity}) and the checkpoint has no GTID set: {resume.file}:{resume.pos} "
+                    "means nothing on another server",
+                    "enable GTIDs (MySQL gtid_mode=ON) so the pipeline can follow a failover; to go on, flush the "
+                    "cache, delete the pipeline's checkpoint keys and set spec.source.config.start")
+            log.warning("the source server changed: the checkpoint was written reading %s, now connected to %s; "
+                        "resuming by GTID %s", resume.server, self.server_identity, resume.gtid)
+        oldest = self._binlog_first()
+        purged: str | None = None
+        if resume.gtid is not None and oldest.gtid is not None:
+            have = parse_gtid_set(resume.gtid)
+            if not parse_gtid_set(oldest.gtid).issubset(have):
+                purged = f"GTID state {oldest.gtid} at the start of {oldest.file}, the checkpoint has {resume.gtid}"
+        elif resume.gtid is None and resume.same_binlog(self.server_identity) and resume.file:
+            if binlog_file_number(resume.file) < binlog_file_number(oldest.file):
+                purged = f"the oldest binlog is {oldest.file}"
+        if purged:
+            raise SourceError(
+                f"the checkpoint {resume} needs binlog events the server no longer has ({purged}): they were "
+                "purged (PURGE BINARY LOGS, expire_logs_days or binlog_expire_logs_seconds) while the pipeline "
+                "was behind, so the changes in between are lost to it",
+                "flush the cache (its keys may be stale), then delete the pipeline's checkpoint keys and start "
+                "again with spec.source.config.start; keep binlog retention longer than any pipeline downtime")
+
     def open(self, resume: Position | None) -> Position:
         """Connect and position the stream; returns where reading starts."""
         self._server_facts()
         if resume is not None:
+            self._check_resume(resume)
             start = resume
         elif isinstance(self.start_spec, Position):
             start = self.start_spec
             if start.file and start.gtid is None:
-                start = Position(file=start.file, pos=start.pos, gtid=self._gtid_at(start.file, start.pos))
+                start = self._position(start.file, start.pos, self._gtid_at(start.file, start.pos))
         elif self.start_spec == "earliest":
             start = self._binlog_first()
         else:
@@ -338,19 +390,26 @@ class BinlogSource:
 
     def _connect(self, start: Position) -> None:
         kwargs: dict[str, Any] = {}
-        use_gtid = bool(start.gtid) and self.flavor == "mariadb"
-        if use_gtid:
-            kwargs.update(is_mariadb=True, auto_position=start.gtid)
-        elif start.gtid and not start.file:
-            if self.flavor == "mysql":
-                kwargs.update(auto_position=start.gtid)
-            else:
-                raise SourceError(f"cannot start from GTID {start.gtid} on this server", "use a file:pos start")
-        else:
+        # GTID first wherever the checkpoint has a set: it is the only position valid on every server.
+        gtid = start.gtid
+        if gtid and parse_gtid_set(gtid).flavor not in ("", self.flavor):
+            raise SourceError(f"cannot start from GTID set {gtid} on a {self.flavor} server",
+                              "use a file:pos start, or a GTID set of this server's flavour")
+        if gtid and self.flavor == "mariadb":
+            kwargs.update(is_mariadb=True, auto_position=gtid)
+        elif gtid is not None and self.flavor == "mysql" and (gtid or not start.file):
+            kwargs.update(auto_position=gtid)
+        elif start.file:
             kwargs.update(log_file=start.file, log_pos=start.pos, resume_stream=True)
-        self._gtid_state = MariaGtidState(start.gtid if self.flavor == "mariadb" else None)
-        self._mysql_gtid = start.gtid if self.flavor == "mysql" else None
+        else:
+            raise SourceError(f"cannot start from GTID {gtid!r} on this server", "use a file:pos start")
+        # The executed set is tracked only from a complete one: a partial set stored in a
+        # checkpoint would make a GTID resume re-read (or skip) history.
+        self._gtid_known = gtid is not None
+        self._gtid_state = MariaGtidState(gtid if self.flavor == "mariadb" else None)
+        self._mysql_gtid = gtid if self.flavor == "mysql" else None
         self._skip_rows = start.skip_rows
+        self._skip_tx = start.tx
         self._stream = BinLogStreamReader(
             connection_settings={**self.dsn.connect_kwargs(), "connect_timeout": 10},
             server_id=self.replica_id,
@@ -492,6 +551,7 @@ class BinlogSource:
         boundary_count = 0
         committed = self.start_position
         skip = self._skip_rows
+        skip_tx = self._skip_tx  # the split transaction skip counts into (None: the first one read)
         origin = ""
         ident = self.server_identity
         name = self.pipeline
@@ -517,7 +577,7 @@ class BinlogSource:
                                 or time.monotonic() - started >= self.max_s):
                             yield take(boundary_count, boundary)
                     elif (idle and boundary is not None and not events and committed is not None
-                          and boundary.order_key() > committed.order_key() and time.monotonic() - last_yield >= 1.0):
+                          and not position_le(boundary, committed) and time.monotonic() - last_yield >= 1.0):
                         # Only other tables changed: commit the position alone so a restart need not re-read them.
                         yield take(0, boundary)
                     if self.stop.is_set():
@@ -539,10 +599,10 @@ class BinlogSource:
                 start_pos = pkt.log_pos - pkt.event_size
                 if cls is MariadbGtidEvent or cls is GtidEvent:
                     if cls is MariadbGtidEvent:
-                        tx = _Tx(self._file, start_pos, ev.gtid, str(self._gtid_state) or None,
+                        tx = _Tx(self._file, start_pos, ev.gtid, self._gtid_or_none(),
                                  bool(ev.flags & _MARIADB_GTID_STANDALONE))
                     else:
-                        tx = _Tx(self._file, start_pos, ev.gtid, self._mysql_gtid, False)
+                        tx = _Tx(self._file, start_pos, ev.gtid, self._gtid_or_none(), False)
                     continue
                 if cls is TableMapEvent:
                     self._schema_for(ev)
@@ -594,14 +654,17 @@ class BinlogSource:
                     if not events:
                         started = time.monotonic()
                     origin = f"{table} at {file}:{start_pos}"
-                    hasher = event_id_hasher(ident, file, start_pos)
+                    tx_hasher = tx.hasher
+                    hasher = tx_hasher or event_id_hasher(ident, file, start_pos)
+                    tx_skip = skip if skip_tx is None or skip_tx == tx.gtid else 0
+                    tx_gtid = tx.gtid or ""
                     for i, (before, after) in enumerate(rows):
                         seq = tx.rows
                         tx.rows += 1
-                        if seq < skip:  # delivered before a restart in the middle of this transaction
+                        if seq < tx_skip:  # delivered before a restart in the middle of this transaction
                             continue
                         events.append(Event(
-                            event_id=event_id_for(hasher, i),
+                            event_id=event_id_for(hasher, seq if tx_hasher is not None else i),
                             tenant_id=self.tenant,
                             table=table,
                             op=op,
@@ -613,7 +676,7 @@ class BinlogSource:
                                           ts_ms=ts_ms),
                             transaction=Transaction(id=tx.id, seq=seq, end=False),
                         ))
-                        keys.append((file_no, tx.pos, seq))
+                        keys.append((file_no, tx.pos, seq, tx_gtid))
                         nbytes += per_row
                     if len(events) > self.max_events or nbytes > self.max_bytes:
                         if self.respect_tx and boundary_count and boundary is not None:
@@ -626,7 +689,7 @@ class BinlogSource:
                             last = events[n - 1].transaction
                             assert last is not None
                             yield take(n, Position(file=tx.file, pos=tx.pos, gtid=tx.gtid_before,
-                                                   skip_rows=last.seq + 1))
+                                                   skip_rows=last.seq + 1, tx=tx.gtid, server=ident))
                     continue
                 # ---- commit of `tx` (XID, COMMIT, or a standalone statement)
                 if tx is not None and tx.gtid and self.flavor == "mariadb":
@@ -637,9 +700,10 @@ class BinlogSource:
                     last_tx = events[-1].transaction
                     if last_tx is not None and last_tx.id == tx.id:
                         last_tx.end = True
-                skip = 0
+                if skip_tx is None or (tx is not None and tx.gtid == skip_tx):
+                    skip, skip_tx = 0, None
                 tx = None
-                boundary = Position(file=self._file, pos=pkt.log_pos, gtid=self._gtid_or_none())
+                boundary = Position(file=self._file, pos=pkt.log_pos, gtid=self._gtid_or_none(), server=ident)
                 boundary_count = len(events)
         except DeltaForgeError:
             # Commit what is complete before the failure (poison row, statement-format change,
@@ -661,8 +725,10 @@ class BinlogSource:
         return any(f"{db}." in text or f"`{db}`." in text for db in schemas)
 
     def _gtid_or_none(self) -> str | None:
+        if not self._gtid_known:
+            return None
         if self.flavor == "mariadb":
-            return str(self._gtid_state) or None
+            return str(self._gtid_state)
         return self._mysql_gtid
 
 
