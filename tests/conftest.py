@@ -1,5 +1,10 @@
 """Session fixtures: one private MariaDB and one private Redis for the whole run.
 
+Tests that break their servers (failover, restarts, Redis rollbacks and freezes) get their own,
+function-scoped, started only when a test asks and removed however it ends:
+``mariadb_primary`` + ``mariadb_replica`` (GTID replication, binlog files numbered differently:
+the primary at binlog.000006, the replica at binlog.000002) and ``redis_own``.
+
 No test skips for a missing server: ``MissingBinaryError`` fails the run with the
 apt package to install.
 """
@@ -11,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deltaforge.testing import MariaDBServer, RedisServer
+from deltaforge.testing import MariaDBReplica, MariaDBServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +54,40 @@ def redis_client(redis_server: RedisServer):  # type: ignore[no-untyped-def]
     client.flushall()
     yield client
     client.close()
+
+
+#: binlog file numbers the failover fixtures put the two servers on (they must differ)
+PRIMARY_BINLOG = "binlog.000006"
+REPLICA_BINLOG = "binlog.000002"
+
+
+@pytest.fixture
+def mariadb_primary() -> Iterator[MariaDBServer]:
+    """A private primary of its own (server_id 1) at binlog.000006, for tests that fail it over or restart it."""
+    server = MariaDBServer(server_id=1).start()
+    try:
+        server.flush_binlogs(5)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mariadb_replica(mariadb_primary: MariaDBServer) -> Iterator[MariaDBReplica]:
+    """A GTID replica (server_id 2, log_slave_updates) of ``mariadb_primary``, caught up, at binlog.000002."""
+    replica = MariaDBReplica(mariadb_primary, server_id=2).start()
+    try:
+        replica.flush_binlogs(1)
+        yield replica
+    finally:
+        replica.stop()
+
+
+@pytest.fixture
+def redis_own() -> Iterator[RedisServer]:
+    """A private Redis for one test that crash-restarts, rolls back or freezes it."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
