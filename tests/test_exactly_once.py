@@ -14,12 +14,14 @@ lineage, and resumed from every sink's checkpoint:
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deltaforge.testing import MariaDBServer, RedisServer
+from deltaforge.model import derive_gtid_event_id
+from deltaforge.testing import MariaDBReplica, MariaDBServer, RedisServer
 from tests.e2e import Engine, stream_events, wait_for, write_config
 
 pytestmark = pytest.mark.integration
@@ -142,3 +144,64 @@ def test_a_purged_checkpoint_is_a_one_line_error(tmp_path: Path, redis_server: R
     finally:
         own.stop()
 
+
+
+def test_failover_to_a_replica_with_lower_binlog_numbers_loses_nothing(
+        tmp_path: Path, mariadb_primary: MariaDBServer, mariadb_replica: MariaDBReplica, redis_server: RedisServer,
+        redis_client: Any) -> None:
+    primary, replica = mariadb_primary, mariadb_replica
+    primary.execute("CREATE DATABASE app", "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(40))")
+    assert primary.binlog_file > replica.binlog_file  # binlog.000006 against binlog.000002
+    cfg = write_config(tmp_path, primary, redis_server, ["app.t"], name="failover")
+    cfg.write_text(cfg.read_text().replace(f"dsn: {primary.dsn()}", "dsn: ${MYSQL_DSN}"))
+    engine = Engine(cfg, env={"MYSQL_DSN": primary.dsn()}).wait_ready()
+    _insert(primary, "app.t", range(1, 51))
+    wait_for(lambda: redis_client.xlen("cdc:e2e") == 50, what="50 entries from the primary")
+    code, out = engine.stop()
+    assert code == 0, out
+    _insert(primary, "app.t", range(51, 61))  # while the pipeline is down: reach the replica by replication
+    replica.wait_caught_up()
+    replica.promote()
+    _insert(replica, "app.t", range(61, 161))  # written on the new primary, in its own binlog files
+    engine = Engine(cfg, env={"MYSQL_DSN": replica.dsn()}).wait_ready()
+    try:
+        wait_for(lambda: redis_client.xlen("cdc:e2e") >= 160, what="all 160 rows")
+        time.sleep(0.5)  # a duplicate would land right behind
+    finally:
+        code, out = engine.stop()
+    assert code == 0, out
+    events = stream_events(redis_client, "cdc:e2e")
+    assert [e["after"]["id"] for e in events] == list(range(1, 161))
+    assert "the source server changed" in out and "resuming by GTID" in out
+    # ids come from (GTID, row index): the rows that crossed over by replication keep their primary's GTIDs
+    assert all(e["event_id"] == derive_gtid_event_id(e["transaction"]["id"], e["transaction"]["seq"])
+               for e in events)
+    assert {e["transaction"]["id"].split("-")[1] for e in events} == {"1", "2"}
+
+
+def test_redis_restarted_from_an_older_snapshot_is_redelivered(
+        tmp_path: Path, mariadb: MariaDBServer, redis_own: RedisServer, fresh_db: str) -> None:
+    table = _table(mariadb, fresh_db)
+    client = redis_own.client()
+    cfg = write_config(tmp_path, mariadb, redis_own, [table], name="rollback")
+    engine = Engine(cfg).wait_ready()
+    try:
+        _insert(mariadb, table, range(1, 21))
+        wait_for(lambda: client.xlen("cdc:e2e") == 20, what="20 entries")
+        snapshot = redis_own.snapshot()
+        _insert(mariadb, table, range(21, 61))
+        wait_for(lambda: client.xlen("cdc:e2e") == 60, what="60 entries")
+        client.close()
+        redis_own.crash_restart(snapshot)  # entries 21..60 and their checkpoints are gone
+        client = redis_own.client()
+        assert client.xlen("cdc:e2e") == 20
+        _insert(mariadb, table, range(61, 81))
+        wait_for(lambda: client.xlen("cdc:e2e") >= 80, 90, what="the lost entries re-delivered, then the new ones")
+        time.sleep(0.5)
+        assert engine.poll() is None, engine.output  # it rode through
+    finally:
+        code, out = engine.stop()
+    assert code == 0, out
+    assert _ids(client, "cdc:e2e") == list(range(1, 81))
+    assert "rolled back" in out and "re-delivering from" in out
+    client.close()
