@@ -115,7 +115,7 @@ class Position(msgspec.Struct, frozen=True):
 
     def covers(self, key: tuple[int, ...] | tuple[Any, ...], server: str = "") -> bool:
         """True when the event with ordering ``key``, read from ``server``, is already delivered here."""
-        gtid = key[3] if len(key) > 3 else ""
+        gtid = str(key[3]) if len(key) > 3 else ""
         if gtid and self._by_gtid():
             if self.skip_rows and self.tx == gtid:
                 return bool(key[2] < self.skip_rows)

@@ -70,8 +70,7 @@ def test_exactly_once_through_kills_redis_rollbacks_and_a_mariadb_restart(
 
     def kill_engine() -> None:
         nonlocal engine
-        code, out = engine.stop(signal.SIGKILL)
-        outputs.append(out)
+        outputs.append(engine.stop(signal.SIGKILL)[1])
         engine = Engine(cfg).wait_ready(60)
 
     def snapshot_redis() -> None:

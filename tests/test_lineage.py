@@ -121,7 +121,7 @@ def test_a_vanished_checkpoint_stops_instead_of_guessing(redis_server: RedisServ
     assert not exc.value.retriable and "spec.source.config.start" in str(exc.value)
     # a fresh process finds the stream holding this pipeline's entries but no checkpoint: it stops too
     fresh = make_sink(cfg(redis_server))
-    with pytest.raises(SinkError, match="holds entries of pipeline 'pipe'.*checkpoint .* is missing"):
+    with pytest.raises(SinkError, match=r"holds entries of pipeline 'pipe'.*checkpoint .* is missing"):
         fresh.open()
     sink.close()
 
