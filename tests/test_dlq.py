@@ -15,10 +15,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from deltaforge.errors import ConfigError, ProcessorError
+from deltaforge.errors import ConfigError, ProcessorError, SinkError
 from deltaforge.model import Batch, DeadLetter, Event, Position
 from deltaforge.process.js import JsProcessor, ProcessorChain
 from deltaforge.runtime.pipeline import Stats
+from tests import test_sink as ts
 from tests.test_config import MINIMAL, error, load
 from tests.test_processor import FILE, make_batch, make_event
 
@@ -285,3 +286,86 @@ def test_dead_letter_json_shape() -> None:
     assert list(doc) == ["stage", "processor", "error", "table", "file", "pos", "row", "gtid", "event_id",
                          "event", "raw", "ts_ms"]
     assert Batch(seq=1, events=[], keys=[], end=Position(FILE, 4)).dead == []
+
+
+# ----------------------------------------------------------------------------- the sink (real Redis)
+
+
+def _with_dead(batch: Batch, *seqs: int, processor: str = "keys") -> Batch:
+    """``batch`` with the events of transaction rows ``seqs`` moved to its dead letters."""
+    keep = [i for i, k in enumerate(batch.keys) if k[2] not in seqs]
+    gone = [i for i, k in enumerate(batch.keys) if k[2] in seqs]
+    dead = [DeadLetter(stage="processor", processor=processor, error=f"boom {batch.keys[i][2]}",
+                       table=batch.events[i].table, file=FILE, pos=batch.keys[i][1], row=0,
+                       event_id=batch.events[i].event_id, event=batch.events[i]) for i in gone]
+    return Batch(seq=batch.seq, events=[batch.events[i] for i in keep], keys=[batch.keys[i] for i in keep],
+                 end=batch.end, dead=dead, dead_keys=[batch.keys[i] for i in gone])
+
+
+def _dlq(server: Any, stream: str) -> list[dict[str, Any]]:
+    out = []
+    for fields in ts.entries(server, stream):
+        assert fields[0] == b"df-dlq" and fields[2] == b"event_id"
+        doc = json.loads(fields[1])
+        assert doc["event_id"] == (fields[3].decode() or None)
+        out.append(doc)
+    return out
+
+
+@pytest.mark.integration
+def test_sink_writes_dead_letters_in_the_batch_commit(redis_server: Any, redis_client: Any) -> None:
+    sink = ts.make_sink(ts.cfg(redis_server))
+    sink.open()
+    b1 = _with_dead(ts.make_batch(5, 1), 1, 3)
+    sink.write(b1)
+    assert ts.event_ids(redis_server, "cdc:events") == [e.event_id for e in b1.events]
+    docs = _dlq(redis_server, "cdc:events:dlq")
+    assert [d["event_id"] for d in docs] == [d.event_id for d in b1.dead]
+    assert [d["error"] for d in docs] == ["boom 1", "boom 3"]
+    assert docs[0]["event"] == json.loads(msgspec.json.encode(b1.dead[0].event))
+    assert docs[0]["stage"] == "processor" and docs[0]["processor"] == "keys" and docs[0]["table"] == "app.users"
+    assert sink.dead_written == 2 and sink.entries_written == 3
+    # a batch of dead letters only (every event failed) still commits them with its checkpoint
+    b2 = _with_dead(ts.make_batch(2, 2), 0, 1)
+    sink.write(b2)
+    assert len(_dlq(redis_server, "cdc:events:dlq")) == 4 and sink.checkpoint == b2.end
+    # A dead-letter stream that cannot take the entries stops the commit before anything lands:
+    # the batch's own entries and its checkpoint do not move either (one transaction).
+    redis_client.delete("cdc:events:dlq")
+    redis_client.set("cdc:events:dlq", "x")
+    sink._checked_streams.discard("cdc:events:dlq")
+    before = redis_client.get(sink.checkpoint_key)
+    with pytest.raises(SinkError, match=r"cdc:events:dlq.*holds a string"):
+        sink.write(_with_dead(ts.make_batch(3, 3), 2))
+    assert redis_client.xlen("cdc:events") == 3 and redis_client.get(sink.checkpoint_key) == before
+    sink.close()
+
+
+@pytest.mark.integration
+def test_sink_skips_dead_letters_its_checkpoint_covers(redis_server: Any, redis_client: Any) -> None:
+    sink = ts.make_sink(ts.cfg(redis_server, "s:dead", dlq_stream="{s:dead}:poison"))
+    sink.open()
+    # first half of a split transaction: rows 0..2, row 1 dead; the checkpoint skips 3 rows
+    sink.write(_with_dead(ts.make_batch(3, 1, end=Position(FILE, 1000, skip_rows=3)), 1))
+    sink.close()
+    # a restart re-reads the whole transaction (rows 0..5, rows 1 and 4 dead): only rows 3.. are new
+    again = ts.make_sink(ts.cfg(redis_server, "s:dead", dlq_stream="{s:dead}:poison"))
+    again.open()
+    again.write(_with_dead(ts.make_batch(6, 1), 1, 4))
+    assert [json.loads(f[1])["after"]["id"] for f in ts.entries(redis_server, "s:dead")] == [0, 2, 3, 5]
+    assert [d["error"] for d in _dlq(redis_server, "{s:dead}:poison")] == ["boom 1", "boom 4"]
+    again.close()
+
+
+@pytest.mark.integration
+def test_dlq_stream_template_and_decoder_records(redis_server: Any, redis_client: Any) -> None:
+    sink = ts.make_sink(ts.cfg(redis_server, "cdc:${table}", dlq_stream="dlq:${source.db}:${source.table}"))
+    sink.open()
+    b = ts.make_batch(2, 1)
+    raw = DeadLetter(stage="decoder", error="app.orders at binlog.000001:1000: cannot decode row: x",
+                     table="app.orders", file=FILE, pos=1000, gtid="0-1-1000", raw="AAEC", ts_ms=5)
+    sink.write(Batch(seq=1, events=b.events, keys=b.keys, end=b.end, dead=[raw], dead_keys=[(1, 1000, 9)]))
+    [doc] = _dlq(redis_server, "dlq:app:orders")
+    assert doc["stage"] == "decoder" and doc["raw"] == "AAEC" and doc["event"] is None and doc["row"] is None
+    assert redis_client.xlen("cdc:app.users") == 2
+    sink.close()
