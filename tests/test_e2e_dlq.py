@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from deltaforge.model import Batch, Position
+from deltaforge.source.binlog import BinlogSource
 from deltaforge.testing import MariaDBServer, RedisServer
 from tests.e2e import binlog_end, start_engine, stop_engine, stream_events, wait_for, write_config
 
@@ -157,3 +160,57 @@ def test_undecodable_rows_go_to_the_dlq_with_their_bytes(tmp_path: Path, mariadb
         assert base64.b64decode(d["raw"])  # the rows event's body, as the binlog holds it
     assert b"abc" in base64.b64decode(dead[0]["raw"]) and b"xyz" in base64.b64decode(dead[1]["raw"])
     assert dead[0]["pos"] < dead[1]["pos"]
+
+
+def _read_until(mariadb: MariaDBServer, table: str, start: str, end: tuple[str, int],
+                resume: Position | None = None) -> list[Batch]:
+    """Batches of a dlq-mode reader from ``start`` (or ``resume``) until it reaches binlog position ``end``."""
+    stop = threading.Event()
+    source = BinlogSource(dsn=mariadb.dsn(), tables=[table], pipeline="dlq-split", tenant=None, start=start,
+                          max_events=2, max_ms=0, stop=stop)
+    source.on_decode_error = "dlq"
+    batches: list[Batch] = []
+    try:
+        source.open(resume)
+        for batch in source.batches():
+            batches.append(batch)
+            if (batch.end.file, batch.end.pos) >= end:
+                stop.set()
+    finally:
+        source.close()
+    return batches
+
+
+def _tokens(batches: list[Batch]) -> list[tuple[str, int]]:
+    """Rows and dead letters in binlog order: ("row", id) and ("dead", rows event position)."""
+    out: list[tuple[str, int]] = []
+    for b in batches:
+        items = [(k, ("row", e.after["id"])) for k, e in zip(b.keys, b.events, strict=True)]
+        items += [(k, ("dead", d.pos)) for k, d in zip(b.dead_keys, b.dead, strict=True)]
+        out += [t for _, t in sorted(items)]
+    return out
+
+
+def test_dead_rows_in_a_split_transaction_resume_exactly(mariadb: MariaDBServer, fresh_db: str) -> None:
+    """Undecodable rows events inside a transaction larger than the batch: resuming from the end of
+    ANY batch (the checkpoint a sink would hold) yields exactly the rows and dead letters after it."""
+    table = f"{fresh_db}.odd"
+    mariadb.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(10) CHARACTER SET swe7)")
+    start = binlog_end(mariadb)
+    mariadb.execute("BEGIN",
+                    *(f"INSERT INTO {table} VALUES ({i},{'NULL' if i % 3 else repr('bad')})" for i in range(1, 12)),
+                    f"INSERT INTO {table} VALUES (12,NULL),(13,NULL),(14,'bad')",
+                    f"INSERT INTO {table} VALUES (15,NULL)",
+                    "COMMIT",
+                    f"INSERT INTO {table} VALUES (16,NULL)")
+    file, pos = binlog_end(mariadb).rsplit(":", 1)
+    end = (file, int(pos))
+    batches = _read_until(mariadb, table, start, end)
+    everything = _tokens(batches)
+    assert [t for t in everything if t[0] == "row"] == [("row", i) for i in (1, 2, 4, 5, 7, 8, 10, 11, 15, 16)]
+    assert len([t for t in everything if t[0] == "dead"]) == 4  # 3, 6, 9 and the event of 12..14
+    assert any(b.end.skip_rows and b.dead for b in batches)  # dead letters inside the split transaction
+    assert len([b for b in batches if b.end.skip_rows]) >= 4  # the transaction was split, often
+    for i, batch in enumerate(batches[:-1]):
+        resumed = _tokens(_read_until(mariadb, table, start, end, resume=batch.end))
+        assert resumed == _tokens(batches[i + 1:]), f"resume from {batch.end}"
