@@ -82,6 +82,8 @@ ENVELOPE_TYPES = ("native", "debezium", "cloudevents")
 ENCODINGS = ("json",)
 DELIVERY_MODES = ("exactly_once", "at_least_once")
 COMMIT_MODES = ("required", "all", "quorum")
+#: ``spec.processors[].on_error`` and ``spec.source.config.on_decode_error``
+ON_ERROR_MODES = ("stop", "dlq")
 
 
 # --------------------------------------------------------------------------- structs
@@ -110,6 +112,8 @@ class ProcessorSpec(msgspec.Struct):
     inline: str | None = None
     file: str | None = None
     limits: Limits = msgspec.field(default_factory=Limits)
+    on_error: str = "stop"
+    """``stop`` (the pipeline stops) | ``dlq`` (failing events go to the sinks' dead-letter streams)"""
     code: str = ""
     """Resolved JS source (the inline text or the file's contents); never env-expanded."""
     origin: str = ""
@@ -135,6 +139,8 @@ class RedisSinkConfig(msgspec.Struct):
     """``exactly_once`` | ``at_least_once``"""
     checkpoint_key: str | None = None
     """None: derived by the sink (sharing the stream's hash tag)."""
+    dlq_stream: str | None = None
+    """Dead-letter stream (key or template, like ``stream``); None: ``<stream>:dlq``."""
 
     def __repr__(self) -> str:
         return _redacted_repr(self, "uri")
@@ -154,6 +160,8 @@ class MySQLSourceConfig(msgspec.Struct):
     """``latest`` | ``earliest`` | ``<binlog file>:<pos>`` | GTID set; only without a checkpoint."""
     server_id: int | None = None
     """Replica server id of the binlog connection (None: derived by the engine)."""
+    on_decode_error: str = "stop"
+    """``stop`` | ``dlq`` (an undecodable rows event goes to the sinks' dead-letter streams)"""
 
     def __repr__(self) -> str:
         return _redacted_repr(self, "dsn")
@@ -225,7 +233,8 @@ _DF_KEYS: dict[type, dict[str, str]] = {
         "connection_policy": _REMOVE + " (one replication connection per pipeline)",
         "sink_batch_deadline_secs": _REMOVE + " (sinks retry with backoff; required sinks gate the checkpoint)",
         "schema_sensing": _REMOVE,
-        "journal": _REMOVE + " (no dead-letter journal: a failing batch stops the pipeline)",
+        "journal": _REMOVE + " (for dead letters set on_error: dlq on a processor and/or "
+                   "on_decode_error: dlq under spec.source.config)",
         "metrics": _REMOVE + " (metrics are always per pipeline)",
         "sources": "write one source under spec.source (this engine reads one source per pipeline)",
     },
@@ -737,6 +746,7 @@ def _check_source(src: SourceSpec, ctx: _Ctx) -> None:
         with _located(ctx, f"{p}.tables[{i}]"):
             validate_table_pattern(pattern, f"{p}.tables[{i}]")
     _check_start(c.start, f"{p}.start", ctx)
+    _check_choice(c.on_decode_error, f"{p}.on_decode_error", ctx, ON_ERROR_MODES)
     if c.server_id is not None and not 1 <= c.server_id <= 0xFFFFFFFF:
         raise ctx.error(f"{p}.server_id", f"must be between 1 and 4294967295, found {c.server_id}",
                         "pick a server id no other server or replica uses, or remove it to derive one")
@@ -799,6 +809,7 @@ def _check_processors(procs: list[ProcessorSpec], base_dir: Path, ctx: _Ctx) -> 
                    "set a per-call budget in milliseconds, e.g. timeout_ms: 1000")
         _check_min(proc.limits.mem_mb, 16, f"{p}.limits.mem_mb", ctx,
                    "V8 needs at least 16 MB of heap, e.g. mem_mb: 256")
+        _check_choice(proc.on_error, f"{p}.on_error", ctx, ON_ERROR_MODES)
 
 
 def _check_sinks(sinks: list[SinkSpec], ctx: _Ctx) -> None:
@@ -821,6 +832,13 @@ def _check_sinks(sinks: list[SinkSpec], ctx: _Ctx) -> None:
             uri = parse_redis_uri(c.uri, f"{p}.uri")
         with _located(ctx, f"{p}.stream"):
             StreamTemplate(c.stream, f"{p}.stream")
+        if c.dlq_stream is not None:
+            with _located(ctx, f"{p}.dlq_stream"):
+                StreamTemplate(c.dlq_stream, f"{p}.dlq_stream")
+            if c.dlq_stream == c.stream:
+                raise ctx.error(f"{p}.dlq_stream", f"is the sink's own stream {c.stream!r}",
+                                "dead letters need a stream of their own, e.g. remove dlq_stream for "
+                                f"{c.stream}:dlq")
         where = (uri.host, uri.port, uri.db, c.stream)
         if where in seen_streams:
             raise ctx.error(f"{p}.stream", f"spec.sinks[{seen_streams[where]}] already writes stream "

@@ -169,11 +169,41 @@ def min_position(positions: list[Position]) -> Position | None:
     return min(positions, key=Position.order_key)
 
 
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """One dead-letter record: an event a processor could not handle (``on_error: dlq``) or a
+    rows event the decoder could not decode (``on_decode_error: dlq``).
+
+    Its JSON is the ``df-dlq`` field of the dead-letter stream entry (docs/processors.md,
+    "Dead letters"). ``event`` is the event as the failing processor received it (None for
+    a decode failure); ``raw`` is the undecodable rows-event body, base64 (None otherwise).
+    """
+
+    stage: str
+    """``processor`` | ``decoder``"""
+    processor: str | None = None
+    """the failing processor's id (None for the decoder)"""
+    error: str
+    table: str
+    file: str
+    pos: int
+    """start of the binlog rows event"""
+    row: int | None = None
+    """row index inside the rows event (None: the whole event could not be decoded)"""
+    gtid: str | None = None
+    event_id: str | None = None
+    event: Event | None = None
+    raw: str | None = None
+    ts_ms: int = 0
+    """commit timestamp of the source event, ms"""
+
+
 class Batch(msgspec.Struct):
     """A run of events handed from one stage to the next.
 
     ``keys[i]`` is the ordering key of ``events[i]``; ``end`` is the position the
-    sink commits together with the batch's entries.
+    sink commits together with the batch's entries. ``dead[i]`` (key ``dead_keys[i]``)
+    are the batch's dead letters: every stage passes them on, the sink writes them to its
+    dead-letter stream in the same commit as the events.
     """
 
     seq: int
@@ -182,6 +212,8 @@ class Batch(msgspec.Struct):
     end: Position
     #: where the batch came from, for error messages: "db.table at file:pos"
     origin: str = ""
+    dead: list[DeadLetter] = msgspec.field(default_factory=list)
+    dead_keys: list[OrderKey] = msgspec.field(default_factory=list)
 
 
 _NAMESPACE = uuid.UUID("6f1b8c52-5d2e-4c7a-9a51-0d1e7c3b9f10")

@@ -38,6 +38,23 @@ Hazards:
   never reused after an OOM (observed: heap stats broken afterwards).
 - Timeouts terminate the call; the isolate stays usable (tested), so it is kept.
 - No TextEncoder/TextDecoder exist in mini-racer's global scope: strings only.
+
+Poison events (``on_error: dlq``, docs/processors.md "Dead letters"):
+
+- With ``on_error: stop`` (default) any failure of a batch is the pipeline's error.
+- With ``dlq`` a failing batch is bisected: each half is run again on its own, a half
+  that succeeds is kept, a half that fails is split again, until single events remain
+  that still fail. Those become :class:`~deltaforge.model.DeadLetter` records on
+  ``Batch.dead`` (the event as this processor received it, the error with the user's JS
+  line); the survivors go on in their input order. Every failure counts: a throw, a bad
+  return shape, a timeout or the heap limit (the isolate is reset as above). Work is
+  bounded: ``log2(n)`` levels, about ``2·k·log2(n/k)`` extra calls for ``k`` poison events,
+  ``2n-1`` at worst (every event fails, each call bounded by ``timeout_ms``).
+- A batch of 2+ events where EVERY event fails is most likely broken JavaScript, not poison
+  rows: the events are still dead-lettered (the pipeline's promise is that it goes on), and
+  an error line per such batch says so.
+- Hazard: halves are separate ``processBatch`` calls, so a processor that looks across the
+  whole batch sees smaller batches while a failure is isolated.
 - Integers beyond ±(2^53-1) already arrive as decimal strings (DESIGN.md §3), so
   ``JSON.parse`` loses nothing.
 """
@@ -45,6 +62,7 @@ Hazards:
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import re
 from typing import Any
@@ -63,6 +81,7 @@ from deltaforge.errors import ConfigError, ProcessorError, ProcessorLimitError
 from deltaforge.model import (
     OPS,
     Batch,
+    DeadLetter,
     Event,
     OrderKey,
     Source,
@@ -151,6 +170,8 @@ _USER_FRAME = re.compile(re.escape(USER_URL) + r":(\d+):\d+")
 
 _MIB = 1024 * 1024
 
+log = logging.getLogger("deltaforge.processor")
+
 
 class _Out(msgspec.Struct):
     """Processor output as decoded. Only the mutable fields are validated eagerly;
@@ -194,6 +215,9 @@ class JsProcessor:
         self.code: str = spec.code or ""
         self.timeout_ms = _limit(spec, "timeout_ms")
         self.mem_mb = _limit(spec, "mem_mb")
+        self.on_error: str = str(getattr(spec, "on_error", "stop") or "stop")
+        #: processBatch calls made (attempts included): the bisection's cost is tested on it
+        self.calls = 0
         self._timeout_sec = self.timeout_ms / 1000.0 if self.timeout_ms else None
         self._where = f"processors[{index}] ({self.id})"
         self._lines = self.code.splitlines()
@@ -295,6 +319,7 @@ class JsProcessor:
                 self._load()  # the previous isolate hit the memory limit
             mr, run = self._mr, self._run
             assert mr is not None and run is not None
+            self.calls += 1
             try:
                 result = run(payload, timeout_sec=self._timeout_sec)
             except JSTimeoutException as exc:
@@ -326,10 +351,62 @@ class JsProcessor:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def process(self, batch: Batch) -> Batch:
+        """Run ``processBatch`` on the batch; with ``on_error: dlq`` isolate the events that fail."""
+        if not batch.events:
+            return batch
+        if self.on_error != "dlq":
+            return self._process(batch)
+        try:
+            return self._process(batch)
+        except ProcessorError as e:
+            return self._isolate(batch, e)
+
+    def _isolate(self, batch: Batch, error: ProcessorError) -> Batch:
+        """Bisect ``batch`` (whose whole run failed with ``error``) down to the events that fail."""
+        inputs, in_keys = batch.events, batch.keys
+        events: list[Event] = []
+        keys: list[OrderKey] = []
+        dead = list(batch.dead)
+        dead_keys = list(batch.dead_keys)
+
+        def split(lo: int, hi: int, err: ProcessorError) -> None:
+            if hi - lo == 1:
+                dead.append(self._dead_letter(inputs[lo], err))
+                dead_keys.append(in_keys[lo])
+                return
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):  # left first: the survivors keep their order
+                part = inputs[a:b]
+                sub = Batch(seq=batch.seq, events=part, keys=in_keys[a:b], end=batch.end,
+                            origin=_event_origin(part[0]) if b - a == 1 else batch.origin)
+                try:
+                    out = self._process(sub)
+                except ProcessorError as e:
+                    split(a, b, e)
+                    continue
+                events.extend(out.events)
+                keys.extend(out.keys)
+
+        split(0, len(inputs), error)
+        failed = len(dead) - len(batch.dead)
+        if failed == len(inputs) > 1:
+            log.error("%s: every one of the %d events of batch %s failed, so they all went to the "
+                      "dead-letter stream; this looks like broken JavaScript rather than poison rows: %s",
+                      self._where, failed, _origin(batch), error.detail)
+        return Batch(seq=batch.seq, events=events, keys=keys, end=batch.end, origin=batch.origin,
+                     dead=dead, dead_keys=dead_keys)
+
+    def _dead_letter(self, event: Event, err: ProcessorError) -> DeadLetter:
+        src = event.source
+        return DeadLetter(
+            stage="processor", processor=self.id, error=err.detail, table=event.table,
+            file=src.file if src else "", pos=src.pos if src else 0, row=src.row if src else None,
+            gtid=src.gtid if src else None, event_id=event.event_id, event=event, ts_ms=event.ts_ms,
+        )
+
+    def _process(self, batch: Batch) -> Batch:
         """Run ``processBatch`` once on the whole batch and rebuild events and keys."""
         inputs = batch.events
-        if not inputs:
-            return batch
         result = self._call(_encode(inputs).decode(), batch)
         if result.startswith("!"):
             raise ProcessorError(
@@ -386,7 +463,8 @@ class JsProcessor:
             created[parent.event_id] = seq + 1
             events.append(self._created(o, n, parent, seq, batch))
             keys.append(parent_key)
-        return Batch(seq=batch.seq, events=events, keys=keys, end=batch.end, origin=batch.origin)
+        return Batch(seq=batch.seq, events=events, keys=keys, end=batch.end, origin=batch.origin,
+                     dead=batch.dead, dead_keys=batch.dead_keys)
 
     def _created(self, o: _Out, n: int, parent: Event, seq: int, batch: Batch) -> Event:
         """Build an event the processor added; validate what it cannot inherit."""
@@ -494,6 +572,14 @@ class JsProcessor:
 
 def _first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0] or "unknown JavaScript error"
+
+
+def _event_origin(event: Event) -> str:
+    """"db.table at file:pos row n": where one event came from, for the error of its dead letter."""
+    src = event.source
+    if src is None:
+        return event.table
+    return f"{event.table} at {src.file}:{src.pos} row {src.row}"
 
 
 def _origin(batch: Batch) -> str:

@@ -56,6 +56,8 @@ class Stats:
         self.batches = 0
         self.events_in = 0
         self.events_out = 0
+        #: dead letters committed (counted once per record, whatever the number of sinks)
+        self.dead_letters = 0
         self.position: Position | None = None
         self.first_commit: float | None = None
         self.last_commit: float | None = None
@@ -86,6 +88,9 @@ class Stats:
             f"deltaforge_lag_ms{label} {self.lag_ms}",
             "# TYPE deltaforge_last_commit_timestamp_seconds gauge",
             f"deltaforge_last_commit_timestamp_seconds{label} {self.last_commit or 0:.3f}",
+            "# HELP deltaforge_dlq_entries_total events (or undecodable rows events) sent to the dead-letter streams",
+            "# TYPE deltaforge_dlq_entries_total counter",
+            f"deltaforge_dlq_entries_total{label} {self.dead_letters}",
             "# TYPE deltaforge_restarts_total counter",
             f"deltaforge_restarts_total{label} {self.restarts}",
         ]
@@ -110,6 +115,12 @@ class Stats:
         self.events_in += len(batch_in.events)
         self.events_out += len(batch_out.events)
         self.position = batch_in.end
+        for d in batch_out.dead:
+            # once per committed record: a replay after a crash re-isolates it but never re-commits it
+            self.dead_letters += 1
+            log.warning("dead letter from %s: %s at %s:%s%s: %s",
+                        f"processor {d.processor}" if d.processor else "the row decoder", d.table, d.file,
+                        d.pos, f" row {d.row}" if d.row is not None else "", d.error)
         if batch_in.events:
             self.lag_ms = max(0, int(now * 1000) - batch_in.events[-1].ts_ms)
 

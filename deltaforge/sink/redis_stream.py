@@ -55,6 +55,15 @@ checkpoint included. Stream key types are therefore checked before first use
 (at ``open()`` for a fixed stream, on first sight for template streams) and a
 failed element in the EXEC reply is reported as a partial commit.
 
+Dead letters (``Batch.dead``, docs/processors.md "Dead letters"): one entry each in the
+sink's dead-letter stream (``dlq_stream``, default ``<stream>:dlq``, a template like
+``stream``), queued in the SAME MULTI as the batch's entries and checkpoint, so they are
+exactly-once too; they are skipped by the same ordering-key rule after a restart::
+
+    XADD <dlq stream> * df-dlq <DeadLetter JSON> event_id <id or "">
+
+They are never trimmed by ``max_len``: a dead letter waits for an operator.
+
 ``delivery: at_least_once``: no MULTI/WATCH; the XADDs then the SET in one
 pipelined round trip. If any XADD failed the SET already ran, so the previous
 checkpoint is written back before the error is raised (entries may repeat,
@@ -82,7 +91,15 @@ from deltaforge.errors import (
     SinkError,
     SinkUnavailable,
 )
-from deltaforge.model import Batch, Position, idempotency_key, position_le
+from deltaforge.model import (
+    Batch,
+    DeadLetter,
+    Event,
+    Position,
+    Source,
+    idempotency_key,
+    position_le,
+)
 from deltaforge.sink.envelope import Envelope, StreamTemplate
 from deltaforge.sink.redis_conn import RedisConnection, classify, reply_text
 
@@ -112,6 +129,17 @@ class CheckpointValue(msgspec.Struct):
 
 _ckpt_decoder = msgspec.json.Decoder(CheckpointValue)
 _ckpt_encoder = msgspec.json.Encoder()
+_dead_encoder = msgspec.json.Encoder()
+
+
+def _dead_event(d: DeadLetter) -> Event:
+    """What a ``dlq_stream`` template is rendered over: the event, or (decoder) its table and position."""
+    if d.event is not None:
+        return d.event
+    db, _, table = d.table.partition(".")
+    return Event(table=d.table, ts_ms=d.ts_ms,
+                 source=Source(connector="mysql", name="", server_id=0, db=db, table=table, file=d.file,
+                               pos=d.pos, row=0, gtid=d.gtid, ts_ms=d.ts_ms))
 
 
 def default_checkpoint_key(template: StreamTemplate, pipeline: str, sink_id: str) -> str:
@@ -145,6 +173,8 @@ class RedisStreamSink:
         path = self.path
         self.uri = parse_redis_uri(cfg.uri, f"{path}.uri")
         self.template = StreamTemplate(cfg.stream, f"{path}.stream")
+        dlq = getattr(cfg, "dlq_stream", None)
+        self.dlq_template = StreamTemplate(dlq or f"{cfg.stream}:dlq", f"{path}.dlq_stream")
         envelope = getattr(cfg.envelope, "type", cfg.envelope)
         self.envelope = Envelope(envelope, pipeline_name, path=f"{path}.envelope.type")
         encoding = getattr(cfg, "encoding", "json")
@@ -174,6 +204,7 @@ class RedisStreamSink:
         self._checked_streams: set[str] = set()
         self._fenced: FencedError | None = None
         self.entries_written = 0
+        self.dead_written = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -412,6 +443,7 @@ class RedisStreamSink:
         if self._fenced is not None:
             raise self._fenced
         events = batch.events
+        dead = batch.dead
         ckpt = self.checkpoint
         if ckpt is not None and not self._caught_up:
             # Only right after open() can this sink be ahead of the batch. Once a batch ending past the
@@ -423,10 +455,13 @@ class RedisStreamSink:
             held = [ckpt.covers(k, server) for k in batch.keys]
             if any(held):
                 events = [e for e, h in zip(events, held, strict=True) if not h]
+            dead = [d for d, k in zip(dead, batch.dead_keys, strict=True) if not ckpt.covers(k, server)]
             self._caught_up = True
         payloads = self.envelope.encode(events)
         streams = self.template.render_batch(events)
         fresh = set(streams) - self._checked_streams if self.template.is_template else set()
+        dlq_streams = [self.dlq_template.render(_dead_event(d)) for d in dead]
+        fresh.update(set(dlq_streams) - self._checked_streams)
         commit = self._commit + 1
         value = self._encode_value(batch.end, commit)
         ckpt_key = self.checkpoint_key
@@ -437,15 +472,18 @@ class RedisStreamSink:
              b"idempotency_key", idempotency_key(e))
             for s, p, e in zip(streams, payloads, events, strict=True)
         )
+        cmds.extend((b"XADD", s, b"*", b"df-dlq", _dead_encoder.encode(d), b"event_id", d.event_id or "")
+                    for s, d in zip(dlq_streams, dead, strict=True))
         cmds.append((b"SET", ckpt_key, value))
         if self.exactly_once:
             cmds += [(b"EXEC",), (b"WATCH", ckpt_key), (b"GET", ckpt_key)]
         data = resp.encode_commands(cmds)
-        self._commit_with_retry(data, len(events), streams, value, sorted(fresh))
+        self._commit_with_retry(data, len(events) + len(dead), streams + dlq_streams, value, sorted(fresh))
         self._last_value = value
         self._commit = commit
         self._set_checkpoint(batch.end)
         self.entries_written += len(events)
+        self.dead_written += len(dead)
 
     def _backoff(self, err: SinkUnavailable, delay: float, deadline: float, doing: str) -> float:
         now = time.monotonic()

@@ -32,6 +32,7 @@ Hazards
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import select
@@ -69,6 +70,7 @@ from deltaforge.errors import (
 )
 from deltaforge.model import (
     Batch,
+    DeadLetter,
     Event,
     OrderKey,
     Position,
@@ -235,6 +237,11 @@ class _Tx:
 class BinlogSource:
     """Reads the binlog from a start position and yields :class:`Batch` objects."""
 
+    #: ``spec.source.config.on_decode_error``: ``stop`` raises DecodeError; ``dlq`` turns an
+    #: undecodable rows event into a DeadLetter that takes one row slot of its transaction (so a
+    #: split transaction resumes past it exactly) and rides on the batch that covers its key
+    on_decode_error = "stop"
+
     def __init__(
         self,
         *,
@@ -273,6 +280,7 @@ class BinlogSource:
         self.start_position: Position | None = None
         self._seq = 0
         self._last_data = time.monotonic()
+        self._dead: list[tuple[DeadLetter, OrderKey]] = []
 
     # ------------------------------------------------------------------ open
     def _control(self) -> Any:
@@ -534,9 +542,31 @@ class BinlogSource:
         _install_table_map_cache()
         _tm_cache_local.cache = self._tm_cache  # this thread reads the binlog: its maps are cached
         try:
-            yield from self._batches()
+            for batch in self._batches():
+                if self._dead:
+                    self._attach_dead(batch)
+                yield batch
         finally:
             _tm_cache_local.cache = None
+
+    def _attach_dead(self, batch: Batch) -> None:
+        """Move the dead letters the batch's end position covers onto it (in binlog order)."""
+        end, server = batch.end, self.server_identity
+        held = [end.covers(k, server) for _, k in self._dead]
+        batch.dead.extend(d for (d, _), h in zip(self._dead, held, strict=True) if h)
+        batch.dead_keys.extend(k for (_, k), h in zip(self._dead, held, strict=True) if h)
+        self._dead = [dk for dk, h in zip(self._dead, held, strict=True) if not h]
+
+    def _dead_rows(self, table: str, tx: _Tx, pos: int, body: bytes, err: Exception, skip: int,
+                   ts: int) -> None:
+        seq = tx.rows
+        tx.rows += 1
+        if seq < skip:  # delivered before a restart in the middle of this transaction
+            return
+        self._dead.append((DeadLetter(
+            stage="decoder", error=f"{table} at {self._file}:{pos}: cannot decode row: {err}", table=table,
+            file=self._file, pos=pos, gtid=tx.gtid, raw=base64.b64encode(bytes(body)).decode(), ts_ms=ts * 1000,
+        ), (binlog_file_number(tx.file), tx.pos, seq, tx.gtid or "")))
 
     def _batches(self) -> Iterator[Batch]:
         events: list[Event] = []
@@ -637,9 +667,13 @@ class BinlogSource:
                             schema, body, kind, ev.columns_present_bitmap,
                             ev.columns_present_bitmap2 if kind == rowdecode.UPDATE else None,
                         )
-                    except DecodeError:
-                        raise
-                    except Exception as e:  # noqa: BLE001 - any decoder failure is a poison row: name it
+                    except Exception as e:  # any decoder failure is a poison row: name it (or dead-letter it)
+                        if self.on_decode_error == "dlq":
+                            self._dead_rows(f"{schema.db}.{schema.table}", tx, start_pos, body, e,
+                                            skip if skip_tx is None or skip_tx == tx.gtid else 0, ev.timestamp)
+                            continue
+                        if isinstance(e, DecodeError):
+                            raise
                         raise DecodeError(
                             f"{schema.db}.{schema.table} at {self._file}:{start_pos}: cannot decode row: {e}",
                             "report this with the table definition; nothing past this row was committed") from None
@@ -756,6 +790,7 @@ def open_source(cfg: Any, stop: threading.Event, resume: Position | None,
         start=src.start, server_id=src.server_id, max_events=batch.max_events, max_bytes=batch.max_bytes,
         max_ms=batch.max_ms, respect_source_tx=batch.respect_source_tx, stop=stop,
     )
+    source.on_decode_error = getattr(src, "on_decode_error", "stop")
     try:
         start = source.open(resume)
     except BaseException:
