@@ -3,7 +3,10 @@
 Wire format (DESIGN.md §4), one entry per event, ``df-event`` first because the
 seed's worker reads ``fields[1]``::
 
-    XADD <stream> [MAXLEN ~ <n>] * df-event <payload> event_id <id> idempotency_key <key>
+    XADD <stream> * df-event <payload> event_id <id> idempotency_key <key>
+
+No MAXLEN on the XADD: ``max_len``/``max_len_hard`` trim in batches after commits, never past
+what a consumer group has not acknowledged (:mod:`deltaforge.sink.trim`).
 
 Exactly-once commit (DESIGN.md §5), ONE pipelined round trip per batch, encoded
 by one ``encode_commands`` call::
@@ -65,6 +68,7 @@ from deltaforge.errors import ConfigError, FencedError, SinkError, SinkUnavailab
 from deltaforge.model import Batch, Position, idempotency_key
 from deltaforge.sink.envelope import Envelope, StreamTemplate
 from deltaforge.sink.redis_conn import RedisConnection, classify, reply_text
+from deltaforge.sink.trim import StreamTrimmer
 
 log = logging.getLogger("deltaforge.sink")
 
@@ -127,7 +131,12 @@ class RedisStreamSink:
                               "use exactly_once (default) or at_least_once")
         self.exactly_once = delivery == "exactly_once"
         max_len = getattr(cfg, "max_len", None)
-        self._trim: tuple[bytes | int, ...] = (b"MAXLEN", b"~", int(max_len)) if max_len else ()
+        max_len_hard = getattr(cfg, "max_len_hard", None)
+        #: batched, group-aware trimming after commits (None: streams are never trimmed)
+        self.trimmer: StreamTrimmer | None = StreamTrimmer(
+            self.uri, max_len=max_len, max_len_hard=max_len_hard, pipeline=pipeline_name, sink_id=self.id,
+            path=path, client_name=_NAME_UNSAFE.sub("_", f"deltaforge:{pipeline_name}:{self.id}:trim"),
+        ) if max_len or max_len_hard else None
         self.checkpoint_key: str = getattr(cfg, "checkpoint_key", None) or default_checkpoint_key(
             self.template, pipeline_name, self.id)
         self.owner = uuid.uuid4().hex
@@ -221,6 +230,8 @@ class RedisStreamSink:
 
     def close(self) -> None:
         self._drop_conn()
+        if self.trimmer is not None:
+            self.trimmer.close()
 
     @property
     def last_value(self) -> bytes | None:
@@ -319,10 +330,9 @@ class RedisStreamSink:
         commit = self._commit + 1
         value = self._encode_value(batch.end, commit)
         ckpt = self.checkpoint_key
-        trim = self._trim
         cmds: list[tuple[Any, ...]] = [(b"MULTI",)] if self.exactly_once else []
         cmds.extend(
-            (b"XADD", s, *trim, b"*", b"df-event", p, b"event_id", e.event_id,
+            (b"XADD", s, b"*", b"df-event", p, b"event_id", e.event_id,
              b"idempotency_key", idempotency_key(e))
             for s, p, e in zip(streams, payloads, events, strict=True)
         )
@@ -335,6 +345,8 @@ class RedisStreamSink:
         self._commit = commit
         self._set_checkpoint(batch.end)
         self.entries_written += len(events)
+        if self.trimmer is not None:
+            self.trimmer.after_commit(streams, self.template.static)  # never raises
 
     def _backoff(self, err: SinkUnavailable, delay: float, deadline: float, doing: str) -> float:
         now = time.monotonic()
