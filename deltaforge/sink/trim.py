@@ -436,7 +436,7 @@ class StreamTrimmer:
             st = self._streams.setdefault(name, _StreamState())
             if isinstance(reply, hiredis.ReplyError):
                 if first_error is None:
-                    first_error = classify(reply, f"trim of stream {name!r} (XTRIM MINID needs Redis >= 6.2)")
+                    first_error = self._error(reply, name)
                 continue
             r = _parse_result(name, reply)
             st.written = 0
@@ -448,6 +448,16 @@ class StreamTrimmer:
         if first_error is not None:
             raise first_error
         return results
+
+    def _error(self, reply: Any, stream: str) -> DeltaForgeError:
+        err = classify(reply, f"trim of stream {stream!r} on {self.uri.redacted()}")
+        text = str(reply)
+        if text.startswith("NOPERM"):
+            err.hint = ("grant the sink's Redis user +evalsha +script|load +xinfo +xpending +xrange +xrevrange "
+                        "+xlen +xtrim +xadd +time on its streams, or remove max_len/max_len_hard")
+        elif "syntax" in text.lower() or "unknown" in text.lower():
+            err.hint = "trimming needs Redis >= 6.2 (XTRIM MINID); upgrade Redis, or remove max_len/max_len_hard"
+        return err
 
     def flush(self) -> list[TrimResult]:
         """Trim every stream this sink has written to, now (tests, tools)."""
