@@ -173,6 +173,30 @@ def test_max_len_stops_at_the_oldest_pending_entry(redis_server: RedisServer, re
     sink.close()
 
 
+def test_scan_cap_bounds_the_work_of_one_trim(redis_server: RedisServer, redis_client: Any) -> None:
+    """A group in the middle of a long stream: each trim scans at most scan_cap entries, and converges."""
+    stream = "cache:capped"
+    redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    sink = make_sink(redis_server, stream, pipeline_name(), max_len=100)
+    only_explicit_trims(sink)
+    sink.open()
+    for b in range(1, 6):
+        sink.write(keyed_batch(100, b)[0])
+    done = redis_client.xreadgroup(GROUP, "w", {stream: ">"}, count=300)[0][1]
+    redis_client.xack(stream, GROUP, *[eid for eid, _f in done])
+    assert sink.trimmer is not None
+    sink.trimmer.scan_cap = 30
+    (r,) = sink.trimmer.flush()
+    assert 0 < r.removed <= 30 and r.floor_group == GROUP
+    for _ in range(20):
+        if not sink.trimmer.flush()[0].removed:
+            break
+    ids = [eid for eid, _f in redis_client.xrange(stream)]
+    assert 200 <= len(ids) < 300  # converged on the group's floor, approximately (whole nodes)
+    assert ids[-200:] == [eid for eid, _f in redis_client.xrange(stream, min=b"(" + done[-1][0])]
+    sink.close()
+
+
 def test_max_len_without_groups_trims_to_about_max_len_on_template_streams(
         redis_server: RedisServer, redis_client: Any) -> None:
     sink = make_sink(redis_server, "tpl:${table}", pipeline_name(), max_len=30)

@@ -118,21 +118,37 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
   end
 end
 
+-- count entries from start up to stop (an XRANGE end), at most limit, in chunks; returns n, last id
+local function count(start, stop, limit)
+  local seen, last = 0, false
+  while seen < limit do
+    local chunk = redis.call('XRANGE', key, start, stop, 'COUNT', math.min(CHUNK, limit - seen))
+    if #chunk == 0 then break end
+    seen = seen + #chunk
+    last = chunk[#chunk][1]
+    start = '(' .. last
+  end
+  return seen, last
+end
+
 local removed = 0
 if max_len > 0 and len > max_len then
   if not floor or less(redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1][1], floor) then
-    removed = redis.call('XTRIM', key, 'MAXLEN', '~', max_len)
-  else
-    local want = math.min(len - max_len, scan_cap)
-    local seen, cut, start = 0, false, '-'
-    while seen < want do
-      local chunk = redis.call('XRANGE', key, start, '(' .. floor, 'COUNT', math.min(CHUNK, want - seen))
-      if #chunk == 0 then break end
-      seen = seen + #chunk
-      cut = chunk[#chunk][1]
-      start = '(' .. cut
+    removed = redis.call('XTRIM', key, 'MAXLEN', '~', max_len)  -- everything is acknowledged
+  elseif less(redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1][1], floor) then
+    -- Some acknowledged entries at the head. Cut at min(floor, the id keeping max_len entries),
+    -- counting from the side that is short: the tail from floor (consumers near the end, the
+    -- usual case), else the head up to floor (bounded by scan_cap).
+    local probe = math.min(max_len, scan_cap)
+    local tail = count(floor, '+', probe)
+    if tail < probe then
+      removed = redis.call('XTRIM', key, 'MAXLEN', '~', max_len)  -- cuts below floor only
+    elseif probe == max_len then
+      removed = redis.call('XTRIM', key, 'MINID', '~', floor)
+    else
+      local seen, cut = count('-', '(' .. floor, math.min(len - max_len, scan_cap))
+      if cut then removed = redis.call('XTRIM', key, 'MINID', '~', succ(cut)) end
     end
-    if cut then removed = redis.call('XTRIM', key, 'MINID', '~', succ(cut)) end
   end
   len = len - removed
 end
@@ -141,7 +157,7 @@ local forced, first_lost, last_lost, gap_id = 0, '', '', ''
 local lost = {}
 if hard > 0 and len > hard then
   local want = math.min(len - hard, scan_cap)
-  local seen, start = 0, '-'
+  local seen, start = 0, '-'  -- like count(), plus each group's delivered entries
   local delivered = {}
   for i = 1, #groups do delivered[i] = 0 end
   while seen < want do
@@ -442,6 +458,8 @@ class StreamTrimmer:
             st.written = 0
             st.last = now
             st.held = r.length > self.limit
+            if self.max_len_hard and r.length > self.max_len_hard + 1:
+                st.last = 0.0  # the scan cap stopped a hard cut short: cut more at the next commit
             self.metrics.record(self.pipeline, self.sink_id, r, self.limit)
             self._report(r, st, now)
             results.append(r)
