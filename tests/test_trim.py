@@ -316,6 +316,32 @@ def test_hard_cap_counts_logs_and_marks_the_cut(redis_server: RedisServer, redis
     assert pending(redis_client, stream) == 0
 
 
+def test_pending_entries_cut_by_the_hard_cap_do_not_hold_max_len(redis_server: RedisServer,
+                                                                  redis_client: Any) -> None:
+    stream = "cache:dead-pending"
+    redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    sink = make_sink(redis_server, stream, pipeline_name(), max_len=50, max_len_hard=200)
+    only_explicit_trims(sink)
+    sink.open()
+    for b in range(1, 11):
+        sink.write(keyed_batch(50, b)[0])
+    redis_client.xreadgroup(GROUP, "dead", {stream: ">"}, count=100)  # a consumer that died holding 100
+    assert sink.trimmer is not None
+    (cut,) = sink.trimmer.flush()
+    assert cut.unacked == {GROUP: 300}  # 100 pending + 200 never delivered
+    assert pending(redis_client, stream) == 100  # their ids stay in the PEL: nobody reclaims them
+
+    worker = make_worker(redis_server, stream, consumer="alive", count=1000)  # no XAUTOCLAIM
+    try:
+        assert drain(worker) == 201
+    finally:
+        worker.close()
+    sink.write(keyed_batch(10, 11)[0])
+    (r,) = sink.trimmer.flush()
+    assert r.removed > 0 and 50 <= r.length < 150  # the dead ids of entries already gone hold nothing
+    sink.close()
+
+
 def test_seed_node_worker_survives_the_gap_entry(redis_server: RedisServer, redis_client: Any) -> None:
     stream = "cache:invalidations"  # the seed's worker has its stream and group hard-coded
     _keys, gap_id = _hard_cut(redis_server, redis_client, stream, pipeline_name())

@@ -12,12 +12,16 @@ lost without a trace.
 How (one Lua script per stream, :data:`TRIM_LUA`, atomic, so no group can appear or move between
 reading the groups and trimming):
 
-1. ``floor`` = min over the stream's groups of (its oldest pending id, ``last-delivered-id + 1``)
-   from ``XINFO GROUPS`` and the ``XPENDING`` summary: every entry below ``floor`` is acknowledged by
-   every group.
+1. ``floor`` = min over the stream's groups of (its oldest pending id still in the stream,
+   ``last-delivered-id + 1``) from ``XINFO GROUPS`` and ``XPENDING``: every entry below ``floor`` is
+   acknowledged by every group. (Pending ids whose entries are already gone, after a hard cut or an
+   XDEL, do not count: they would hold the floor until a worker reclaims them, maybe never.)
 2. No group, or every entry below ``floor``: ``XTRIM MAXLEN ~ max_len`` (as before). ``floor`` inside
-   the stream: ``XTRIM MINID ~ min(floor, id keeping about max_len entries)``; that id is found by an
-   ``XRANGE`` from the head, bounded by the entries to remove and by ``scan_cap``.
+   the stream: cut at min(floor, the id keeping about max_len entries). Which one is decided by
+   counting the entries from ``floor`` on (``XRANGE``, at most ``max_len``; short when consumers are
+   near the end, the usual case): fewer than ``max_len`` means ``MAXLEN ~ max_len``, else ``MINID ~
+   floor``. When ``max_len`` exceeds ``scan_cap``, the head up to ``floor`` is counted instead, at
+   most ``scan_cap`` entries per trim, and later trims go on from there.
 3. Hard cap: while the stream is longer than ``max_len_hard``, the oldest entries are cut exactly
    (``XTRIM MINID``). For every group, the cut entries it had not acknowledged are counted: entries
    above its last-delivered id, plus its pending entries in the cut range. If any, the script appends
@@ -99,6 +103,8 @@ end
 local len = redis.call('XLEN', key)
 if len == 0 then return {0, 0, 0, '', '', '', ''} end
 
+local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1][1]
+
 -- every entry below floor is acknowledged by every group
 local groups = {}
 local floor = false
@@ -109,6 +115,12 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
   local gf = succ(f['last-delivered-id'])
   if f['pending'] > 0 then
     local oldest = redis.call('XPENDING', key, f['name'])[2]
+    if oldest and less(oldest, first) then
+      -- pending ids already deleted from the stream (a hard cut, XDEL) must not hold the floor
+      -- forever: take the oldest pending entry that still exists
+      local live = redis.call('XPENDING', key, f['name'], first, '+', 1)[1]
+      oldest = live and live[1] or false
+    end
     if oldest and less(oldest, gf) then gf = oldest end
   end
   groups[#groups + 1] = {name = f['name'], ld = f['last-delivered-id'], pending = f['pending'], passed = false}
@@ -135,7 +147,7 @@ local removed = 0
 if max_len > 0 and len > max_len then
   if not floor or less(redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1][1], floor) then
     removed = redis.call('XTRIM', key, 'MAXLEN', '~', max_len)  -- everything is acknowledged
-  elseif less(redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1][1], floor) then
+  elseif less(first, floor) then
     -- Some acknowledged entries at the head. Cut at min(floor, the id keeping max_len entries),
     -- counting from the side that is short: the tail from floor (consumers near the end, the
     -- usual case), else the head up to floor (bounded by scan_cap).
