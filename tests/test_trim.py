@@ -316,6 +316,38 @@ def test_hard_cap_counts_logs_and_marks_the_cut(redis_server: RedisServer, redis
     assert pending(redis_client, stream) == 0
 
 
+def test_a_gap_entry_cut_before_it_was_read_is_carried_into_the_next(redis_server: RedisServer,
+                                                                     redis_client: Any) -> None:
+    stream = "cache:long-outage"
+    pipeline = pipeline_name()
+    redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    sink = make_sink(redis_server, stream, pipeline, max_len=20, max_len_hard=100)
+    only_explicit_trims(sink)
+    sink.open()
+    assert sink.trimmer is not None
+    sink.write(keyed_batch(150, 1)[0])
+    first_id = redis_client.xrange(stream, count=1)[0][0].decode()
+    (first,) = sink.trimmer.flush()
+    assert first.unacked == {GROUP: 50} and first.gap_id
+    sink.write(keyed_batch(150, 2)[0])
+    (second,) = sink.trimmer.flush()  # cuts 100 + 50 data entries and the first gap entry, unread
+    assert second.unacked == {GROUP: 150} and second.forced == 151
+    assert TRIM_METRICS.unacked_total(pipeline) == 200  # each lost entry counted once
+    gaps = [f for _id, f in redis_client.xrange(stream) if GAP_FIELD.encode() in f]
+    assert len(gaps) == 1  # the worker will see one gap entry, and it covers the whole outage
+    gap = orjson.loads(gaps[0][b"df-event"])["df_gap"]
+    assert (gap["first_id"], gap["last_id"]) == (first_id, second.last_lost)
+    assert gap["unacked"] == {GROUP: 200} and gap["entries"] == 200
+
+    worker = make_worker(redis_server, stream, count=1000)
+    try:
+        assert drain(worker) == 101
+    finally:
+        worker.close()
+    assert (worker.metrics.gaps, worker.metrics.gap_entries) == (1, 200)
+    sink.close()
+
+
 def test_pending_entries_cut_by_the_hard_cap_do_not_hold_max_len(redis_server: RedisServer,
                                                                   redis_client: Any) -> None:
     stream = "cache:dead-pending"

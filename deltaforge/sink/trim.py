@@ -25,7 +25,10 @@ reading the groups and trimming):
 3. Hard cap: while the stream is longer than ``max_len_hard``, the oldest entries are cut exactly
    (``XTRIM MINID``). For every group, the cut entries it had not acknowledged are counted: entries
    above its last-delivered id, plus its pending entries in the cut range. If any, the script appends
-   the gap entry (below) and returns the counts.
+   the gap entry (below) and returns the counts. An earlier gap entry that is cut before some group
+   read it is carried into the new one (its counts added for those groups, its ``first_id`` kept), so
+   a worker that comes back after a long outage still learns the whole lost range from the one gap
+   entry left.
 
 Gap entry (appended to the trimmed stream; it only exists after a hard cut that lost something)::
 
@@ -169,17 +172,31 @@ local forced, first_lost, last_lost, gap_id = 0, '', '', ''
 local lost = {}
 if hard > 0 and len > hard then
   local want = math.min(len - hard, scan_cap)
-  local seen, start = 0, '-'  -- like count(), plus each group's delivered entries
-  local delivered = {}
+  local seen, start, data = 0, '-', 0  -- like count(), plus what each group had acknowledged
+  local delivered = {}  -- per group: data entries cut at or below its last-delivered id
+  local gaps, gap_ids = {}, {}  -- earlier gap entries being cut, and whether each group had read them
   for i = 1, #groups do delivered[i] = 0 end
   while seen < want do
     local chunk = redis.call('XRANGE', key, start, '+', 'COUNT', math.min(CHUNK, want - seen))
     if #chunk == 0 then break end
     for _, e in ipairs(chunk) do
+      local id, f = e[1], e[2]
+      local gap = false
+      if f[3] == 'df-gap' then
+        local ok, d = pcall(cjson.decode, f[2])
+        if ok and type(d) == 'table' and type(d['df_gap']) == 'table' then gap = d['df_gap'] end
+      end
+      local unread = {}
       for i, g in ipairs(groups) do
-        if not g.passed then
-          if less(g.ld, e[1]) then g.passed = true else delivered[i] = delivered[i] + 1 end
-        end
+        if not g.passed and less(g.ld, id) then g.passed = true end
+        unread[i] = g.passed
+        if not gap and not g.passed then delivered[i] = delivered[i] + 1 end
+      end
+      if gap then
+        gaps[#gaps + 1] = {id = id, doc = gap, unread = unread}
+        gap_ids[id] = true
+      else
+        data = data + 1
       end
     end
     if first_lost == '' then first_lost = chunk[1][1] end
@@ -189,26 +206,48 @@ if hard > 0 and len > hard then
   end
   if seen > 0 then
     forced = redis.call('XTRIM', key, 'MINID', succ(last_lost))
-    local unacked = {}
+    -- per group: data entries cut before it acknowledged them (new losses), plus what earlier gap
+    -- entries it never read reported (carried into the new gap entry, so no report is lost)
+    local unacked, first_id, entries, carried = {}, first_lost, data, false
+    local merged = {}
     for i, g in ipairs(groups) do
-      local n = seen - delivered[i]
+      local n = data - delivered[i]
+      local pend = {}
       if g.pending > 0 then
-        n = n + #redis.call('XPENDING', key, g.name, first_lost, last_lost, g.pending)
+        for _, p in ipairs(redis.call('XPENDING', key, g.name, first_lost, last_lost, g.pending)) do
+          pend[p[1]] = true
+          if not gap_ids[p[1]] then n = n + 1 end
+        end
+      end
+      local total = n
+      for j, gp in ipairs(gaps) do
+        local u = type(gp.doc['unacked']) == 'table' and tonumber(gp.doc['unacked'][g.name]) or nil
+        if u and (gp.unread[i] or pend[gp.id]) then
+          total = total + u
+          carried = true
+          if not merged[j] then
+            merged[j] = true
+            entries = entries + (tonumber(gp.doc['entries']) or 0)
+            if type(gp.doc['first_id']) == 'string' and less(gp.doc['first_id'], first_id) then
+              first_id = gp.doc['first_id']
+            end
+          end
+        end
       end
       if n > 0 then
         lost[#lost + 1] = g.name
         lost[#lost + 1] = n
-        unacked[g.name] = n
       end
+      if total > 0 then unacked[g.name] = total end
     end
-    if #lost > 0 then
+    if #lost > 0 or carried then
       local doc = cjson.decode(ARGV[4])
       local t = redis.call('TIME')
       doc['reason'] = 'max_len_hard'
       doc['stream'] = key
-      doc['first_id'] = first_lost
+      doc['first_id'] = first_id
       doc['last_id'] = last_lost
-      doc['entries'] = seen
+      doc['entries'] = entries
       doc['unacked'] = unacked
       doc['max_len_hard'] = hard
       doc['ts_ms'] = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -241,7 +280,8 @@ class TrimResult(msgspec.Struct):
     floor_group: str = ""
     """the group whose unacknowledged entries hold the stream back ('' without groups)"""
     unacked: dict[str, int] = msgspec.field(default_factory=dict)
-    """per group: entries cut by the hard cap that it had not acknowledged"""
+    """per group: entries cut by this hard cut that it had not acknowledged (the gap entry also
+    carries the losses of earlier gap entries the group never read; these are not counted again)"""
 
 
 def _text(v: Any) -> str:
@@ -503,6 +543,10 @@ class StreamTrimmer:
                 "the affected cache keys)",
                 self.sink_id, r.stream, self.max_len_hard, r.forced, r.first_lost, r.last_lost, groups,
                 r.gap_id, self.path)
+        elif r.gap_id:
+            log.warning("sink %s: stream %s: max_len_hard %d cut an earlier gap entry before every group read "
+                        "it; its report is carried by gap entry %s", self.sink_id, r.stream,
+                        self.max_len_hard, r.gap_id)
         elif r.forced:
             log.info("sink %s: stream %s: max_len_hard %d cut %d acknowledged entries",
                      self.sink_id, r.stream, self.max_len_hard, r.forced)
