@@ -519,7 +519,9 @@ class InvalidationWorker:
         self.metrics.gaps += 1
         self.metrics.gap_entries += lost
         groups = ", ".join(f"{g}: {n}" for g, n in gap.unacked.items()) or "none recorded"
-        logger.error(
+        # A group created after the cut reads old gap entries that concern other groups only.
+        logger.log(
+            logging.ERROR if lost else logging.WARNING,
             "GAP in stream %s (gap entry %s): the engine's max_len_hard %s cut %d entries, ids %s to %s, "
             "before they were acknowledged (%d for this group %s; per group: %s). Cache keys for the "
             "rows in those entries may be stale (fix: flush the cache, or the keys of rows changed "
