@@ -579,12 +579,13 @@ _EXAMPLES: dict[str, str] = {
     "sinks": "[{type: redis, config: {...}}]", "config": "{id: ..., ...}", "id": "my-id",
     "dsn": "${MYSQL_DSN}", "tables": "[app.users]", "start": "latest", "server_id": "4001",
     "uri": "${REDIS_URI}", "stream": "cache:invalidations", "envelope": "{type: native}",
-    "encoding": "json", "required": "true", "max_len": "1000000", "max_len_hard": "5000000", "delivery": "exactly_once",
+    "encoding": "json", "required": "true", "max_len": "1000000", "delivery": "exactly_once",
     "checkpoint_key": "df:checkpoint:my-pipeline", "processors": "[{type: javascript, ...}]",
     "inline": "|", "file": "processors/keys.js", "limits": "{timeout_ms: 1000, mem_mb: 256}",
     "timeout_ms": "1000", "mem_mb": "256", "batch": "{max_events: 2000}", "max_events": "2000",
     "max_bytes": "16777216", "max_ms": "50", "respect_source_tx": "true",
     "commit_policy": "{mode: required}", "mode": "required", "quorum": "1", "type": "...",
+    "max_len_hard": "5000000",
 }
 
 
