@@ -39,11 +39,13 @@ Gap entry (appended to the trimmed stream; it only exists after a hard cut that 
 ``df-event`` comes first and holds JSON without ``before``/``after``: the seed's Node worker parses
 it, finds no cache keys and acks it; ``deltaforge worker`` recognises ``df-gap`` and reports it.
 
-When (:meth:`StreamTrimmer.after_commit`): per stream, after ``every_entries`` entries were written
-to it (about a tenth of the limit), at most every ``min_interval_s``, and at least every
-``every_s`` while it has new entries or is held above its limit. The call comes after a successful
-commit, outside the exactly-once MULTI, on a connection of its own (the commit connection carries the
-fencing WATCH). Cost: one pipelined EVALSHA round trip per due set of streams, no per-event work.
+When (:meth:`StreamTrimmer.after_commit`, called after each successful commit, outside the
+exactly-once MULTI): a stream is due once ``every_entries`` entries (about a tenth of the limit) were
+written to it and ``min_interval_s`` passed since its last trim, or once ``every_s`` passed while it
+has new entries or is held above its limit. All due streams go in one pipelined EVALSHA round trip,
+on a connection of its own (the commit connection carries the fencing WATCH); no per-event work.
+Without commits nothing runs: a stream held by a lagging group shrinks at the first commit after the
+group caught up.
 
 Hazards:
 
