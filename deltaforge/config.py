@@ -134,7 +134,9 @@ class RedisSinkConfig(msgspec.Struct):
     encoding: str = "json"
     required: bool = True
     max_len: int | None = None
-    """``XADD MAXLEN ~ n`` when set."""
+    """Trim to about n entries, never past what a consumer group has not acknowledged (sink/trim.py)."""
+    max_len_hard: int | None = None
+    """Memory cap: cut to n entries even if unacknowledged (counted, logged, marked by a gap entry)."""
     delivery: str = "exactly_once"
     """``exactly_once`` | ``at_least_once``"""
     checkpoint_key: str | None = None
@@ -592,6 +594,7 @@ _EXAMPLES: dict[str, str] = {
     "timeout_ms": "1000", "mem_mb": "256", "batch": "{max_events: 2000}", "max_events": "2000",
     "max_bytes": "16777216", "max_ms": "50", "respect_source_tx": "true",
     "commit_policy": "{mode: required}", "mode": "required", "quorum": "1", "type": "...",
+    "max_len_hard": "5000000",
 }
 
 
@@ -852,6 +855,14 @@ def _check_sinks(sinks: list[SinkSpec], ctx: _Ctx) -> None:
         _check_choice(c.delivery, f"{p}.delivery", ctx, DELIVERY_MODES)
         if c.max_len is not None:
             _check_min(c.max_len, 1, f"{p}.max_len", ctx, "trim to a positive length, or remove max_len")
+        if c.max_len_hard is not None:
+            _check_min(c.max_len_hard, 1, f"{p}.max_len_hard", ctx,
+                       "cap at a positive length, or remove max_len_hard")
+            if c.max_len is not None and c.max_len_hard <= c.max_len:
+                raise ctx.error(f"{p}.max_len_hard", f"must be greater than max_len ({c.max_len}), found "
+                                f"{ctx.found(f'{p}.max_len_hard', c.max_len_hard)}",
+                                f"raise max_len_hard well above max_len (e.g. {c.max_len * 10}): it only "
+                                "cuts unacknowledged entries when consumers fall that far behind")
         if c.checkpoint_key is not None:
             if not c.checkpoint_key or "${" in c.checkpoint_key:
                 raise ctx.error(f"{p}.checkpoint_key", f"must be a fixed, non-empty key, found "

@@ -24,6 +24,14 @@ Contract:
   with the same ``--consumer``) are re-read first (``XREADGROUP ... 0``). Entries left pending by
   dead consumers are taken over with XAUTOCLAIM once idle longer than ``claim_idle_ms``
   (0 disables this: with 0, live consumers' entries would be stolen).
+- Trimmed entries are never dropped silently. An entry deleted from the stream while pending
+  (trimmed by ``max_len_hard``, or XDEL) comes back from XREADGROUP with no fields, and XAUTOCLAIM
+  lists such ids apart: they are acked (so they cannot loop), counted
+  (``deltaforge_worker_trimmed_pending_total``) and logged as a warning with their number and id
+  range. A *gap entry* (``df-gap`` field, written by the engine when ``max_len_hard`` cut entries a
+  group had not acknowledged, see ``deltaforge/sink/trim.py``) is logged as an error naming the
+  stream and the lost id range, counted (``deltaforge_worker_gaps_total``,
+  ``deltaforge_worker_gap_entries_total``) and acked.
 - Poison entries (payload that is not a DeltaForge event) are logged with their id and acked:
   they can never block the group. An entry without ``_cache_keys`` (or with none) is acked
   silently, like the seed, which logs nothing for it.
@@ -115,8 +123,22 @@ class _Body(msgspec.Struct):
     source: _Source | None = None
 
 
+class Gap(msgspec.Struct):
+    """The payload of a gap entry (``deltaforge/sink/trim.py``): entries cut by ``max_len_hard``."""
+
+    stream: str = ""
+    first_id: str = ""
+    last_id: str = ""
+    entries: int = 0
+    unacked: dict[str, int] = msgspec.field(default_factory=dict)
+    max_len_hard: int | None = None
+    pipeline: str | None = None
+    sink: str | None = None
+    reason: str = "max_len_hard"
+
+
 class _Wire(msgspec.Struct):
-    """The top level of any of the three envelopes."""
+    """The top level of any of the three envelopes, or a gap entry (``df_gap``)."""
 
     table: str | None = None
     before: _Image | None = None
@@ -127,6 +149,7 @@ class _Wire(msgspec.Struct):
     data: _Body | None = None  # cloudevents
     subject: str | None = None  # cloudevents
     time: str | None = None  # cloudevents
+    df_gap: Gap | None = None  # a gap entry
 
 
 _decoder = msgspec.json.Decoder(_Wire)
@@ -138,11 +161,15 @@ class ParsedEvent(msgspec.Struct):
     table: str
     keys: list[str]
     ts_ms: float | None
+    gap: Gap | None = None
+    """set for a gap entry (no keys): entries the engine's max_len_hard cut before this group acked them"""
 
 
 def parse_payload(raw: bytes | str) -> ParsedEvent:
     """Decode one payload in any envelope. Raises ``msgspec.DecodeError``/``ValidationError``."""
     wire = _decoder.decode(raw)
+    if wire.df_gap is not None:
+        return ParsedEvent(table="", keys=[], ts_ms=None, gap=wire.df_gap)
     body: _Wire | _Body
     if wire.payload is not None:
         body = wire.payload
@@ -184,6 +211,11 @@ class WorkerMetrics:
         self.reclaimed = 0
         self.second_deletes = 0
         self.reconnects = 0
+        #: pending entries found deleted from the stream (trimmed or XDEL'd before they were acked)
+        self.trimmed_pending = 0
+        #: gap entries seen, and the entries they say this group lost
+        self.gaps = 0
+        self.gap_entries = 0
         self._lags: collections.deque[float] = collections.deque(maxlen=_LAG_WINDOW)
         self._lock = threading.Lock()
         self._last_events = 0
@@ -210,7 +242,8 @@ class WorkerMetrics:
         self._last_events, self._last_keys = self.events, self.keys
         lag = f"lag p50 {p50:.0f} ms p99 {p99:.0f} ms" if p50 is not None else "lag n/a"
         return (f"worker stats: {events} events, {keys} keys since last report "
-                f"({self.events} events, {self.poison} poison, {self.reclaimed} reclaimed in total); {lag}")
+                f"({self.events} events, {self.poison} poison, {self.reclaimed} reclaimed, "
+                f"{self.trimmed_pending} trimmed while pending, {self.gaps} gaps in total); {lag}")
 
     def prometheus(self) -> str:
         p50, p99 = self.lag_percentiles()
@@ -222,6 +255,10 @@ class WorkerMetrics:
             ("reclaimed", "counter", self.reclaimed, "Entries taken over from dead consumers"),
             ("second_deletes", "counter", self.second_deletes, "Delayed second deletes run"),
             ("reconnects", "counter", self.reconnects, "Redis errors retried with backoff"),
+            ("trimmed_pending", "counter", self.trimmed_pending,
+             "Pending entries found deleted from the stream (trimmed before they were acked), acked"),
+            ("gaps", "counter", self.gaps, "Gap entries seen: the engine's max_len_hard cut unacked entries"),
+            ("gap_entries", "counter", self.gap_entries, "Entries lost for this group according to gap entries"),
         ):
             metric = f"deltaforge_worker_{name}_total"
             lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}", f"{metric} {value}"]
@@ -456,8 +493,42 @@ class InvalidationWorker:
             self._claim_cursor = cursor  # more to look at: continue on the next iteration
         if claimed:
             logger.info("reclaimed %d entries idle > %d ms from dead consumers", len(claimed), self.claim_idle_ms)
-        # Redis 6.2 reports entries deleted from the stream as (None, None): nothing to do for them.
+        # Redis >= 7 removes pending entries deleted from the stream from the PEL and lists their ids
+        # in a third element; 6.2 returns them as (None, None) in the claimed list, without ids.
+        deleted: list[bytes] = list(resp[2]) if len(resp) > 2 and resp[2] else []
+        unnamed = sum(1 for eid, _f in claimed if eid is None)
+        if deleted or unnamed:
+            self._report_trimmed(deleted, unnamed, "XAUTOCLAIM")
         return [(eid, f) for eid, f in claimed if eid is not None]
+
+    def _report_trimmed(self, ids: list[bytes], unnamed: int, how: str) -> None:
+        """Pending entries whose content is gone from the stream: count and log, never silently."""
+        n = len(ids) + unnamed
+        self.metrics.trimmed_pending += n
+        where = (f"ids {ids[0].decode()} to {ids[-1].decode()}" if len(ids) > 1
+                 else f"id {ids[0].decode()}" if ids else "ids not reported by this Redis version")
+        logger.warning(
+            "%d pending entries of group %s on %s were deleted from the stream before they were acked "
+            "(%s, found by %s): their cache keys were NOT invalidated and may be stale; acked so they "
+            "do not loop (fix: raise the engine sink's max_len_hard or keep the workers running, and "
+            "flush the cache keys of rows changed in that period)",
+            n, self.group, self.stream, where, how)
+
+    def _report_gap(self, eid: bytes, gap: Gap) -> None:
+        lost = gap.unacked.get(self.group, gap.entries if not gap.unacked else 0)
+        self.metrics.gaps += 1
+        self.metrics.gap_entries += lost
+        groups = ", ".join(f"{g}: {n}" for g, n in gap.unacked.items()) or "none recorded"
+        # A group created after the cut reads old gap entries that concern other groups only.
+        logger.log(
+            logging.ERROR if lost else logging.WARNING,
+            "GAP in stream %s (gap entry %s): the engine's max_len_hard %s cut %d entries, ids %s to %s, "
+            "before they were acknowledged (%d for this group %s; per group: %s). Cache keys for the "
+            "rows in those entries may be stale (fix: flush the cache, or the keys of rows changed "
+            "in that period; then raise max_len_hard on sink %s of pipeline %s or keep the workers up)",
+            gap.stream or self.stream, eid.decode(), gap.max_len_hard if gap.max_len_hard else "?",
+            gap.entries, gap.first_id, gap.last_id, lost, self.group, groups, gap.sink or "?",
+            gap.pipeline or "?")
 
     def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         ids: list[bytes] = []
@@ -466,13 +537,15 @@ class InvalidationWorker:
         patterns: list[str] = []
         stamps: list[float] = []
         keys_total = 0
+        gone: list[bytes] = []
         for eid, fields in entries:
             ids.append(eid)
             raw = fields.get(b"df-event") if fields else None
             if raw is None and fields:
                 raw = next(iter(fields.values()))  # the seed's fields[1]
             if raw is None:
-                continue  # entry deleted from the stream while pending: only the ack is left
+                gone.append(eid)  # deleted from the stream while pending: reported, then acked
+                continue
             try:
                 event = parse_payload(raw)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -480,6 +553,9 @@ class InvalidationWorker:
                 logger.warning("poison entry %s on %s: not a DeltaForge event (%s; payload %.120r); "
                                "acked and skipped so it cannot block the group",
                                eid.decode(), self.stream, e, raw)
+                continue
+            if event.gap is not None:
+                self._report_gap(eid, event.gap)
                 continue
             keys = event.keys
             if not keys:
@@ -490,6 +566,8 @@ class InvalidationWorker:
             lines.append(f"Invalidated {len(keys)} keys for {event.table}\n")
             if event.ts_ms is not None:
                 stamps.append(event.ts_ms)
+        if gone:
+            self._report_trimmed(gone, 0, "XREADGROUP")
         plain = list(dict.fromkeys(plain))  # one UNLINK per key even if many events name it
         patterns = list(dict.fromkeys(patterns))
         if plain or patterns:

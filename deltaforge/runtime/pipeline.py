@@ -97,6 +97,9 @@ class Stats:
         if pos is not None:
             lines += ["# TYPE deltaforge_binlog_position gauge",
                       f'deltaforge_binlog_position{{pipeline="{pipeline}",file="{pos.file}"}} {pos.pos}']
+        from deltaforge.sink.trim import TRIM_METRICS  # the sinks' trim counters (process-wide)
+
+        lines += TRIM_METRICS.prometheus(pipeline)
         return "\n".join(lines) + "\n"
 
     def health(self) -> tuple[int, str]:

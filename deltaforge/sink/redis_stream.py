@@ -3,7 +3,10 @@
 Wire format (DESIGN.md §4), one entry per event, ``df-event`` first because the
 seed's worker reads ``fields[1]``::
 
-    XADD <stream> [MAXLEN ~ <n>] * df-event <payload> event_id <id> idempotency_key <key>
+    XADD <stream> * df-event <payload> event_id <id> idempotency_key <key>
+
+No MAXLEN on the XADD: ``max_len``/``max_len_hard`` trim in batches after commits, never past
+what a consumer group has not acknowledged (:mod:`deltaforge.sink.trim`).
 
 Exactly-once commit (DESIGN.md §5), ONE pipelined round trip per batch, encoded
 by one ``encode_commands`` call::
@@ -102,6 +105,7 @@ from deltaforge.model import (
 )
 from deltaforge.sink.envelope import Envelope, StreamTemplate
 from deltaforge.sink.redis_conn import RedisConnection, classify, reply_text
+from deltaforge.sink.trim import StreamTrimmer
 
 log = logging.getLogger("deltaforge.sink")
 
@@ -186,7 +190,12 @@ class RedisStreamSink:
                               "use exactly_once (default) or at_least_once")
         self.exactly_once = delivery == "exactly_once"
         max_len = getattr(cfg, "max_len", None)
-        self._trim: tuple[bytes | int, ...] = (b"MAXLEN", b"~", int(max_len)) if max_len else ()
+        max_len_hard = getattr(cfg, "max_len_hard", None)
+        #: batched, group-aware trimming after commits (None: streams are never trimmed)
+        self.trimmer: StreamTrimmer | None = StreamTrimmer(
+            self.uri, max_len=max_len, max_len_hard=max_len_hard, pipeline=pipeline_name, sink_id=self.id,
+            path=path, client_name=_NAME_UNSAFE.sub("_", f"deltaforge:{pipeline_name}:{self.id}:trim"),
+        ) if max_len or max_len_hard else None
         named_key = getattr(cfg, "checkpoint_key", None)
         self.checkpoint_key: str = named_key or default_checkpoint_key(self.template, pipeline_name, self.id)
         self._legacy_key = None if named_key else legacy_checkpoint_key(self.template, pipeline_name, self.id)
@@ -360,6 +369,8 @@ class RedisStreamSink:
 
     def close(self) -> None:
         self._drop_conn()
+        if self.trimmer is not None:
+            self.trimmer.close()
 
     @property
     def last_value(self) -> bytes | None:
@@ -465,10 +476,9 @@ class RedisStreamSink:
         commit = self._commit + 1
         value = self._encode_value(batch.end, commit)
         ckpt_key = self.checkpoint_key
-        trim = self._trim
         cmds: list[tuple[Any, ...]] = [(b"MULTI",)] if self.exactly_once else []
         cmds.extend(
-            (b"XADD", s, *trim, b"*", b"df-event", p, b"event_id", e.event_id,
+            (b"XADD", s, b"*", b"df-event", p, b"event_id", e.event_id,
              b"idempotency_key", idempotency_key(e))
             for s, p, e in zip(streams, payloads, events, strict=True)
         )
@@ -484,6 +494,8 @@ class RedisStreamSink:
         self._set_checkpoint(batch.end)
         self.entries_written += len(events)
         self.dead_written += len(dead)
+        if self.trimmer is not None:
+            self.trimmer.after_commit(streams, self.template.static)  # never raises
 
     def _backoff(self, err: SinkUnavailable, delay: float, deadline: float, doing: str) -> float:
         now = time.monotonic()
