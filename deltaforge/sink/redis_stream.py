@@ -357,7 +357,9 @@ class RedisStreamSink:
         fields = reply[0][1] or []
         payload = fields[1] if len(fields) > 1 and fields[0] == b"df-event" else b""
         name = self.pipeline.encode()
-        if b'"name":"' + name + b'"' in payload or b'"/deltaforge/' + name + b"/" in payload:
+        # native/debezium carry source.name, cloudevents its source URI, gap entries their pipeline
+        if any(mark in payload for mark in (b'"name":"' + name + b'"', b'"/deltaforge/' + name + b"/",
+                                            b'"pipeline":"' + name + b'"')):
             raise SinkError(
                 f"sink {self.id}: stream {stream!r} on {self.uri.redacted()} holds entries of pipeline "
                 f"{self.pipeline!r} (newest {reply[0][0].decode()}) but its checkpoint {self.checkpoint_key!r} is "
