@@ -680,20 +680,38 @@ def _tables_check(tf: Any, visible: dict[tuple[str, str], str], grantee: str,
     return out
 
 
-_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
-_MYSQL_GTID = re.compile(r"^[0-9a-fA-F-]{36}(:[\w]+)?(:\d+(-\d+)?)+(,\s*[0-9a-fA-F-]{36}(:[\w]+)?(:\d+(-\d+)?)+)*$")
-
-
 def _start_check(conn: Any, start: Any, info: ServerInfo) -> CheckResult:
-    """Where a pipeline without a checkpoint begins; validates file:pos and GTID starts."""
+    """Where a pipeline without a checkpoint begins; validates file:pos and GTID starts.
+
+    The text grammar is :mod:`deltaforge.source.grammar`'s (the reader's own); this
+    checks the parsed start against the server.
+    """
     import pymysql
 
-    name, check, path = "mysql", "mysql.start", "spec.source.config.start"
+    from deltaforge.source.grammar import START_PATH, parse_start_spec
+
+    name, check, path = "mysql", "mysql.start", START_PATH
     text = str(start or "latest").strip()
     note = "(used only when no checkpoint exists)"
-    if text.lower() == "latest":
+    try:
+        spec = parse_start_spec(text, path)
+    except ConfigError as e:
+        return _fail(name, check, e.detail, e.hint)
+    if spec.kind == "latest":
         gtid = f", gtid {info.gtid_position}" if info.gtid_position else ""
         return _ok(name, check, f"start latest = {info.binlog_file}:{info.binlog_pos}{gtid} {note}")
+    if spec.kind == "mariadb_gtid" and info.flavor != "mariadb":
+        return _fail(name, check, f"start {text!r} is a MariaDB GTID set but the server is {info.label}",
+                     f"set {path} to a MySQL GTID set (uuid:1-42), file:pos, latest or earliest")
+    if spec.kind == "mysql_gtid" and info.flavor == "mariadb":
+        return _fail(name, check, f"start {text!r} is a MySQL GTID set but the server is {info.label}",
+                     f"set {path} to a MariaDB GTID set (domain-server-seq, e.g. 0-1-100), file:pos, "
+                     "latest or earliest")
+    if spec.kind == "mysql_gtid" and not info.gtid_mode:
+        return _fail(name, check, f"start {text!r} is a GTID set but gtid_mode is OFF",
+                     f"enable gtid_mode or set {path} to file:pos")
+    if spec.kind in ("mariadb_gtid", "mysql_gtid"):
+        return _ok(name, check, f"start at GTID {spec.gtid} {note}")
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW BINARY LOGS")
@@ -701,28 +719,16 @@ def _start_check(conn: Any, start: Any, info: ServerInfo) -> CheckResult:
     except pymysql.err.MySQLError as e:
         return _warn(name, check, f"cannot list binary logs to verify start {text!r}: {e}",
                      f"GRANT {_monitor_priv(info.flavor)} ON *.* to the DeltaForge user")
-    if text.lower() == "earliest":
+    if spec.kind == "earliest":
         first = min(logs) if logs else "?"
         return _ok(name, check, f"start earliest = {first}:4 {note}")
-    file, colon, pos_text = text.rpartition(":")
-    if colon and pos_text.isdigit() and file and not _MYSQL_GTID.match(text):
-        if file not in logs:
-            return _fail(name, check, f"start {text!r}: binlog file {file!r} is not on the server (purged?)",
-                         f"set {path} to earliest, latest or a file listed by SHOW BINARY LOGS")
-        pos = int(pos_text)
-        if pos < 4 or pos > logs[file]:
-            return _fail(name, check, f"start {text!r}: position {pos} is outside {file} (size {logs[file]})",
-                         f"set {path} to a position between 4 and {logs[file]}")
-        return _ok(name, check, f"start {text} {note}")
-    pattern = _MARIADB_GTID if info.flavor == "mariadb" else _MYSQL_GTID
-    if pattern.match(text.replace(" ", "")):
-        if info.flavor == "mysql" and not info.gtid_mode:
-            return _fail(name, check, f"start {text!r} is a GTID set but gtid_mode is OFF",
-                         f"enable gtid_mode or set {path} to file:pos")
-        return _ok(name, check, f"start at GTID {text} {note}")
-    example = "0-1-100" if info.flavor == "mariadb" else "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-100"
-    return _fail(name, check, f"start {text!r} is not latest, earliest, file:pos or a {info.label} GTID set",
-                 f"set {path} to latest, earliest, mysql-bin.000001:4 or e.g. {example}")
+    if spec.file not in logs:
+        return _fail(name, check, f"start {text!r}: binlog file {spec.file!r} is not on the server (purged?)",
+                     f"set {path} to earliest, latest or a file listed by SHOW BINARY LOGS")
+    if spec.pos > logs[spec.file]:
+        return _fail(name, check, f"start {text!r}: position {spec.pos} is outside {spec.file} "
+                     f"(size {logs[spec.file]})", f"set {path} to a position between 4 and {logs[spec.file]}")
+    return _ok(name, check, f"start {text} {note}")
 
 
 # ---------------------------------------------------------------------------

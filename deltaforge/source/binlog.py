@@ -33,7 +33,6 @@ Hazards
 from __future__ import annotations
 
 import logging
-import re
 import select
 import threading
 import time
@@ -61,7 +60,6 @@ from pymysqlreplication.row_event import (
 from deltaforge._accel import rowdecode
 from deltaforge.dsn import MySQLDSN, parse_mysql_dsn
 from deltaforge.errors import (
-    ConfigError,
     DecodeError,
     DeltaForgeError,
     SourceError,
@@ -78,6 +76,7 @@ from deltaforge.model import (
     event_id_for,
     event_id_hasher,
 )
+from deltaforge.source.grammar import parse_start  # re-exported: the start grammar lives there
 from deltaforge.source.schema import (
     TableSchema,
     fetch_live_columns,
@@ -95,9 +94,6 @@ _HEARTBEAT_S = 5.0
 #: no byte from the server for this long (heartbeats included) = connection dead
 _SILENCE_S = 30.0
 _DML = ("INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD DATA")
-_FILE_POS = re.compile(r"^(?P<file>[^:\s]+):(?P<pos>\d+)$")
-_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
-_MYSQL_GTID = re.compile(r"^[0-9a-fA-F-]{36}:\d+(-\d+)?(:\d+(-\d+)?)*(,[0-9a-fA-F-]{36}:\d+(-\d+)?(:\d+(-\d+)?)*)*$")
 
 
 _tm_cache_local = threading.local()
@@ -151,21 +147,6 @@ def _install_table_map_cache() -> None:
 def default_replica_server_id(pipeline: str) -> int:
     """A stable server id for the binlog connection, unlikely to collide with real servers."""
     return 0x40000000 + (zlib.crc32(pipeline.encode()) & 0x3FFFFFFF)
-
-
-def parse_start(start: str, path: str = "spec.source.config.start") -> Position | str:
-    """``latest`` | ``earliest`` | ``file:pos`` | GTID set -> a Position or the keyword."""
-    text = start.strip()
-    if text in ("latest", "earliest"):
-        return text
-    # GTIDs first: a MySQL "uuid:23" would also read as file:pos
-    if _MARIADB_GTID.match(text) or _MYSQL_GTID.match(text):
-        return Position(file="", pos=0, gtid=text)
-    m = _FILE_POS.match(text)
-    if m:
-        return Position(file=m["file"], pos=int(m["pos"]))
-    raise ConfigError(path, f"cannot read start position {start!r}",
-                      "use latest, earliest, <binlog file>:<pos> (binlog.000003:4) or a GTID set (0-1-42)")
 
 
 class MariaGtidState:
