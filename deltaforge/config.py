@@ -155,6 +155,8 @@ class MySQLSourceConfig(msgspec.Struct):
     """``latest`` | ``earliest`` | ``<binlog file>:<pos>`` | GTID set; only without a checkpoint."""
     server_id: int | None = None
     """Replica server id of the binlog connection (None: derived by the engine)."""
+    dsn_env: tuple[str, ...] = ()
+    """The environment variables ``dsn`` was expanded from (named in MySQL login errors)."""
 
     def __repr__(self) -> str:
         return _redacted_repr(self, "dsn")
@@ -205,6 +207,7 @@ class PipelineConfig(msgspec.Struct):
 _DERIVED: dict[type, frozenset[str]] = {
     PipelineConfig: frozenset({"path"}),
     ProcessorSpec: frozenset({"code", "origin"}),
+    MySQLSourceConfig: frozenset({"dsn_env"}),
 }
 
 # --------------------------------------------------------------------------- DeltaForge vocabulary
@@ -668,6 +671,7 @@ def _check_source(src: SourceSpec, ctx: _Ctx) -> None:
     _check_name(c.id, f"{p}.id", ctx, "source id")
     with _located(ctx, f"{p}.dsn"):
         parse_mysql_dsn(c.dsn, f"{p}.dsn")
+    c.dsn_env = tuple(m.group(1) for m in _ENV_REF.finditer(ctx.expanded.get(f"{p}.dsn", "")) if m.group(1))
     if not c.tables:
         raise ctx.error(f"{p}.tables", "no tables listed", "list at least one, e.g. tables: [app.users]")
     for i, pattern in enumerate(c.tables):

@@ -77,6 +77,7 @@ from deltaforge.model import (
     event_id_hasher,
 )
 from deltaforge.source.grammar import parse_start  # re-exported: the start grammar lives there
+from deltaforge.source.mysql_errors import DSN_PATH, dsn_location, mysql_error
 from deltaforge.source.schema import (
     TableSchema,
     fetch_live_columns,
@@ -170,17 +171,29 @@ class MariaGtidState:
         return ",".join(self.domains[d] for d in sorted(self.domains, key=int))
 
 
-class _OneShotConnect:
-    """pymysql connection factory for BinLogStreamReader that refuses silent reconnects."""
+#: Session net_write_timeout of our connections. The server's dump thread gives up on a replica that
+#: does not read for net_write_timeout seconds (default 60); back-pressure from a stalled sink stops
+#: our reads for as long as the sink stalls, and a dropped dump means a restart from the checkpoint.
+BINLOG_NET_WRITE_TIMEOUT_S = 3600
 
-    def __init__(self) -> None:
+
+class _OneShotConnect:
+    """pymysql connection factory for BinLogStreamReader that refuses silent reconnects.
+
+    Connection errors are classified by :mod:`deltaforge.source.mysql_errors`: a refused
+    login or a missing privilege is fatal, on the first connect as on a reconnect.
+    """
+
+    def __init__(self, where: str = DSN_PATH) -> None:
         self.made = 0
+        self.where = where
 
     def __call__(self, **kwargs: Any) -> Any:
         self.made += 1
         if self.made > 2:  # 1 control + 1 stream connection
             raise SourceUnavailable("the binlog connection was lost", "the pipeline restarts from its checkpoint")
         kwargs.setdefault("connect_timeout", 10)
+        kwargs.setdefault("init_command", f"SET SESSION net_write_timeout={BINLOG_NET_WRITE_TIMEOUT_S}")
         # mysql-replication still passes pymysql's deprecated spellings
         if "passwd" in kwargs:
             kwargs["password"] = kwargs.pop("passwd")
@@ -188,9 +201,8 @@ class _OneShotConnect:
             kwargs["database"] = kwargs.pop("db")
         try:
             return pymysql.connect(**kwargs)
-        except pymysql.err.OperationalError as e:
-            raise SourceUnavailable(f"cannot connect to MySQL: {e.args[-1]}",
-                                    "check that the server is up and spec.source.config.dsn") from None
+        except (pymysql.err.MySQLError, OSError, RuntimeError) as e:
+            raise mysql_error(e, "connecting to MySQL", where=self.where, user=kwargs.get("user")) from None
 
 
 class _Tx:
@@ -225,8 +237,10 @@ class BinlogSource:
         max_ms: int = 50,
         respect_source_tx: bool = True,
         stop: threading.Event | None = None,
+        dsn_where: str = DSN_PATH,
     ) -> None:
         self.dsn: MySQLDSN = parse_mysql_dsn(dsn)
+        self.dsn_where = dsn_where
         self.filter = TableFilter(tables)
         self.pipeline = pipeline
         self.tenant = tenant
@@ -253,7 +267,7 @@ class BinlogSource:
     # ------------------------------------------------------------------ open
     def _control(self) -> Any:
         if self._ctl is None:
-            self._ctl = _OneShotConnect()(**self.dsn.connect_kwargs(), autocommit=True)
+            self._ctl = _OneShotConnect(self.dsn_where)(**self.dsn.connect_kwargs(), autocommit=True)
         return self._ctl
 
     def _query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -340,7 +354,7 @@ class BinlogSource:
                          MariadbGtidEvent, GtidEvent, RotateEvent, HeartbeatLogEvent],
             only_schemas=sorted(self.filter.schemas()) or None,
             slave_heartbeat=_HEARTBEAT_S,
-            pymysql_wrapper=_OneShotConnect(),
+            pymysql_wrapper=_OneShotConnect(self.dsn_where),
             **kwargs,
         )
         self._file = start.file
@@ -407,17 +421,8 @@ class BinlogSource:
             return self._stream.fetchone()
         except SourceUnavailable:
             raise
-        except pymysql.err.OperationalError as e:
-            code = e.args[0] if e.args else 0
-            msg = e.args[-1] if e.args else str(e)
-            if code in (1236,):  # ER_MASTER_FATAL_ERROR_READING_BINLOG: position purged or invalid
-                raise SourceError(f"the server cannot send the binlog from the requested position: {msg}",
-                                  "the checkpoint's binlog was purged; reset the checkpoint or set "
-                                  "spec.source.config.start") from None
-            raise SourceUnavailable(f"the binlog connection failed: {msg}",
-                                    "the pipeline restarts from its checkpoint") from None
-        except (pymysql.err.InterfaceError, OSError, ConnectionError) as e:
-            raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
+        except (pymysql.err.MySQLError, OSError, ConnectionError) as e:
+            raise mysql_error(e, "reading the binlog", where=self.dsn_where, user=self.dsn.user) from None
 
     def _schema_for(self, tm: TableMapEvent) -> TableSchema | None:
         """The decoding schema of a table map (None: table not captured), built once per distinct map."""
@@ -670,6 +675,7 @@ def open_source(cfg: Any, stop: threading.Event, resume: Position | None,
         dsn=src.dsn, tables=list(src.tables), pipeline=cfg.metadata.name, tenant=cfg.metadata.tenant,
         start=src.start, server_id=src.server_id, max_events=batch.max_events, max_bytes=batch.max_bytes,
         max_ms=batch.max_ms, respect_source_tx=batch.respect_source_tx, stop=stop,
+        dsn_where=dsn_location(getattr(src, "dsn_env", ())),
     )
     try:
         start = source.open(resume)
