@@ -351,7 +351,10 @@ def _source_config(cfg: Any) -> Any:
 
 def check_mysql(cfg: Any) -> tuple[list[CheckResult], ServerInfo | None]:
     """Run the MySQL/MariaDB checks for ``cfg.spec.source``."""
+    import pymysql
+
     from deltaforge.dsn import parse_mysql_dsn
+    from deltaforge.source.mysql_errors import dsn_location, mysql_error
 
     name = "mysql"
     results: list[CheckResult] = []
@@ -369,6 +372,9 @@ def check_mysql(cfg: Any) -> tuple[list[CheckResult], ServerInfo | None]:
         info = _check_mysql(cfg, dsn, results)
     except DeltaForgeError as e:
         results.append(_fail(name, "mysql.error", e.detail, e.hint))
+    except pymysql.err.MySQLError as e:  # a check's query failed: what it means is mysql_errors' call
+        err = mysql_error(e, "running the checks", where=dsn_location(getattr(src, "dsn_env", ())), user=user)
+        results.append(_fail(name, "mysql.error", err.detail, err.hint))
     except Exception as e:  # noqa: BLE001 - a check must report, not crash the command
         results.append(_fail(name, "mysql.error", f"unexpected error: {type(e).__name__}: {e}",
                              "run with --debug and report it"))

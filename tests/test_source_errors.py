@@ -44,25 +44,36 @@ def _dump_threads(mariadb: MariaDBServer, user: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def test_password_rotation_stops_the_engine_with_the_fix(tmp_path: Path, mariadb: MariaDBServer,
-                                                         redis_server: RedisServer, redis_client: Any,
-                                                         fresh_db: str, rotated_user: str) -> None:
-    mariadb.execute(f"CREATE TABLE {fresh_db}.t (id INT PRIMARY KEY)")
-    cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.t"], start=binlog_end(mariadb))
+def _run_until_reconnect_fails(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
+                                redis_client: Any, db: str, user: str, change: str) -> tuple[int, str]:
+    """An engine streaming as ``user`` (DSN from $ROTATED_DSN); then ``change`` runs on the server and
+    the engine's binlog dump connection is KILLed, so the engine must reconnect."""
+    mariadb.execute(f"CREATE TABLE {db}.t (id INT PRIMARY KEY)")
+    cfg = write_config(tmp_path, mariadb, redis_server, [f"{db}.t"], start=binlog_end(mariadb))
     # the DSN comes from the environment, as in the seed's pipeline
-    dsn = mariadb.dsn(rotated_user, OLD_PASSWORD)
     cfg.write_text(cfg.read_text().replace(f"dsn: {mariadb.dsn()}", "dsn: ${ROTATED_DSN}"))
-    engine = Engine(cfg, env={"ROTATED_DSN": dsn}).wait_ready()
+    engine = Engine(cfg, env={"ROTATED_DSN": mariadb.dsn(user, OLD_PASSWORD)}).wait_ready()
     try:
-        mariadb.execute(f"INSERT INTO {fresh_db}.t VALUES (1)")
+        mariadb.execute(f"INSERT INTO {db}.t VALUES (1)")
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 1, what="the first row")
-        wait_for(lambda: _dump_threads(mariadb, rotated_user), what="the engine's binlog dump thread")
-        mariadb.execute(f"ALTER USER '{rotated_user}'@'%' IDENTIFIED BY '{NEW_PASSWORD}'")
-        for thread in _dump_threads(mariadb, rotated_user):
+        wait_for(lambda: _dump_threads(mariadb, user), what="the engine's binlog dump thread")
+        mariadb.execute(change)
+        for thread in _dump_threads(mariadb, user):
             mariadb.execute(f"KILL {thread}")
         code, out = engine.wait(timeout=120)  # generous: the first restart waits for its backoff
     finally:
         engine.stop(signal.SIGKILL)
+    assert [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")] == [1]
+    assert OLD_PASSWORD not in out and NEW_PASSWORD not in out
+    return code, out
+
+
+def test_password_rotation_stops_the_engine_with_the_fix(tmp_path: Path, mariadb: MariaDBServer,
+                                                         redis_server: RedisServer, redis_client: Any,
+                                                         fresh_db: str, rotated_user: str) -> None:
+    code, out = _run_until_reconnect_fails(
+        tmp_path, mariadb, redis_server, redis_client, fresh_db, rotated_user,
+        f"ALTER USER '{rotated_user}'@'%' IDENTIFIED BY '{NEW_PASSWORD}'")
     assert code == 1, out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: MySQL refused the login while connecting to MySQL: (1045) Access denied "
@@ -70,8 +81,19 @@ def test_password_rotation_stops_the_engine_with_the_fix(tmp_path: Path, mariadb
     assert "$ROTATED_DSN (spec.source.config.dsn)" in last and "not retried" in last
     # the lost connection was retried once; the refused login never
     assert not any("Access denied" in line and "restarting" in line for line in out.splitlines()), out
-    assert OLD_PASSWORD not in out and NEW_PASSWORD not in out
-    assert [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")] == [1]
+
+
+def test_revoked_replication_grant_stops_the_engine_with_the_grant(tmp_path: Path, mariadb: MariaDBServer,
+                                                                   redis_server: RedisServer, redis_client: Any,
+                                                                   fresh_db: str, rotated_user: str) -> None:
+    code, out = _run_until_reconnect_fails(
+        tmp_path, mariadb, redis_server, redis_client, fresh_db, rotated_user,
+        f"REVOKE REPLICATION SLAVE ON *.* FROM '{rotated_user}'@'%'")
+    assert code == 1, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: MySQL denied a privilege while reading the binlog: (1227) "), out
+    assert f"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{rotated_user}'@" in last
+    assert not any("(1227)" in line and "restarting" in line for line in out.splitlines()), out
 
 
 @contextlib.contextmanager
@@ -125,3 +147,34 @@ def test_sink_frozen_past_net_write_timeout(tmp_path: Path, mariadb: MariaDBServ
     assert ids == list(range(total)), f"{len(ids)} entries, {len(set(ids))} distinct"
     assert code == 0, out
     assert "restarting from the checkpoint" not in out, out
+
+
+def test_expired_password_is_fatal_with_the_fix(mariadb: MariaDBServer, fresh_db: str) -> None:
+    """MariaDB lets an expired account log in "sandboxed" and fails its first statement (1820):
+    the reader and the preflight both stop with the ALTER USER to run, not a retry."""
+    from deltaforge.errors import SourceError
+    from deltaforge.preflight import check_mysql
+    from deltaforge.source.binlog import BinlogSource
+    from tests.test_preflight import make_cfg
+
+    user, password = "df_expired", "Exp-Pass-58"
+    mariadb.execute(f"CREATE TABLE {fresh_db}.t (id INT PRIMARY KEY)",
+                    f"DROP USER IF EXISTS '{user}'@'%'",
+                    f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'",
+                    f"GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%'",
+                    f"ALTER USER '{user}'@'%' PASSWORD EXPIRE")
+    try:
+        source = BinlogSource(dsn=mariadb.dsn(user, password), tables=[f"{fresh_db}.t"], pipeline="expired",
+                              tenant=None, dsn_where="$X (spec.source.config.dsn)")
+        with pytest.raises(SourceError) as info:
+            source.open(None)
+        source.close()
+        assert not info.value.retriable
+        assert "has expired" in str(info.value) and f"ALTER USER '{user}'@" in str(info.value)
+
+        results, _ = check_mysql(make_cfg(mariadb.dsn(user, password), [f"{fresh_db}.t"]))
+        fails = [r.line() for r in results if not r.ok]
+        assert len(fails) == 1 and "has expired" in fails[0] and "ALTER USER" in fails[0], fails
+        assert password not in fails[0]
+    finally:
+        mariadb.execute(f"DROP USER IF EXISTS '{user}'@'%'")

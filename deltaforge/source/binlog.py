@@ -271,9 +271,12 @@ class BinlogSource:
         return self._ctl
 
     def _query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        with self._control().cursor() as cur:
-            cur.execute(sql, args or None)
-            return list(cur.fetchall())
+        try:
+            with self._control().cursor() as cur:
+                cur.execute(sql, args or None)
+                return list(cur.fetchall())
+        except (pymysql.err.MySQLError, OSError) as e:
+            raise mysql_error(e, f"running {sql}", where=self.dsn_where, user=self.dsn.user) from None
 
     def _server_facts(self) -> None:
         version = str(self._query("SELECT VERSION()")[0][0])
@@ -310,7 +313,7 @@ class BinlogSource:
             return None
         try:
             value = self._query("SELECT BINLOG_GTID_POS(%s, %s)", file, pos)[0][0]
-        except pymysql.err.MySQLError:
+        except SourceError:
             return None
         return None if value is None else str(value)
 

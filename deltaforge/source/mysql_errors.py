@@ -72,9 +72,6 @@ TRANSIENT_CODES = frozenset({
 })
 
 _USER_HOST = re.compile(r"user '(?P<user>[^']*)'@'(?P<host>[^']*)'")
-#: what the engine needs on any server (README "Your own MySQL/MariaDB", docs/mysql-setup.md)
-_GRANTS = ("REPLICATION SLAVE, BINLOG MONITOR (MariaDB) or REPLICATION CLIENT (MySQL), and SELECT on the "
-           "captured databases")
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -144,11 +141,11 @@ def mysql_error(exc: BaseException, doing: str, *, where: str = DSN_PATH, user: 
     if kind == AUTH:
         who = _grantee(text, user)
         if code in _EXPIRED:
-            return SourceError(f"MySQL refused the login while {doing}: the password of {who} has expired {text}",
+            return SourceError(f"MySQL refused the login while {doing}: the password of {who} has expired: {text}",
                                f"on the server ALTER USER {who} IDENTIFIED BY '<new password>' (or PASSWORD "
                                f"EXPIRE NEVER), then put that password in {where}")
         if code in _LOCKED:
-            return SourceError(f"MySQL refused the login while {doing}: the account {who} is locked {text}",
+            return SourceError(f"MySQL refused the login while {doing}: the account {who} is locked: {text}",
                                f"on the server ALTER USER {who} ACCOUNT UNLOCK")
         if code == 1130:
             return SourceError(f"MySQL refused the connection while {doing}: {text}",
@@ -167,10 +164,13 @@ def mysql_error(exc: BaseException, doing: str, *, where: str = DSN_PATH, user: 
                            "server, update it there and start again (login errors are not retried)")
     if kind == PRIVILEGE:
         who = _grantee(text, user)
-        privs = grant or _GRANTS
+        if grant is not None:
+            return SourceError(f"MySQL denied a privilege while {doing}: {text}", f"GRANT {grant} TO {who}")
+        # what the engine needs on any server (README "Your own MySQL/MariaDB", docs/mysql-setup.md)
         return SourceError(f"MySQL denied a privilege while {doing}: {text}",
-                           f"GRANT {privs} ON *.* TO {who} (docs/mysql-setup.md lists the grants)"
-                           if grant is None else f"GRANT {privs} TO {who}")
+                           f"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO {who} (MySQL: REPLICATION CLIENT "
+                           "instead of BINLOG MONITOR) and GRANT SELECT on the captured databases; "
+                           "docs/mysql-setup.md lists the grants")
     if kind == POSITION:
         low = text.lower()
         if "server_id" in low or "server_uuid" in low or "server id" in low:
