@@ -52,6 +52,7 @@ import yaml
 
 from deltaforge.dsn import parse_mysql_dsn, parse_redis_uri, redact
 from deltaforge.errors import ConfigError
+from deltaforge.source.grammar import parse_start_spec, parse_table_pattern
 
 __all__ = [
     "API_VERSION",
@@ -164,6 +165,8 @@ class MySQLSourceConfig(msgspec.Struct):
     """Replica server id of the binlog connection (None: derived by the engine)."""
     on_decode_error: str = "stop"
     """``stop`` | ``dlq`` (an undecodable rows event goes to the sinks' dead-letter streams)"""
+    dsn_env: tuple[str, ...] = ()
+    """The environment variables ``dsn`` was expanded from (named in MySQL login errors)."""
 
     def __repr__(self) -> str:
         return _redacted_repr(self, "dsn")
@@ -214,6 +217,7 @@ class PipelineConfig(msgspec.Struct):
 _DERIVED: dict[type, frozenset[str]] = {
     PipelineConfig: frozenset({"path"}),
     ProcessorSpec: frozenset({"code", "origin"}),
+    MySQLSourceConfig: frozenset({"dsn_env"}),
 }
 
 # --------------------------------------------------------------------------- DeltaForge vocabulary
@@ -630,66 +634,12 @@ def _translate(err: msgspec.ValidationError, data: Any, ctx: _Ctx) -> ConfigErro
 # --------------------------------------------------------------------------- semantic checks
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+(,\s*\d+-\d+-\d+)*$")
-_UUID = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
-_MYSQL_GTID_ONE = rf"{_UUID}(:([a-z_][a-z0-9_]{{0,31}}:)?\d+(-\d+)?)+"
-_MYSQL_GTID = re.compile(rf"^{_MYSQL_GTID_ONE}(,\s*{_MYSQL_GTID_ONE})*$")
-_FILE_POS = re.compile(r"^(?P<file>[^:\s]+):(?P<pos>\d+)$")
-_BAD_NAME_CHARS = re.compile(r"[\s`'\"\\/]")
-_MAX_IDENT = 64  # MySQL identifier length limit
-
-
-def _unquote(name: str) -> str:
-    if len(name) >= 2 and name[0] == "`" and name[-1] == "`":
-        return name[1:-1]
-    return name
 
 
 def validate_table_pattern(pattern: str, path: str) -> None:
-    """Accept ``db.table``, ``db.*`` and ``db.prefix%``; raise :class:`ConfigError` otherwise.
-
-    The database part is always literal (the reader filters whole schemas first);
-    ``%`` is only allowed as the last character, ``*`` only as the whole table
-    part; ``_`` is a literal underscore. A surrounding pair of backticks on either
-    part is stripped, as MySQL would.
-    """
-    forms = "write db.table, db.* or db.prefix%"
-    if not isinstance(pattern, str):
-        raise ConfigError(path, f"expected a table pattern, found {_show(pattern)}", forms)
-    db, dot, table = pattern.partition(".")
-    db, table = _unquote(db), _unquote(table)
-    if not dot:
-        raise ConfigError(path, f"table pattern {_show(pattern)} has no database",
-                          f"qualify it: <db>.{pattern}" if pattern else forms)
-    if not db:
-        raise ConfigError(path, f"table pattern {_show(pattern)} has an empty database name", forms)
-    if not table:
-        raise ConfigError(path, f"table pattern {_show(pattern)} has an empty table name",
-                          f"write {db}.<table> or {db}.* for every table")
-    if "%" in db or "*" in db:
-        raise ConfigError(path, f"table pattern {_show(pattern)} has a wildcard in the database name",
-                          "name the database literally; list one pattern per database")
-    if table == "*":
-        body = ""
-    elif table.endswith("%"):
-        body = table[:-1]
-    else:
-        body = table
-    if "*" in body:
-        raise ConfigError(path, f"table pattern {_show(pattern)}: '*' only stands for a whole table name",
-                          f"write {db}.* for every table or {db}.{body.replace('*', '')}% for a prefix")
-    if "%" in body:
-        raise ConfigError(path, f"table pattern {_show(pattern)}: '%' is only allowed at the end",
-                          f"write a prefix match such as {db}.{body.partition('%')[0]}%")
-    if "." in table:
-        raise ConfigError(path, f"table pattern {_show(pattern)} has more than one '.'", forms)
-    for part, what in ((db, "database"), (body, "table")):
-        if _BAD_NAME_CHARS.search(part):
-            raise ConfigError(path, f"table pattern {_show(pattern)}: the {what} name contains a space, "
-                              "quote, slash or backtick", forms)
-        if len(part) > _MAX_IDENT:
-            raise ConfigError(path, f"table pattern {_show(pattern)}: the {what} name is longer than "
-                              f"{_MAX_IDENT} characters", "MySQL names are at most 64 characters")
+    """Raise :class:`ConfigError` unless ``pattern`` is a table pattern (grammar:
+    :mod:`deltaforge.source.grammar`, the reader's own)."""
+    parse_table_pattern(pattern, path)
 
 
 @contextlib.contextmanager
@@ -723,18 +673,8 @@ def _check_min(value: int, low: int, path: str, ctx: _Ctx, hint: str) -> None:
 
 
 def _check_start(start: str, path: str, ctx: _Ctx) -> None:
-    text = start.strip()
-    if text in ("latest", "earliest") or _MARIADB_GTID.match(text) or _MYSQL_GTID.match(text):
-        return
-    m = _FILE_POS.match(text)
-    if m and "." in m["file"]:
-        if int(m["pos"]) < 4:
-            raise ctx.error(path, f"binlog position {m['pos']} is before the first event",
-                            f"binlog positions start at 4: {m['file']}:4")
-        return
-    raise ctx.error(path, f"cannot read start position {ctx.found(path, start)}",
-                    "use latest, earliest, <binlog file>:<pos> (mysql-bin.000003:4) "
-                    "or a GTID set (MariaDB 0-1-42, MySQL <uuid>:1-42)")
+    with _located(ctx, path):
+        parse_start_spec(start, path)
 
 
 def _check_source(src: SourceSpec, ctx: _Ctx) -> None:
@@ -743,6 +683,7 @@ def _check_source(src: SourceSpec, ctx: _Ctx) -> None:
     _check_name(c.id, f"{p}.id", ctx, "source id")
     with _located(ctx, f"{p}.dsn"):
         parse_mysql_dsn(c.dsn, f"{p}.dsn")
+    c.dsn_env = tuple(m.group(1) for m in _ENV_REF.finditer(ctx.expanded.get(f"{p}.dsn", "")) if m.group(1))
     if not c.tables:
         raise ctx.error(f"{p}.tables", "no tables listed", "list at least one, e.g. tables: [app.users]")
     for i, pattern in enumerate(c.tables):

@@ -13,7 +13,8 @@ and returns ``True`` when nothing failed. Checks that cannot run because an
 earlier one failed (no connection, no login) are not printed: the first failure
 is the one to fix.
 
-MySQL checks: reachable, credentials, log_bin (+ non-zero server_id),
+Processors: each one's JavaScript is loaded in V8 (syntax, processBatch defined,
+top-level code runs within its limits). MySQL checks: reachable, credentials, log_bin (+ non-zero server_id),
 binlog_format=ROW, binlog_row_image=FULL, binlog_row_metadata=FULL (a warning:
 the source then falls back to the live schema), GTIDs, replication privileges
 (REPLICATION SLAVE + REPLICATION CLIENT / BINLOG MONITOR), SELECT on the
@@ -53,7 +54,6 @@ _PROBE_LIMIT = 100
 
 _DSN_PATH = "spec.source.config.dsn"
 _TABLES_PATH = "spec.source.config.tables"
-_DSN_FIX = f"check the user and password in MYSQL_DSN / {_DSN_PATH}"
 
 
 class CheckResult(msgspec.Struct):
@@ -351,7 +351,10 @@ def _source_config(cfg: Any) -> Any:
 
 def check_mysql(cfg: Any) -> tuple[list[CheckResult], ServerInfo | None]:
     """Run the MySQL/MariaDB checks for ``cfg.spec.source``."""
+    import pymysql
+
     from deltaforge.dsn import parse_mysql_dsn
+    from deltaforge.source.mysql_errors import dsn_location, mysql_error
 
     name = "mysql"
     results: list[CheckResult] = []
@@ -369,58 +372,51 @@ def check_mysql(cfg: Any) -> tuple[list[CheckResult], ServerInfo | None]:
         info = _check_mysql(cfg, dsn, results)
     except DeltaForgeError as e:
         results.append(_fail(name, "mysql.error", e.detail, e.hint))
+    except pymysql.err.MySQLError as e:  # a check's query failed: what it means is mysql_errors' call
+        err = mysql_error(e, "running the checks", where=dsn_location(getattr(src, "dsn_env", ())), user=user)
+        results.append(_fail(name, "mysql.error", err.detail, err.hint))
     except Exception as e:  # noqa: BLE001 - a check must report, not crash the command
         results.append(_fail(name, "mysql.error", f"unexpected error: {type(e).__name__}: {e}",
                              "run with --debug and report it"))
     return _scrubbed(results, secrets, user), info
 
 
-def _connect(dsn: Any, results: list[CheckResult]) -> tuple[Any, str] | None:
-    """Connect; appends the reachable/credentials results. Returns (conn, label) or None."""
+def _connect(dsn: Any, results: list[CheckResult], where: str = _DSN_PATH) -> tuple[Any, str] | None:
+    """Connect; appends the reachable/credentials results. Returns (conn, label) or None.
+
+    ``where``: the DSN's YAML path and the environment variable it came from. What a
+    failure means is :mod:`deltaforge.source.mysql_errors`' call, as for the reader.
+    """
     import pymysql
 
+    from deltaforge.source.mysql_errors import TRANSIENT, classify, error_code, mysql_error
+
     name = "mysql"
-    where = f"MYSQL_DSN / {_DSN_PATH}"
     conn = pymysql.Connection(
         host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=QUERY_TIMEOUT_S,
         write_timeout=QUERY_TIMEOUT_S, charset="utf8mb4", autocommit=True, defer_connect=True,
     )
     try:
         conn.connect()
-    except pymysql.err.OperationalError as e:
-        code = e.args[0] if e.args else 0
-        msg = str(e.args[1]) if len(e.args) > 1 else str(e)
+    except (pymysql.err.MySQLError, RuntimeError) as e:
+        code = error_code(e)
         # The handshake arrived before the login failed: the server is reachable.
         version = getattr(conn, "server_version", None)
         label = ""
         if version:
             flavor, ver = _flavor_version(str(version))
             label = f" ({'MariaDB' if flavor == 'mariadb' else 'MySQL'} {ver})"
-        if code in (1045, 1698):
+        if classify(e) != TRANSIENT:
+            err = mysql_error(e, "connecting", where=where, user=dsn.user)
             results.append(_ok(name, "mysql.reachable", f"reachable at {dsn.redacted()}{label}"))
-            results.append(_fail(name, "mysql.credentials", f"access denied: {msg}", _DSN_FIX))
-        elif code == 1130:
-            results.append(_ok(name, "mysql.reachable", f"reachable at {dsn.redacted()}{label}"))
-            results.append(_fail(
-                name, "mysql.credentials", msg,
-                f"CREATE USER '{dsn.user}'@'<this host or %>' on the server, or connect from an allowed host"))
+            results.append(_fail(name, "mysql.credentials", err.detail, err.hint))
         elif code in (2003, 2005, 2006, 2013):
+            msg = str(e.args[1]) if len(e.args) > 1 else str(e)
             detail, fix = _network_fix(dsn.host, dsn.port, _root_cause(e), msg, where)
             results.append(_fail(name, "mysql.reachable", detail, fix))
         else:
-            results.append(_fail(name, "mysql.reachable", f"cannot connect to {dsn.redacted()}: {msg}",
+            results.append(_fail(name, "mysql.reachable", f"cannot connect to {dsn.redacted()}: {e}",
                                  f"check {where}"))
-        return None
-    except pymysql.err.MySQLError as e:
-        results.append(_fail(name, "mysql.reachable", f"cannot connect to {dsn.redacted()}: {e}",
-                             f"check {where}"))
-        return None
-    except RuntimeError as e:
-        # PyMySQL needs the cryptography package for caching_sha2_password over plain TCP.
-        results.append(_ok(name, "mysql.reachable", f"reachable at {dsn.redacted()}"))
-        results.append(_fail(name, "mysql.credentials", f"login failed: {e}",
-                             "pip install cryptography (MySQL 8 caching_sha2_password), "
-                             "or ALTER USER ... IDENTIFIED WITH mysql_native_password"))
         return None
     flavor, ver = _flavor_version(str(conn.server_version or ""))
     label = f"{'MariaDB' if flavor == 'mariadb' else 'MySQL'} {ver}"
@@ -431,10 +427,11 @@ def _connect(dsn: Any, results: list[CheckResult]) -> tuple[Any, str] | None:
 def _check_mysql(cfg: Any, dsn: Any, results: list[CheckResult]) -> ServerInfo | None:
     import pymysql
 
+    from deltaforge.source.mysql_errors import dsn_location
     from deltaforge.source.tables import TableFilter
 
     name = "mysql"
-    connected = _connect(dsn, results)
+    connected = _connect(dsn, results, dsn_location(getattr(_source_config(cfg), "dsn_env", ())))
     if connected is None:
         return None
     conn, _label = connected
@@ -680,20 +677,38 @@ def _tables_check(tf: Any, visible: dict[tuple[str, str], str], grantee: str,
     return out
 
 
-_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
-_MYSQL_GTID = re.compile(r"^[0-9a-fA-F-]{36}(:[\w]+)?(:\d+(-\d+)?)+(,\s*[0-9a-fA-F-]{36}(:[\w]+)?(:\d+(-\d+)?)+)*$")
-
-
 def _start_check(conn: Any, start: Any, info: ServerInfo) -> CheckResult:
-    """Where a pipeline without a checkpoint begins; validates file:pos and GTID starts."""
+    """Where a pipeline without a checkpoint begins; validates file:pos and GTID starts.
+
+    The text grammar is :mod:`deltaforge.source.grammar`'s (the reader's own); this
+    checks the parsed start against the server.
+    """
     import pymysql
 
-    name, check, path = "mysql", "mysql.start", "spec.source.config.start"
+    from deltaforge.source.grammar import START_PATH, parse_start_spec
+
+    name, check, path = "mysql", "mysql.start", START_PATH
     text = str(start or "latest").strip()
     note = "(used only when no checkpoint exists)"
-    if text.lower() == "latest":
+    try:
+        spec = parse_start_spec(text, path)
+    except ConfigError as e:
+        return _fail(name, check, e.detail, e.hint)
+    if spec.kind == "latest":
         gtid = f", gtid {info.gtid_position}" if info.gtid_position else ""
         return _ok(name, check, f"start latest = {info.binlog_file}:{info.binlog_pos}{gtid} {note}")
+    if spec.kind == "mariadb_gtid" and info.flavor != "mariadb":
+        return _fail(name, check, f"start {text!r} is a MariaDB GTID set but the server is {info.label}",
+                     f"set {path} to a MySQL GTID set (uuid:1-42), file:pos, latest or earliest")
+    if spec.kind == "mysql_gtid" and info.flavor == "mariadb":
+        return _fail(name, check, f"start {text!r} is a MySQL GTID set but the server is {info.label}",
+                     f"set {path} to a MariaDB GTID set (domain-server-seq, e.g. 0-1-100), file:pos, "
+                     "latest or earliest")
+    if spec.kind == "mysql_gtid" and not info.gtid_mode:
+        return _fail(name, check, f"start {text!r} is a GTID set but gtid_mode is OFF",
+                     f"enable gtid_mode or set {path} to file:pos")
+    if spec.kind in ("mariadb_gtid", "mysql_gtid"):
+        return _ok(name, check, f"start at GTID {spec.gtid} {note}")
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW BINARY LOGS")
@@ -701,28 +716,16 @@ def _start_check(conn: Any, start: Any, info: ServerInfo) -> CheckResult:
     except pymysql.err.MySQLError as e:
         return _warn(name, check, f"cannot list binary logs to verify start {text!r}: {e}",
                      f"GRANT {_monitor_priv(info.flavor)} ON *.* to the DeltaForge user")
-    if text.lower() == "earliest":
+    if spec.kind == "earliest":
         first = min(logs) if logs else "?"
         return _ok(name, check, f"start earliest = {first}:4 {note}")
-    file, colon, pos_text = text.rpartition(":")
-    if colon and pos_text.isdigit() and file and not _MYSQL_GTID.match(text):
-        if file not in logs:
-            return _fail(name, check, f"start {text!r}: binlog file {file!r} is not on the server (purged?)",
-                         f"set {path} to earliest, latest or a file listed by SHOW BINARY LOGS")
-        pos = int(pos_text)
-        if pos < 4 or pos > logs[file]:
-            return _fail(name, check, f"start {text!r}: position {pos} is outside {file} (size {logs[file]})",
-                         f"set {path} to a position between 4 and {logs[file]}")
-        return _ok(name, check, f"start {text} {note}")
-    pattern = _MARIADB_GTID if info.flavor == "mariadb" else _MYSQL_GTID
-    if pattern.match(text.replace(" ", "")):
-        if info.flavor == "mysql" and not info.gtid_mode:
-            return _fail(name, check, f"start {text!r} is a GTID set but gtid_mode is OFF",
-                         f"enable gtid_mode or set {path} to file:pos")
-        return _ok(name, check, f"start at GTID {text} {note}")
-    example = "0-1-100" if info.flavor == "mariadb" else "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-100"
-    return _fail(name, check, f"start {text!r} is not latest, earliest, file:pos or a {info.label} GTID set",
-                 f"set {path} to latest, earliest, mysql-bin.000001:4 or e.g. {example}")
+    if spec.file not in logs:
+        return _fail(name, check, f"start {text!r}: binlog file {spec.file!r} is not on the server (purged?)",
+                     f"set {path} to earliest, latest or a file listed by SHOW BINARY LOGS")
+    if spec.pos > logs[spec.file]:
+        return _fail(name, check, f"start {text!r}: position {spec.pos} is outside {spec.file} "
+                     f"(size {logs[spec.file]})", f"set {path} to a position between 4 and {logs[spec.file]}")
+    return _ok(name, check, f"start {text} {note}")
 
 
 # ---------------------------------------------------------------------------
@@ -899,11 +902,34 @@ def _eviction_check(name: str, client: Any) -> CheckResult | None:
 # ---------------------------------------------------------------------------
 
 
+def check_processors(cfg: Any) -> list[CheckResult]:
+    """Load every processor in V8 as a pipeline start would (:func:`deltaforge.process.js.compile_processor`):
+    a syntax error fails with the processor's YAML path, id and the line of the user's code."""
+    from deltaforge.process.js import compile_processor
+
+    out: list[CheckResult] = []
+    for i, spec in enumerate(getattr(cfg.spec, "processors", None) or []):
+        name = f"processor[{getattr(spec, 'id', i)}]"
+        try:
+            compile_processor(spec, i)
+        except DeltaForgeError as e:
+            out.append(_fail(name, "processor.compile", e.detail, e.hint))
+        except Exception as e:  # noqa: BLE001 - a check must report, not crash the command
+            out.append(_fail(name, "processor.compile", f"spec.processors[{i}]: cannot load the JavaScript: "
+                             f"{type(e).__name__}: {e}", "run with --debug and report it"))
+        else:
+            origin = getattr(spec, "origin", "") or f"spec.processors[{i}]"
+            out.append(_ok(name, "processor.compile", f"spec.processors[{i}] ({origin}) compiles in V8 and "
+                           "defines processBatch"))
+    return out
+
+
 def run_preflight(cfg: Any, echo: Callable[[str], None] = print) -> bool:
     """Run every check, print one line each through ``echo``; True when nothing failed."""
+    processor_results = check_processors(cfg)
     mysql_results, _info = check_mysql(cfg)
     ok = True
-    for r in [*mysql_results, *check_redis(cfg)]:
+    for r in [*processor_results, *mysql_results, *check_redis(cfg)]:
         echo(r.line())
         ok = ok and r.ok
     return ok

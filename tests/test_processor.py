@@ -270,7 +270,7 @@ def test_wrong_return_types(make_proc, ret, expected):
     with pytest.raises(ProcessorError) as info:
         proc.process(make_batch(*users_rows()))
     msg = str(info.value)
-    assert msg.startswith("processors[0] (shape): processBatch returned ")
+    assert msg.startswith("spec.processors[0] (shape): processBatch returned ")
     assert expected in msg
     assert "app.users at binlog.000001:1234" in msg
     assert "\n" not in msg
@@ -468,7 +468,7 @@ def test_syntax_error_names_the_user_line(make_proc):
         make_proc(code, "generate-cache-keys")
     msg = str(info.value)
     assert msg.startswith(
-        "processors[0] (generate-cache-keys): SyntaxError at line 12: Unexpected identifier 'x'"
+        "spec.processors[0] (generate-cache-keys): SyntaxError at line 12: Unexpected identifier 'x'"
     )
     assert "line 12 of processors[0].inline reads `let x = 1 x;`" in msg
     assert "\n" not in msg
@@ -479,7 +479,7 @@ def test_syntax_error_names_a_file_origin():
     with pytest.raises(ProcessorError) as info:
         JsProcessor(spec, 2)
     msg = str(info.value)
-    assert msg.startswith("processors[2] (f): SyntaxError at line 2: Unexpected end of input")
+    assert msg.startswith("spec.processors[2] (f): SyntaxError at line 2: Unexpected end of input")
     assert "conf/keys.js" in msg
 
 
@@ -526,7 +526,7 @@ def test_runtime_exception_names_line_and_batch(make_proc):
     msg = str(info.value)
     assert type(info.value) is ProcessorError and not info.value.retriable
     assert msg.startswith(
-        "processors[0] (generate-cache-keys): TypeError: Cannot read properties of null "
+        "spec.processors[0] (generate-cache-keys): TypeError: Cannot read properties of null "
         "(reading 'missing') at line 4 of processors[0].inline"
     )
     assert "app.users at binlog.000001:1234" in msg
@@ -686,7 +686,7 @@ def test_chain_reports_the_failing_processor_index():
     bad = Spec(id="broken", code="function processBatch(e) {", origin="conf/broken.js")
     with pytest.raises(
         ProcessorError,
-        match=r"^processors\[1\] \(broken\): SyntaxError at line 1: Unexpected end of input",
+        match=r"^spec\.processors\[1\] \(broken\): SyntaxError at line 1: Unexpected end of input",
     ):
         ProcessorChain([good, bad], "p")
 

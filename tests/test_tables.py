@@ -38,10 +38,10 @@ def test_percent_is_any_run_and_underscore_is_literal() -> None:
 
 
 def test_regex_metacharacters_in_names_are_literal() -> None:
-    f = TableFilter(["app.a+b%", "app.x.y"])
+    f = TableFilter(["app.a+b%", "app.(x)"])
     assert f.matches("app", "a+b1")
     assert not f.matches("app", "aab1")
-    assert f.matches("app", "x.y")  # the first dot separates the database
+    assert f.matches("app", "(x)") and not f.matches("app", "x")
 
 
 def test_backticks_are_stripped() -> None:
@@ -74,9 +74,11 @@ def test_str_lists_the_patterns() -> None:
 @pytest.mark.parametrize(
     ("pattern", "message"),
     [
-        ("users", "is not db.table"),
-        ("app.", "is not db.table"),
-        (".users", "is not db.table"),
+        ("users", "has no database"),
+        ("app.", "empty table name"),
+        (".users", "empty database name"),
+        ("app.x.y", "more than one '.'"),
+        ("app.x*", "'*' only stands for a whole table name"),
         ("a%.users", "wildcard in the database"),
         ("*.users", "wildcard in the database"),
     ],

@@ -89,7 +89,7 @@ from deltaforge.model import (
     derive_synthetic_id,
 )
 
-__all__ = ["JsProcessor", "ProcessorChain"]
+__all__ = ["JsProcessor", "ProcessorChain", "compile_processor"]
 
 #: Names V8 shows in stack frames (``//# sourceURL``). Only frames of USER_URL are user lines.
 USER_URL = "deltaforge-processor.js"
@@ -219,7 +219,7 @@ class JsProcessor:
         #: processBatch calls made (attempts included): the bisection's cost is tested on it
         self.calls = 0
         self._timeout_sec = self.timeout_ms / 1000.0 if self.timeout_ms else None
-        self._where = f"processors[{index}] ({self.id})"
+        self._where = f"spec.processors[{index}] ({self.id})"
         self._lines = self.code.splitlines()
         self._mr: MiniRacer | None = None
         self._run: JSFunction | None = None
@@ -568,6 +568,13 @@ class JsProcessor:
             "keep less state in processBatch, lower batch.max_events/batch.max_bytes, or "
             f"raise spec.processors[{self.index}].limits.mem_mb",
         )
+
+
+def compile_processor(spec: Any, index: int) -> None:
+    """Load processor ``index`` in a throwaway isolate exactly as a pipeline start does
+    (``deltaforge check``): raises the same ProcessorError (syntax error at the user's
+    line, no processBatch, top-level exception or timeout) or ConfigError (limits)."""
+    JsProcessor(spec, index).close()
 
 
 def _first_line(text: str) -> str:

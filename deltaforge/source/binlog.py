@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import select
 import threading
 import time
@@ -62,7 +61,6 @@ from pymysqlreplication.row_event import (
 from deltaforge._accel import rowdecode
 from deltaforge.dsn import MySQLDSN, parse_mysql_dsn
 from deltaforge.errors import (
-    ConfigError,
     DecodeError,
     DeltaForgeError,
     SourceError,
@@ -82,6 +80,8 @@ from deltaforge.model import (
     gtid_event_id_hasher,
     position_le,
 )
+from deltaforge.source.grammar import parse_start  # re-exported: the start grammar lives there
+from deltaforge.source.mysql_errors import DSN_PATH, dsn_location, mysql_error
 from deltaforge.source.gtid import parse_gtid_set
 from deltaforge.source.schema import (
     TableSchema,
@@ -100,9 +100,6 @@ _HEARTBEAT_S = 5.0
 #: no byte from the server for this long (heartbeats included) = connection dead
 _SILENCE_S = 30.0
 _DML = ("INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD DATA")
-_FILE_POS = re.compile(r"^(?P<file>[^:\s]+):(?P<pos>\d+)$")
-_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
-_MYSQL_GTID = re.compile(r"^[0-9a-fA-F-]{36}:\d+(-\d+)?(:\d+(-\d+)?)*(,[0-9a-fA-F-]{36}:\d+(-\d+)?(:\d+(-\d+)?)*)*$")
 
 
 _tm_cache_local = threading.local()
@@ -158,21 +155,6 @@ def default_replica_server_id(pipeline: str) -> int:
     return 0x40000000 + (zlib.crc32(pipeline.encode()) & 0x3FFFFFFF)
 
 
-def parse_start(start: str, path: str = "spec.source.config.start") -> Position | str:
-    """``latest`` | ``earliest`` | ``file:pos`` | GTID set -> a Position or the keyword."""
-    text = start.strip()
-    if text in ("latest", "earliest"):
-        return text
-    # GTIDs first: a MySQL "uuid:23" would also read as file:pos
-    if _MARIADB_GTID.match(text) or _MYSQL_GTID.match(text):
-        return Position(file="", pos=0, gtid=text)
-    m = _FILE_POS.match(text)
-    if m:
-        return Position(file=m["file"], pos=int(m["pos"]))
-    raise ConfigError(path, f"cannot read start position {start!r}",
-                      "use latest, earliest, <binlog file>:<pos> (binlog.000003:4) or a GTID set (0-1-42)")
-
-
 class MariaGtidState:
     """MariaDB GTID position: the last ``domain-server-seq`` applied per domain."""
 
@@ -194,17 +176,29 @@ class MariaGtidState:
         return ",".join(self.domains[d] for d in sorted(self.domains, key=int))
 
 
-class _OneShotConnect:
-    """pymysql connection factory for BinLogStreamReader that refuses silent reconnects."""
+#: Session net_write_timeout of our connections. The server's dump thread gives up on a replica that
+#: does not read for net_write_timeout seconds (default 60); back-pressure from a stalled sink stops
+#: our reads for as long as the sink stalls, and a dropped dump means a restart from the checkpoint.
+BINLOG_NET_WRITE_TIMEOUT_S = 3600
 
-    def __init__(self) -> None:
+
+class _OneShotConnect:
+    """pymysql connection factory for BinLogStreamReader that refuses silent reconnects.
+
+    Connection errors are classified by :mod:`deltaforge.source.mysql_errors`: a refused
+    login or a missing privilege is fatal, on the first connect as on a reconnect.
+    """
+
+    def __init__(self, where: str = DSN_PATH) -> None:
         self.made = 0
+        self.where = where
 
     def __call__(self, **kwargs: Any) -> Any:
         self.made += 1
         if self.made > 2:  # 1 control + 1 stream connection
             raise SourceUnavailable("the binlog connection was lost", "the pipeline restarts from its checkpoint")
         kwargs.setdefault("connect_timeout", 10)
+        kwargs.setdefault("init_command", f"SET SESSION net_write_timeout={BINLOG_NET_WRITE_TIMEOUT_S}")
         # mysql-replication still passes pymysql's deprecated spellings
         if "passwd" in kwargs:
             kwargs["password"] = kwargs.pop("passwd")
@@ -212,9 +206,8 @@ class _OneShotConnect:
             kwargs["database"] = kwargs.pop("db")
         try:
             return pymysql.connect(**kwargs)
-        except pymysql.err.OperationalError as e:
-            raise SourceUnavailable(f"cannot connect to MySQL: {e.args[-1]}",
-                                    "check that the server is up and spec.source.config.dsn") from None
+        except (pymysql.err.MySQLError, OSError, RuntimeError) as e:
+            raise mysql_error(e, "connecting to MySQL", where=self.where, user=kwargs.get("user")) from None
 
 
 class _Tx:
@@ -256,8 +249,10 @@ class BinlogSource:
         max_ms: int = 50,
         respect_source_tx: bool = True,
         stop: threading.Event | None = None,
+        dsn_where: str = DSN_PATH,
     ) -> None:
         self.dsn: MySQLDSN = parse_mysql_dsn(dsn)
+        self.dsn_where = dsn_where
         self.filter = TableFilter(tables)
         self.pipeline = pipeline
         self.tenant = tenant
@@ -285,13 +280,16 @@ class BinlogSource:
     # ------------------------------------------------------------------ open
     def _control(self) -> Any:
         if self._ctl is None:
-            self._ctl = _OneShotConnect()(**self.dsn.connect_kwargs(), autocommit=True)
+            self._ctl = _OneShotConnect(self.dsn_where)(**self.dsn.connect_kwargs(), autocommit=True)
         return self._ctl
 
     def _query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        with self._control().cursor() as cur:
-            cur.execute(sql, args or None)
-            return list(cur.fetchall())
+        try:
+            with self._control().cursor() as cur:
+                cur.execute(sql, args or None)
+                return list(cur.fetchall())
+        except (pymysql.err.MySQLError, OSError) as e:
+            raise mysql_error(e, f"running {sql}", where=self.dsn_where, user=self.dsn.user) from None
 
     def _server_facts(self) -> None:
         version = str(self._query("SELECT VERSION()")[0][0])
@@ -345,7 +343,7 @@ class BinlogSource:
             return None
         try:
             value = self._query("SELECT BINLOG_GTID_POS(%s, %s)", file, pos)[0][0]
-        except pymysql.err.MySQLError:
+        except SourceError:
             return None
         return None if value is None else str(value)
 
@@ -426,7 +424,7 @@ class BinlogSource:
                          MariadbGtidEvent, GtidEvent, RotateEvent, HeartbeatLogEvent],
             only_schemas=sorted(self.filter.schemas()) or None,
             slave_heartbeat=_HEARTBEAT_S,
-            pymysql_wrapper=_OneShotConnect(),
+            pymysql_wrapper=_OneShotConnect(self.dsn_where),
             **kwargs,
         )
         self._file = start.file
@@ -493,17 +491,8 @@ class BinlogSource:
             return self._stream.fetchone()
         except SourceUnavailable:
             raise
-        except pymysql.err.OperationalError as e:
-            code = e.args[0] if e.args else 0
-            msg = e.args[-1] if e.args else str(e)
-            if code in (1236,):  # ER_MASTER_FATAL_ERROR_READING_BINLOG: position purged or invalid
-                raise SourceError(f"the server cannot send the binlog from the requested position: {msg}",
-                                  "the checkpoint's binlog was purged; reset the checkpoint or set "
-                                  "spec.source.config.start") from None
-            raise SourceUnavailable(f"the binlog connection failed: {msg}",
-                                    "the pipeline restarts from its checkpoint") from None
-        except (pymysql.err.InterfaceError, OSError, ConnectionError) as e:
-            raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
+        except (pymysql.err.MySQLError, OSError, ConnectionError) as e:
+            raise mysql_error(e, "reading the binlog", where=self.dsn_where, user=self.dsn.user) from None
 
     def _schema_for(self, tm: TableMapEvent) -> TableSchema | None:
         """The decoding schema of a table map (None: table not captured), built once per distinct map."""
@@ -789,6 +778,7 @@ def open_source(cfg: Any, stop: threading.Event, resume: Position | None,
         dsn=src.dsn, tables=list(src.tables), pipeline=cfg.metadata.name, tenant=cfg.metadata.tenant,
         start=src.start, server_id=src.server_id, max_events=batch.max_events, max_bytes=batch.max_bytes,
         max_ms=batch.max_ms, respect_source_tx=batch.respect_source_tx, stop=stop,
+        dsn_where=dsn_location(getattr(src, "dsn_env", ())),
     )
     source.on_decode_error = getattr(src, "on_decode_error", "stop")
     try:

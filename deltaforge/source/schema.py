@@ -177,15 +177,28 @@ def charset_codec(name: str | None) -> str | None:
 
 
 def fetch_live_columns(conn: Any, db: str, table: str) -> list[LiveColumn]:
-    """The table's current columns from information_schema, in ordinal order."""
+    """The table's current columns from information_schema, in ordinal order.
+
+    A failure is classified by :mod:`deltaforge.source.mysql_errors`: a missing SELECT
+    grant is fatal (information_schema shows no columns without it), a lost
+    connection retriable.
+    """
+    import pymysql
+
+    from deltaforge.source.mysql_errors import mysql_error
+
     sql = (
         "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME "
         "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
         "ORDER BY ORDINAL_POSITION"
     )
-    with conn.cursor() as cur:
-        cur.execute(sql, (db, table))
-        rows = cur.fetchall()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, (db, table))
+            rows = cur.fetchall()
+    except (pymysql.err.MySQLError, OSError) as e:
+        raise mysql_error(e, f"reading the columns of {db}.{table} from information_schema",
+                          grant=f"SELECT ON `{db}`.*") from None
     out: list[LiveColumn] = []
     for row in rows:
         vals = list(row.values()) if isinstance(row, dict) else list(row)

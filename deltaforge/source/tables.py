@@ -1,20 +1,8 @@
 """Which tables a pipeline captures: ``spec.source.config.tables``.
 
-Pattern grammar (one string per list item):
-
-- ``db.table``   exactly that table;
-- ``db.*``       every table of ``db``;
-- ``db.pre%``    ``%`` (or ``*``) matches any run of characters, anywhere in the table
-  part (``app.order%``, ``app.%_archive``); ``_`` is a literal underscore, not
-  SQL's single-character wildcard, because table names are full of underscores.
-
-The database part must be a literal name: the reader filters whole schemas early
-(``schemas()``) before it looks at table names, and a preflight can only list
-tables of databases it knows. Names compare case-sensitively, like MySQL on Linux
-with ``lower_case_table_names=0``; a surrounding pair of backticks is stripped.
-
-Hazard: the first ``.`` separates database and table, so a database name cannot
-contain a dot (MySQL allows it quoted; nobody does it).
+The pattern grammar (``db.table``, ``db.*``, ``%`` anywhere in the table part,
+literal ``_``, literal database) is owned by :mod:`deltaforge.source.grammar`;
+this module only matches parsed patterns against ``(db, table)`` pairs.
 
 ``matches`` is called once per rows event on the hot path: results are cached
 per ``(db, table)``. The cache is bounded by the number of tables the server
@@ -28,16 +16,10 @@ import re
 from collections.abc import Iterable
 
 from deltaforge.errors import ConfigError
+from deltaforge.source.grammar import TABLES_PATH, parse_table_pattern
 
 _CACHE_LIMIT = 100_000
-_WILDCARDS = ("%", "*")
-_PATH = "spec.source.config.tables"
-
-
-def _unquote(name: str) -> str:
-    if len(name) >= 2 and name[0] == "`" and name[-1] == "`":
-        return name[1:-1]
-    return name
+_PATH = TABLES_PATH
 
 
 class TablePattern:
@@ -46,27 +28,12 @@ class TablePattern:
     __slots__ = ("db", "index", "regex", "table", "text")
 
     def __init__(self, text: str, index: int = 0) -> None:
-        path = f"{_PATH}[{index}]"
-        if not isinstance(text, str):
-            raise ConfigError(path, f"expected a string like app.users, found {text!r}",
-                              "write db.table, db.* or db.prefix%")
-        self.text = text.strip()
+        spec = parse_table_pattern(text, f"{_PATH}[{index}]")
+        self.text = spec.text
         self.index = index
-        db, dot, table = self.text.partition(".")
-        db, table = _unquote(db.strip()), _unquote(table.strip())
-        if not dot or not db or not table:
-            raise ConfigError(path, f"{text!r} is not db.table",
-                              "write db.table, db.* or db.prefix% (the database is required)")
-        if any(w in db for w in _WILDCARDS):
-            raise ConfigError(path, f"{text!r} has a wildcard in the database name",
-                              "name the database literally and list one pattern per database")
-        self.db = db
-        self.table = table
-        self.regex: re.Pattern[str] | None = None
-        if any(w in table for w in _WILDCARDS):
-            # Escape everything, then turn each wildcard into ".*": "_" stays literal.
-            body = "".join(".*" if ch in _WILDCARDS else re.escape(ch) for ch in table)
-            self.regex = re.compile(body, re.DOTALL)
+        self.db = spec.db
+        self.table = spec.table
+        self.regex: re.Pattern[str] | None = re.compile(spec.regex, re.DOTALL) if spec.regex is not None else None
 
     @property
     def is_exact(self) -> bool:
