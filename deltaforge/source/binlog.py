@@ -81,8 +81,8 @@ from deltaforge.model import (
     position_le,
 )
 from deltaforge.source.grammar import parse_start  # re-exported: the start grammar lives there
-from deltaforge.source.mysql_errors import DSN_PATH, dsn_location, mysql_error
 from deltaforge.source.gtid import parse_gtid_set
+from deltaforge.source.mysql_errors import DSN_PATH, dsn_location, mysql_error
 from deltaforge.source.schema import (
     TableSchema,
     fetch_live_columns,
