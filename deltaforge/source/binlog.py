@@ -38,21 +38,28 @@ import select
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
+    BeginLoadQueryEvent,
+    ExecuteLoadQueryEvent,
     GtidEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
+    NotImplementedEvent,
     QueryEvent,
     RotateEvent,
+    XAPrepareEvent,
     XidEvent,
 )
+from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import (
     DeleteRowsEvent,
+    PartialUpdateRowsEvent,
     TableMapEvent,
     UpdateRowsEvent,
     WriteRowsEvent,
@@ -78,6 +85,7 @@ from deltaforge.model import (
     event_id_for,
     event_id_hasher,
 )
+from deltaforge.source import compressed
 from deltaforge.source.schema import (
     TableSchema,
     fetch_live_columns,
@@ -88,6 +96,12 @@ from deltaforge.source.tables import TableFilter
 
 log = logging.getLogger("deltaforge.source")
 
+#: the event classes the reader decodes itself
+_HANDLED = frozenset((TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
+                      MariadbGtidEvent, GtidEvent, RotateEvent, HeartbeatLogEvent))
+#: also requested, so that mysql-replication drops nothing unseen but types in compressed.HARMLESS:
+#: they go to BinlogSource._other_event (compressed events, transaction payloads, unknown types)
+_CHECKED = (NotImplementedEvent, PartialUpdateRowsEvent, XAPrepareEvent, BeginLoadQueryEvent, ExecuteLoadQueryEvent)
 _KIND = {WriteRowsEvent: rowdecode.WRITE, UpdateRowsEvent: rowdecode.UPDATE, DeleteRowsEvent: rowdecode.DELETE}
 _OP = {rowdecode.WRITE: "c", rowdecode.UPDATE: "u", rowdecode.DELETE: "d"}
 _MARIADB_GTID_STANDALONE = 0x01
@@ -262,6 +276,9 @@ class BinlogSource:
         self._schemas: dict[int, TableSchema] = {}
         self._tm_cache: dict[bytes, dict[str, Any]] = {}
         self._warned_minimal: set[str] = set()
+        #: events expanded from a compressed event or a transaction payload, read before the socket
+        self._pending: deque[Any] = deque()
+        self._warned_types: set[int] = set()
         self.flavor = "mysql"
         self.server_identity = ""
         self.full_metadata = True
@@ -355,8 +372,8 @@ class BinlogSource:
             connection_settings={**self.dsn.connect_kwargs(), "connect_timeout": 10},
             server_id=self.replica_id,
             blocking=True,
-            only_events=[TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
-                         MariadbGtidEvent, GtidEvent, RotateEvent, HeartbeatLogEvent],
+            only_events=[*_HANDLED, *_CHECKED],
+            filter_non_implemented_events=False,
             only_schemas=sorted(self.filter.schemas()) or None,
             slave_heartbeat=_HEARTBEAT_S,
             pymysql_wrapper=_OneShotConnect(),
@@ -381,6 +398,8 @@ class BinlogSource:
     # --------------------------------------------------------------- reading
     def _buffered(self) -> bool:
         """True when the next packet is (at least partly) already here: reading won't block long."""
+        if self._pending:
+            return True
         conn = getattr(self._stream, "_stream_connection", None)
         sock = getattr(conn, "_sock", None)
         rfile = getattr(conn, "_rfile", None)
@@ -422,6 +441,8 @@ class BinlogSource:
 
     def _fetch(self) -> Any:
         assert self._stream is not None
+        if self._pending:
+            return self._pending.popleft()
         try:
             return self._stream.fetchone()
         except SourceUnavailable:
@@ -531,6 +552,9 @@ class BinlogSource:
                     continue
                 cls = type(ev)
                 pkt = ev.packet
+                if cls not in _HANDLED:
+                    self._other_event(ev, tx is not None)
+                    continue
                 if cls is RotateEvent:
                     self._file = ev.next_binlog
                     continue
@@ -595,7 +619,9 @@ class BinlogSource:
                         started = time.monotonic()
                     origin = f"{table} at {file}:{start_pos}"
                     hasher = event_id_hasher(ident, file, start_pos)
-                    for i, (before, after) in enumerate(rows):
+                    # a transaction payload's events share its position: number its rows across them
+                    row0 = tx.rows if "df_in_payload" in ev.__dict__ else 0
+                    for i, (before, after) in enumerate(rows, row0):
                         seq = tx.rows
                         tx.rows += 1
                         if seq < skip:  # delivered before a restart in the middle of this transaction
@@ -651,6 +677,92 @@ class BinlogSource:
         if boundary is not None and boundary_count:
             yield take(boundary_count, boundary)
 
+    def _other_event(self, ev: Any, in_tx: bool) -> None:
+        """An event the reader does not decode itself (see compressed.py for the formats).
+
+        Compressed MariaDB events and MySQL transaction payloads are expanded into the plain
+        events they stand for, which :meth:`_fetch` hands out next, at the outer event's position.
+        Harmless types are skipped. Any other type inside a transaction stops the pipeline before
+        a checkpoint can pass it; outside one it is logged once and skipped.
+        """
+        pkt = ev.packet
+        etype = pkt.event_type
+        where = f"{self._file}:{pkt.log_pos - pkt.event_size}"
+        if etype in compressed.MARIADB_COMPRESSED:
+            raw = self._raw_event(ev)
+            if etype in compressed.ROWS_COMPRESSED and _table_id(raw) not in self._schemas:
+                return  # a table that is not captured: not worth inflating
+            plain = compressed.uncompress_mariadb_event(raw, where, self._post_header_len(etype))
+            self._push(plain, pkt, where, in_payload=False)
+            return
+        if etype == compressed.TRANSACTION_PAYLOAD_EVENT:
+            payload = compressed.parse_transaction_payload(self._raw_event(ev)[compressed.HEADER_LEN:], where)
+            for offset, inner in compressed.split_events(payload.payload, where):
+                self._push(inner, pkt, f"{where} (transaction payload, inner event at offset {offset})",
+                           in_payload=True)
+            return
+        if etype in compressed.HARMLESS or pkt.flags & compressed.LOG_EVENT_IGNORABLE_F:
+            return
+        name = compressed.event_name(etype)
+        if in_tx:
+            raise SourceError(
+                f"binlog event {name} at {where} is inside a transaction and the reader does not know it: "
+                "it may change captured rows, so the pipeline stops before its checkpoint passes it",
+                "turn off the server feature that writes this event (or report it to DeltaForge); to go on without "
+                "this transaction, set spec.source.config.start past it and reset the checkpoint")
+        if etype not in self._warned_types:
+            self._warned_types.add(etype)
+            log.warning("skipping binlog event %s at %s: not known to the reader, outside any transaction "
+                        "(logged once per type)", name, where)
+
+    @staticmethod
+    def _raw_event(ev: Any) -> bytes:
+        """Header + body of an event as the server wrote it, without the checksum footer."""
+        data = ev.packet.packet._data  # OK byte, 19-byte header, body, [checksum]
+        raw = bytes(data[1:1 + compressed.HEADER_LEN + ev.event_size])
+        if len(raw) != compressed.HEADER_LEN + ev.event_size:
+            raise DecodeError(f"truncated binlog packet: {len(raw)} of {compressed.HEADER_LEN + ev.event_size} bytes")
+        return raw
+
+    def _post_header_len(self, etype: int) -> int | None:
+        """The post-header length the format description declares for a type (None: not known)."""
+        lengths = getattr(self._stream, "_BinLogStreamReader__post_header_lengths", None)
+        if lengths and 0 < etype <= len(lengths):
+            return int(lengths[etype - 1])
+        return None
+
+    def _push(self, raw: bytes, outer: Any, where: str, *, in_payload: bool) -> None:
+        """Parse one plain event (no checksum) with mysql-replication and queue it for :meth:`_fetch`."""
+        from pymysql.protocol import MysqlPacket
+
+        stream = self._stream
+        assert stream is not None
+        try:
+            wrapper = BinLogPacketWrapper(
+                MysqlPacket(b"\x00" + raw, "utf8"), stream.table_map, stream._ctl_connection, stream.mysql_version,
+                use_checksum=False, allowed_events=frozenset((*_HANDLED, *_CHECKED)), only_tables=None,
+                ignored_tables=None, only_schemas=sorted(self.filter.schemas()) or None, ignored_schemas=None,
+                freeze_schema=False, ignore_decode_errors=False, verify_checksum=False,
+                optional_meta_data=self.full_metadata, enable_logging=False,
+                post_header_lengths=getattr(stream, "_BinLogStreamReader__post_header_lengths", None),
+            )
+        except DeltaForgeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a malformed inner event is corrupt input: name it
+            raise DecodeError(f"{where}: cannot parse {compressed.event_name(raw[4])}: {e}",
+                              "report this with the server version; nothing past this event was committed") from None
+        event = wrapper.event
+        if event is None:
+            return  # filtered like its uncompressed twin would be (a table that is not captured)
+        if type(event) is TableMapEvent:
+            stream.table_map[event.table_id] = event.get_table()
+        # The expanded events stand at the outer event's position: their start and end are its own.
+        wrapper.log_pos = outer.log_pos
+        wrapper.event_size = outer.event_size
+        if in_payload and type(event) in _KIND:
+            event.df_in_payload = True
+        self._pending.append(event)
+
     def _captures_statement(self, ev: QueryEvent) -> bool:
         """Could this statement-format DML touch a captured table? (its default schema, or one named in it)"""
         default = _query_schema(ev)
@@ -664,6 +776,11 @@ class BinlogSource:
         if self.flavor == "mariadb":
             return str(self._gtid_state) or None
         return self._mysql_gtid
+
+
+def _table_id(raw: bytes) -> int:
+    """Table id of a rows event (6 bytes little-endian right after the common header)."""
+    return int.from_bytes(raw[compressed.HEADER_LEN:compressed.HEADER_LEN + 6], "little")
 
 
 def _query_schema(ev: QueryEvent) -> str:
