@@ -26,6 +26,10 @@ Hazards
   (possibly mid-transaction, without its table map). We refuse that: the connection
   factory raises :class:`SourceUnavailable` on a reconnect and the pipeline restarts
   from its checkpoint instead.
+* Every event type reaches :meth:`BinlogSource._other_event` unless the reader decodes it or
+  :data:`compressed.HARMLESS` lists it: compressed MariaDB events and MySQL transaction payloads
+  are expanded there into their plain events (:mod:`deltaforge.source.compressed`); any other
+  type inside a transaction stops the pipeline before a checkpoint passes it.
 * MariaDB file:pos dumps must use the plain COM_BINLOG_DUMP path (the library's
   MariaDB path sends an empty file name), so ``is_mariadb`` is set only for GTID starts.
 """
@@ -102,6 +106,7 @@ _HANDLED = frozenset((TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRows
 #: also requested, so that mysql-replication drops nothing unseen but types in compressed.HARMLESS:
 #: they go to BinlogSource._other_event (compressed events, transaction payloads, unknown types)
 _CHECKED = (NotImplementedEvent, PartialUpdateRowsEvent, XAPrepareEvent, BeginLoadQueryEvent, ExecuteLoadQueryEvent)
+_ROWS_TYPES = frozenset((23, 24, 25, 30, 31, 32))
 _KIND = {WriteRowsEvent: rowdecode.WRITE, UpdateRowsEvent: rowdecode.UPDATE, DeleteRowsEvent: rowdecode.DELETE}
 _OP = {rowdecode.WRITE: "c", rowdecode.UPDATE: "u", rowdecode.DELETE: "d"}
 _MARIADB_GTID_STANDALONE = 0x01
@@ -753,6 +758,9 @@ class BinlogSource:
                               "report this with the server version; nothing past this event was committed") from None
         event = wrapper.event
         if event is None:
+            if raw[4] in _ROWS_TYPES and _table_id(raw) in self._schemas:
+                raise DecodeError(f"{where}: rows of a captured table could not be matched to their table map",
+                                  "report this with the server version; nothing past this event was committed")
             return  # filtered like its uncompressed twin would be (a table that is not captured)
         if type(event) is TableMapEvent:
             stream.table_map[event.table_id] = event.get_table()
