@@ -499,6 +499,7 @@ def _check_mysql(cfg: Any, dsn: Any, results: list[CheckResult]) -> ServerInfo |
             results.append(_fail(name, "mysql.binlog_row_value_options",
                                  "binlog_row_value_options is PARTIAL_JSON: JSON updates arrive as diffs",
                                  "SET GLOBAL binlog_row_value_options='' and remove it from my.cnf"))
+        results.extend(_compression_checks(conn))
 
         # --- binlog position and GTIDs ----------------------------------------
         status: tuple[str, int, str | None] | None = None
@@ -565,6 +566,25 @@ def _check_mysql(cfg: Any, dsn: Any, results: list[CheckResult]) -> ServerInfo |
         return info
     finally:
         conn.close()
+
+
+# --- binlog compression (its own block: the reader decodes both forms, see source/compressed.py)
+
+def _compression_checks(conn: Any) -> list[CheckResult]:
+    """One ok line per binlog compression that is on; nothing when both are off or unknown."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN "
+                    "('log_bin_compress', 'log_bin_compress_min_len', 'binlog_transaction_compression')")
+        found = {str(k).lower(): "" if v is None else str(v).upper() for k, v in cur.fetchall()}
+    out: list[CheckResult] = []
+    if found.get("log_bin_compress") in ("ON", "1"):
+        out.append(_ok("mysql", "mysql.log_bin_compress",
+                       f"log_bin_compress is ON (events over {found.get('log_bin_compress_min_len') or '?'} bytes "
+                       "are zlib-compressed): supported, compressed query and rows events are decoded"))
+    if found.get("binlog_transaction_compression") in ("ON", "1"):
+        out.append(_ok("mysql", "mysql.binlog_transaction_compression",
+                       "binlog_transaction_compression is ON: supported, zstd transaction payloads are decoded"))
+    return out
 
 
 def _grants(conn: Any) -> tuple[dict[str, set[str]], list[str]]:

@@ -26,6 +26,10 @@ Hazards
   (possibly mid-transaction, without its table map). We refuse that: the connection
   factory raises :class:`SourceUnavailable` on a reconnect and the pipeline restarts
   from its checkpoint instead.
+* Every event type reaches :meth:`BinlogSource._other_event` unless the reader decodes it or
+  :data:`compressed.HARMLESS` lists it: compressed MariaDB events and MySQL transaction payloads
+  are expanded there into their plain events (:mod:`deltaforge.source.compressed`); any other
+  type inside a transaction stops the pipeline before a checkpoint passes it.
 * MariaDB file:pos dumps must use the plain COM_BINLOG_DUMP path (the library's
   MariaDB path sends an empty file name), so ``is_mariadb`` is set only for GTID starts.
 """
@@ -38,21 +42,28 @@ import select
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
+    BeginLoadQueryEvent,
+    ExecuteLoadQueryEvent,
     GtidEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
+    NotImplementedEvent,
     QueryEvent,
     RotateEvent,
+    XAPrepareEvent,
     XidEvent,
 )
+from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import (
     DeleteRowsEvent,
+    PartialUpdateRowsEvent,
     TableMapEvent,
     UpdateRowsEvent,
     WriteRowsEvent,
@@ -80,6 +91,7 @@ from deltaforge.model import (
     gtid_event_id_hasher,
     position_le,
 )
+from deltaforge.source import compressed
 from deltaforge.source.grammar import parse_start  # re-exported: the start grammar lives there
 from deltaforge.source.gtid import parse_gtid_set
 from deltaforge.source.mysql_errors import DSN_PATH, dsn_location, mysql_error
@@ -93,6 +105,13 @@ from deltaforge.source.tables import TableFilter
 
 log = logging.getLogger("deltaforge.source")
 
+#: the event classes the reader decodes itself
+_HANDLED = frozenset((TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
+                      MariadbGtidEvent, GtidEvent, RotateEvent, HeartbeatLogEvent))
+#: also requested, so that mysql-replication drops nothing unseen but types in compressed.HARMLESS:
+#: they go to BinlogSource._other_event (compressed events, transaction payloads, unknown types)
+_CHECKED = (NotImplementedEvent, PartialUpdateRowsEvent, XAPrepareEvent, BeginLoadQueryEvent, ExecuteLoadQueryEvent)
+_ROWS_TYPES = frozenset((23, 24, 25, 30, 31, 32))
 _KIND = {WriteRowsEvent: rowdecode.WRITE, UpdateRowsEvent: rowdecode.UPDATE, DeleteRowsEvent: rowdecode.DELETE}
 _OP = {rowdecode.WRITE: "c", rowdecode.UPDATE: "u", rowdecode.DELETE: "d"}
 _MARIADB_GTID_STANDALONE = 0x01
@@ -269,6 +288,9 @@ class BinlogSource:
         self._schemas: dict[int, TableSchema] = {}
         self._tm_cache: dict[bytes, dict[str, Any]] = {}
         self._warned_minimal: set[str] = set()
+        #: events expanded from a compressed event or a transaction payload, read before the socket
+        self._pending: deque[Any] = deque()
+        self._warned_types: set[int] = set()
         self.flavor = "mysql"
         self.server_identity = ""
         self.full_metadata = True
@@ -420,8 +442,8 @@ class BinlogSource:
             connection_settings={**self.dsn.connect_kwargs(), "connect_timeout": 10},
             server_id=self.replica_id,
             blocking=True,
-            only_events=[TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
-                         MariadbGtidEvent, GtidEvent, RotateEvent, HeartbeatLogEvent],
+            only_events=[*_HANDLED, *_CHECKED],
+            filter_non_implemented_events=False,
             only_schemas=sorted(self.filter.schemas()) or None,
             slave_heartbeat=_HEARTBEAT_S,
             pymysql_wrapper=_OneShotConnect(self.dsn_where),
@@ -446,6 +468,8 @@ class BinlogSource:
     # --------------------------------------------------------------- reading
     def _buffered(self) -> bool:
         """True when the next packet is (at least partly) already here: reading won't block long."""
+        if self._pending:
+            return True
         conn = getattr(self._stream, "_stream_connection", None)
         sock = getattr(conn, "_sock", None)
         rfile = getattr(conn, "_rfile", None)
@@ -487,6 +511,8 @@ class BinlogSource:
 
     def _fetch(self) -> Any:
         assert self._stream is not None
+        if self._pending:
+            return self._pending.popleft()
         try:
             return self._stream.fetchone()
         except SourceUnavailable:
@@ -610,6 +636,9 @@ class BinlogSource:
                     continue
                 cls = type(ev)
                 pkt = ev.packet
+                if cls not in _HANDLED:
+                    self._other_event(ev, tx is not None)
+                    continue
                 if cls is RotateEvent:
                     self._file = ev.next_binlog
                     continue
@@ -681,7 +710,9 @@ class BinlogSource:
                     hasher = tx_hasher or event_id_hasher(ident, file, start_pos)
                     tx_skip = skip if skip_tx is None or skip_tx == tx.gtid else 0
                     tx_gtid = tx.gtid or ""
-                    for i, (before, after) in enumerate(rows):
+                    # a transaction payload's events share its position: number its rows across them
+                    row0 = tx.rows if "df_in_payload" in ev.__dict__ else 0
+                    for i, (before, after) in enumerate(rows, row0):
                         seq = tx.rows
                         tx.rows += 1
                         if seq < tx_skip:  # delivered before a restart in the middle of this transaction
@@ -738,6 +769,95 @@ class BinlogSource:
         if boundary is not None and boundary_count:
             yield take(boundary_count, boundary)
 
+    def _other_event(self, ev: Any, in_tx: bool) -> None:
+        """An event the reader does not decode itself (see compressed.py for the formats).
+
+        Compressed MariaDB events and MySQL transaction payloads are expanded into the plain
+        events they stand for, which :meth:`_fetch` hands out next, at the outer event's position.
+        Harmless types are skipped. Any other type inside a transaction stops the pipeline before
+        a checkpoint can pass it; outside one it is logged once and skipped.
+        """
+        pkt = ev.packet
+        etype = pkt.event_type
+        where = f"{self._file}:{pkt.log_pos - pkt.event_size}"
+        if etype in compressed.MARIADB_COMPRESSED:
+            raw = self._raw_event(ev)
+            if etype in compressed.ROWS_COMPRESSED and _table_id(raw) not in self._schemas:
+                return  # a table that is not captured: not worth inflating
+            plain = compressed.uncompress_mariadb_event(raw, where, self._post_header_len(etype))
+            self._push(plain, pkt, where, in_payload=False)
+            return
+        if etype == compressed.TRANSACTION_PAYLOAD_EVENT:
+            payload = compressed.parse_transaction_payload(self._raw_event(ev)[compressed.HEADER_LEN:], where)
+            for offset, inner in compressed.split_events(payload.payload, where):
+                self._push(inner, pkt, f"{where} (transaction payload, inner event at offset {offset})",
+                           in_payload=True)
+            return
+        if etype in compressed.HARMLESS or pkt.flags & compressed.LOG_EVENT_IGNORABLE_F:
+            return
+        name = compressed.event_name(etype)
+        if in_tx:
+            raise SourceError(
+                f"binlog event {name} at {where} is inside a transaction and the reader does not know it: "
+                "it may change captured rows, so the pipeline stops before its checkpoint passes it",
+                "turn off the server feature that writes this event (or report it to DeltaForge); to go on without "
+                "this transaction, set spec.source.config.start past it and reset the checkpoint")
+        if etype not in self._warned_types:
+            self._warned_types.add(etype)
+            log.warning("skipping binlog event %s at %s: not known to the reader, outside any transaction "
+                        "(logged once per type)", name, where)
+
+    @staticmethod
+    def _raw_event(ev: Any) -> bytes:
+        """Header + body of an event as the server wrote it, without the checksum footer."""
+        data = ev.packet.packet._data  # OK byte, 19-byte header, body, [checksum]
+        raw = bytes(data[1:1 + compressed.HEADER_LEN + ev.event_size])
+        if len(raw) != compressed.HEADER_LEN + ev.event_size:
+            raise DecodeError(f"truncated binlog packet: {len(raw)} of {compressed.HEADER_LEN + ev.event_size} bytes")
+        return raw
+
+    def _post_header_len(self, etype: int) -> int | None:
+        """The post-header length the format description declares for a type (None: not known)."""
+        lengths = getattr(self._stream, "_BinLogStreamReader__post_header_lengths", None)
+        if lengths and 0 < etype <= len(lengths):
+            return int(lengths[etype - 1])
+        return None
+
+    def _push(self, raw: bytes, outer: Any, where: str, *, in_payload: bool) -> None:
+        """Parse one plain event (no checksum) with mysql-replication and queue it for :meth:`_fetch`."""
+        from pymysql.protocol import MysqlPacket
+
+        stream = self._stream
+        assert stream is not None
+        try:
+            wrapper = BinLogPacketWrapper(
+                MysqlPacket(b"\x00" + raw, "utf8"), stream.table_map, stream._ctl_connection, stream.mysql_version,
+                use_checksum=False, allowed_events=frozenset((*_HANDLED, *_CHECKED)), only_tables=None,
+                ignored_tables=None, only_schemas=sorted(self.filter.schemas()) or None, ignored_schemas=None,
+                freeze_schema=False, ignore_decode_errors=False, verify_checksum=False,
+                optional_meta_data=self.full_metadata, enable_logging=False,
+                post_header_lengths=getattr(stream, "_BinLogStreamReader__post_header_lengths", None),
+            )
+        except DeltaForgeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a malformed inner event is corrupt input: name it
+            raise DecodeError(f"{where}: cannot parse {compressed.event_name(raw[4])}: {e}",
+                              "report this with the server version; nothing past this event was committed") from None
+        event = wrapper.event
+        if event is None:
+            if raw[4] in _ROWS_TYPES and _table_id(raw) in self._schemas:
+                raise DecodeError(f"{where}: rows of a captured table could not be matched to their table map",
+                                  "report this with the server version; nothing past this event was committed")
+            return  # filtered like its uncompressed twin would be (a table that is not captured)
+        if type(event) is TableMapEvent:
+            stream.table_map[event.table_id] = event.get_table()
+        # The expanded events stand at the outer event's position: their start and end are its own.
+        wrapper.log_pos = outer.log_pos
+        wrapper.event_size = outer.event_size
+        if in_payload and type(event) in _KIND:
+            event.df_in_payload = True
+        self._pending.append(event)
+
     def _captures_statement(self, ev: QueryEvent) -> bool:
         """Could this statement-format DML touch a captured table? (its default schema, or one named in it)"""
         default = _query_schema(ev)
@@ -753,6 +873,11 @@ class BinlogSource:
         if self.flavor == "mariadb":
             return str(self._gtid_state)
         return self._mysql_gtid
+
+
+def _table_id(raw: bytes) -> int:
+    """Table id of a rows event (6 bytes little-endian right after the common header)."""
+    return int.from_bytes(raw[compressed.HEADER_LEN:compressed.HEADER_LEN + 6], "little")
 
 
 def _query_schema(ev: QueryEvent) -> str:
