@@ -4,7 +4,8 @@ This module is their only owner (DESIGN.md §8): :mod:`deltaforge.config` valida
 with it, :mod:`deltaforge.preflight` checks against the server with it, and the
 reader (:mod:`deltaforge.source.binlog`, :mod:`deltaforge.source.tables`) runs with
 it, so a config that passes ``deltaforge check`` is read the same way at ``open()``.
-GTID-set *semantics* (containment, comparison) live elsewhere; this is text only.
+GTID sets, their text included, are owned by :mod:`deltaforge.source.gtid`; this module
+wraps its errors with the YAML path.
 docs/configuration.md documents both grammars for users; keep the two in step.
 
 Start position (``spec.source.config.start``), surrounding blanks ignored:
@@ -47,6 +48,7 @@ import msgspec
 
 from deltaforge.errors import ConfigError
 from deltaforge.model import Position
+from deltaforge.source.gtid import GtidSyntaxError, check_gtid_set_text, looks_like_gtid_set
 
 __all__ = [
     "START_PATH",
@@ -61,14 +63,7 @@ __all__ = [
 START_PATH = "spec.source.config.start"
 TABLES_PATH = "spec.source.config.tables"
 
-_U32 = 0xFFFFFFFF
-_U64 = 0xFFFFFFFFFFFFFFFF
-_I63 = 2**63 - 1
 _FILE_POS = re.compile(r"(?P<file>[^\s:/\\]+\.\d+):(?P<pos>\d+)")
-_MARIADB_GTID = re.compile(r"(?P<d>\d+)-(?P<s>\d+)-(?P<n>\d+)")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_INTERVAL = re.compile(r"(?P<a>\d+)(?:-(?P<b>\d+))?")
-_TAG = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 _FORMS = ("use latest, earliest, <binlog file>:<pos> (e.g. mysql-bin.000003:4) or a GTID set "
           "(MariaDB 0-1-42[,1-1-7], MySQL 3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42)")
 
@@ -105,11 +100,9 @@ def parse_start_spec(start: object, path: str = START_PATH) -> StartSpec:
                               f"binlog positions start at 4: {m['file']}:4")
         return StartSpec(kind="file", file=m["file"], pos=pos)
     compact = re.sub(r"\s*,\s*", ",", text)
-    first = compact.split(",", 1)[0]
-    if _UUID.match(first):
-        return StartSpec(kind="mysql_gtid", gtid=_mysql_gtid_set(compact, start, path))
-    if _MARIADB_GTID.fullmatch(first):
-        return StartSpec(kind="mariadb_gtid", gtid=_mariadb_gtid_set(compact, start, path))
+    if looks_like_gtid_set(compact):
+        kind, gtid = _gtid_set(compact, start, path)
+        return StartSpec(kind=kind, gtid=gtid)
     if ":" in text and not _FILE_POS.fullmatch(text):
         file, _, pos_text = text.rpartition(":")
         if pos_text.isdigit() and file and not re.search(r"\.\d+$", file):
@@ -132,55 +125,13 @@ def parse_start(start: object, path: str = START_PATH) -> Position | str:
     return Position(file="", pos=0, gtid=spec.gtid)
 
 
-def _mariadb_gtid_set(text: str, original: str, path: str) -> str:
-    seen: set[int] = set()
-    for part in text.split(","):
-        m = _MARIADB_GTID.fullmatch(part)
-        if m is None:
-            raise ConfigError(path, f"cannot read MariaDB GTID {_show(part)} in start {_show(original)}",
-                              "write domain-server-sequence, comma-separated: 0-1-42,1-2-7")
-        domain, server, seq = int(m["d"]), int(m["s"]), int(m["n"])
-        if domain > _U32 or server > _U32 or seq > _U64:
-            raise ConfigError(path, f"MariaDB GTID {part} is out of range",
-                              "domain and server id are at most 4294967295, the sequence number 2^64-1")
-        if domain in seen:
-            raise ConfigError(path, f"start {_show(original)} names domain {domain} twice",
-                              "give one GTID per domain (the last one applied, as gtid_binlog_pos shows it)")
-        seen.add(domain)
-    return text
-
-
-def _mysql_gtid_set(text: str, original: str, path: str) -> str:
-    hint = "write uuid:first-last[:first-last], comma-separated, e.g. 3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42"
-    seen: set[str] = set()
-    for part in text.split(","):
-        uuid, colon, rest = part.partition(":")
-        if not _UUID.fullmatch(uuid) or not colon or not rest:
-            raise ConfigError(path, f"cannot read MySQL GTID set element {_show(part)} in start {_show(original)}",
-                              hint)
-        key = uuid.lower()
-        if key in seen:
-            raise ConfigError(path, f"start {_show(original)} names server UUID {uuid} twice",
-                              "list every interval of one UUID in one element: uuid:1-5:7-9")
-        seen.add(key)
-        last = 0
-        for item in rest.split(":"):
-            m = _INTERVAL.fullmatch(item)
-            if m is None:
-                if _TAG.fullmatch(item):
-                    raise ConfigError(path, f"start {_show(original)} has the GTID tag {item!r}: tagged GTIDs "
-                                      "(MySQL 8.3+) are not supported", "start from untagged GTIDs or file:pos")
-                raise ConfigError(path, f"cannot read GTID interval {_show(item)} in start {_show(original)}", hint)
-            a = int(m["a"])
-            b = int(m["b"]) if m["b"] is not None else a
-            if a < 1 or b < a or b > _I63:
-                raise ConfigError(path, f"GTID interval {item} in start {_show(original)} is empty or out of range",
-                                  "intervals are first-last with 1 <= first <= last")
-            if a <= last:
-                raise ConfigError(path, f"GTID intervals of {uuid} in start {_show(original)} overlap or are "
-                                  "out of order", "list intervals in ascending order without overlap: uuid:1-5:7-9")
-            last = b
-    return text
+def _gtid_set(text: str, original: str, path: str) -> tuple[str, str]:
+    """(kind, text) of a GTID start, the grammar being :func:`deltaforge.source.gtid.check_gtid_set_text`."""
+    try:
+        flavor = check_gtid_set_text(text)
+    except GtidSyntaxError as e:
+        raise ConfigError(path, f"{e.detail} in start {_show(original)}", e.hint) from None
+    return f"{flavor}_gtid", text
 
 
 # --------------------------------------------------------------------------- table patterns

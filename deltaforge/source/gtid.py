@@ -1,16 +1,24 @@
-"""GTID sets: what a position has executed, and whether a transaction is in it.
+"""GTID sets: their text, what a position has executed, and whether a transaction is in it.
 
-The one owner of GTID *semantics* (DESIGN.md §5): positions compare by GTID wherever
-the source has GTIDs, because binlog file names and offsets mean nothing on another
-server of the topology. Two flavours, told apart by their text:
+The one owner of GTID sets (DESIGN.md §5, §8): the strict text grammar used for
+``spec.source.config.start`` (:func:`check_gtid_set_text`, wrapped with the YAML path
+by :mod:`deltaforge.source.grammar`) and the semantics every comparison of positions
+uses (:func:`parse_gtid_set`, lenient: it also reads what servers and checkpoints
+hold). Positions compare by GTID wherever the source has GTIDs, because binlog file
+names and offsets mean nothing on another server of the topology. Two flavours,
+told apart by their text:
 
 * MariaDB ``domain-server-seq[,domain-server-seq]``: a *GTID position*, one entry per
   replication domain, the last transaction applied in it. Sequence numbers only grow
   within a domain across the servers of one topology (a promoted replica goes on from
   the highest number it applied), so ``d-s-n`` is executed when the position's entry
   for domain ``d`` has a sequence number ``>= n``. The server id is informative.
-* MySQL ``uuid:1-5:7[,uuid:...]`` (optionally ``uuid:tag:1-5``): an explicit set of
-  intervals per source uuid; ``uuid:n`` is executed when ``n`` lies in an interval.
+  Domain and server id are 32-bit unsigned, the sequence number 64-bit unsigned.
+* MySQL ``uuid:1-5:7[,uuid:...]``: an explicit set of intervals per source uuid
+  (canonical 8-4-4-4-12 hex), each ``n`` or ``n-m`` with ``1 <= n <= m < 2^63``;
+  ``uuid:n`` is executed when ``n`` lies in an interval. Tagged GTIDs (MySQL 8.3+
+  ``uuid:tag:n``) are read from servers but refused as a start: the replication
+  library cannot send them.
 
 The empty text is the empty set (a fresh server). Parsing is cached: the sink compares
 every event of its first batches against one checkpoint.
@@ -25,9 +33,16 @@ from __future__ import annotations
 import functools
 import re
 
+_UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_TAG_TEXT = r"[A-Za-z_][A-Za-z0-9_]{0,31}"
 _MARIA_ENTRY = re.compile(r"^(\d+)-(\d+)-(\d+)$")
-_MYSQL_ENTRY = re.compile(r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
-                          r"((?::[A-Za-z_][A-Za-z0-9_]{0,31})?)((?::\d+(?:-\d+)?)+)$")
+_MYSQL_ENTRY = re.compile(rf"^({_UUID_TEXT})((?::{_TAG_TEXT})?)((?::\d+(?:-\d+)?)+)$")
+_UUID = re.compile(_UUID_TEXT)
+_TAG = re.compile(_TAG_TEXT)
+_INTERVAL = re.compile(r"(\d+)(?:-(\d+))?")
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+_I63 = 2**63 - 1
 
 
 class GtidSet:
@@ -143,3 +158,81 @@ def parse_gtid_set(text: str) -> GtidSet:
 
 def gtid_set_contains(gtid_set: str, gtid: str) -> bool:
     return parse_gtid_set(gtid_set).contains(gtid)
+
+
+class GtidSyntaxError(ValueError):
+    """A GTID set text that :func:`check_gtid_set_text` refuses: ``detail`` and the form to write (``hint``)."""
+
+    def __init__(self, detail: str, hint: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.hint = hint
+
+
+_MARIA_HINT = "write domain-server-sequence, comma-separated: 0-1-42,1-2-7"
+_MYSQL_HINT = "write uuid:first-last[:first-last], comma-separated, e.g. 3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42"
+
+
+def looks_like_gtid_set(text: str) -> bool:
+    """Does ``text`` (blanks removed) start like a GTID set rather than a ``file:pos``?"""
+    first = text.split(",", 1)[0]
+    return bool(_UUID.match(first) or _MARIA_ENTRY.match(first))
+
+
+def check_gtid_set_text(text: str) -> str:
+    """The strict grammar of a GTID set given by a user; returns ``"mariadb"`` or ``"mysql"``.
+
+    ``text`` has its blanks around commas removed. Raises :class:`GtidSyntaxError`.
+    """
+    parts = text.split(",")
+    if _UUID.match(parts[0]):
+        _check_mysql(parts)
+        return "mysql"
+    _check_mariadb(parts)
+    return "mariadb"
+
+
+def _check_mariadb(parts: list[str]) -> None:
+    seen: set[int] = set()
+    for part in parts:
+        m = _MARIA_ENTRY.match(part)
+        if m is None:
+            raise GtidSyntaxError(f"cannot read MariaDB GTID {part!r}", _MARIA_HINT)
+        domain, server, seq = int(m[1]), int(m[2]), int(m[3])
+        if domain > _U32 or server > _U32 or seq > _U64:
+            raise GtidSyntaxError(f"MariaDB GTID {part} is out of range",
+                                  "domain and server id are at most 4294967295, the sequence number 2^64-1")
+        if domain in seen:
+            raise GtidSyntaxError(f"domain {domain} is named twice",
+                                  "give one GTID per domain (the last one applied, as gtid_binlog_pos shows it)")
+        seen.add(domain)
+
+
+def _check_mysql(parts: list[str]) -> None:
+    seen: set[str] = set()
+    for part in parts:
+        uuid, colon, rest = part.partition(":")
+        if not _UUID.fullmatch(uuid) or not colon or not rest:
+            raise GtidSyntaxError(f"cannot read MySQL GTID set element {part!r}", _MYSQL_HINT)
+        key = uuid.lower()
+        if key in seen:
+            raise GtidSyntaxError(f"server UUID {uuid} is named twice",
+                                  "list every interval of one UUID in one element: uuid:1-5:7-9")
+        seen.add(key)
+        last = 0
+        for item in rest.split(":"):
+            m = _INTERVAL.fullmatch(item)
+            if m is None:
+                if _TAG.fullmatch(item):
+                    raise GtidSyntaxError(f"the GTID tag {item!r}: tagged GTIDs (MySQL 8.3+) are not supported",
+                                          "start from untagged GTIDs or file:pos")
+                raise GtidSyntaxError(f"cannot read GTID interval {item!r}", _MYSQL_HINT)
+            a = int(m[1])
+            b = int(m[2]) if m[2] is not None else a
+            if a < 1 or b < a or b > _I63:
+                raise GtidSyntaxError(f"GTID interval {item} is empty or out of range",
+                                      "intervals are first-last with 1 <= first <= last")
+            if a <= last:
+                raise GtidSyntaxError(f"GTID intervals of {uuid} overlap or are out of order",
+                                      "list intervals in ascending order without overlap: uuid:1-5:7-9")
+            last = b
