@@ -6,12 +6,8 @@ import pytest
 
 from deltaforge.errors import ConfigError
 from deltaforge.model import Position, derive_event_id, idempotency_key, min_position
-from deltaforge.source.binlog import (
-    MariaGtidState,
-    _mysql_gtid_add,
-    default_replica_server_id,
-    parse_start,
-)
+from deltaforge.source.binlog import default_replica_server_id, parse_start
+from deltaforge.source.gtid import MariaGtidState, mysql_gtid_add
 
 UUID = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 
@@ -46,10 +42,10 @@ def test_mariadb_gtid_state_tracks_one_seq_per_domain() -> None:
 
 
 def test_mysql_gtid_set_arithmetic() -> None:
-    assert _mysql_gtid_add(None, f"{UUID}:1") == f"{UUID}:1"
-    assert _mysql_gtid_add(f"{UUID}:1-5", f"{UUID}:6") == f"{UUID}:1-6"
+    assert mysql_gtid_add(None, f"{UUID}:1") == f"{UUID}:1"
+    assert mysql_gtid_add(f"{UUID}:1-5", f"{UUID}:6") == f"{UUID}:1-6"
     other = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-    merged = _mysql_gtid_add(f"{UUID}:1-5", f"{other}:9")
+    merged = mysql_gtid_add(f"{UUID}:1-5", f"{other}:9")
     assert f"{UUID}:1-5" in merged and f"{other}:9" in merged
 
 

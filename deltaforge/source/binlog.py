@@ -93,7 +93,7 @@ from deltaforge.model import (
 )
 from deltaforge.source import compressed
 from deltaforge.source.grammar import parse_start  # re-exported: the start grammar lives there
-from deltaforge.source.gtid import parse_gtid_set
+from deltaforge.source.gtid import MariaGtidState, mysql_gtid_add, parse_gtid_set
 from deltaforge.source.mysql_errors import DSN_PATH, dsn_location, mysql_error
 from deltaforge.source.schema import (
     TableSchema,
@@ -172,27 +172,6 @@ def _install_table_map_cache() -> None:
 def default_replica_server_id(pipeline: str) -> int:
     """A stable server id for the binlog connection, unlikely to collide with real servers."""
     return 0x40000000 + (zlib.crc32(pipeline.encode()) & 0x3FFFFFFF)
-
-
-class MariaGtidState:
-    """MariaDB GTID position: the last ``domain-server-seq`` applied per domain."""
-
-    __slots__ = ("domains",)
-
-    def __init__(self, text: str | None = None) -> None:
-        self.domains: dict[str, str] = {}
-        for part in (text or "").split(","):
-            part = part.strip()
-            if part:
-                self.domains[part.split("-", 1)[0]] = part
-
-    def with_gtid(self, gtid: str) -> str:
-        merged = dict(self.domains)
-        merged[gtid.split("-", 1)[0]] = gtid
-        return ",".join(merged[d] for d in sorted(merged, key=int))
-
-    def __str__(self) -> str:
-        return ",".join(self.domains[d] for d in sorted(self.domains, key=int))
 
 
 #: Session net_write_timeout of our connections. The server's dump thread gives up on a replica that
@@ -749,7 +728,7 @@ class BinlogSource:
                 if tx is not None and tx.gtid and self.flavor == "mariadb":
                     self._gtid_state = MariaGtidState(self._gtid_state.with_gtid(tx.gtid))
                 elif tx is not None and tx.gtid:
-                    self._mysql_gtid = _mysql_gtid_add(self._mysql_gtid, tx.gtid)
+                    self._mysql_gtid = mysql_gtid_add(self._mysql_gtid, tx.gtid)
                 if tx is not None and events:
                     last_tx = events[-1].transaction
                     if last_tx is not None and last_tx.id == tx.id:
@@ -883,15 +862,6 @@ def _table_id(raw: bytes) -> int:
 def _query_schema(ev: QueryEvent) -> str:
     schema = ev.schema
     return schema.decode(errors="replace") if isinstance(schema, bytes) else str(schema)
-
-
-def _mysql_gtid_add(gtid_set: str | None, gtid: str) -> str:
-    """Add ``uuid:n`` to a MySQL GTID set string (interval arithmetic via mysql-replication's GtidSet)."""
-    from pymysqlreplication.gtid import Gtid, GtidSet
-
-    current = GtidSet(gtid_set or "")
-    current += Gtid(gtid)
-    return str(current)
 
 
 def open_source(cfg: Any, stop: threading.Event, resume: Position | None,

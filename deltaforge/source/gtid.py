@@ -160,6 +160,39 @@ def gtid_set_contains(gtid_set: str, gtid: str) -> bool:
     return parse_gtid_set(gtid_set).contains(gtid)
 
 
+# --------------------------------------------------------------------------- tracking (the reader, per transaction)
+
+
+class MariaGtidState:
+    """MariaDB GTID position: the last ``domain-server-seq`` applied per domain."""
+
+    __slots__ = ("domains",)
+
+    def __init__(self, text: str | None = None) -> None:
+        self.domains: dict[str, str] = {}
+        for part in (text or "").split(","):
+            part = part.strip()
+            if part:
+                self.domains[part.split("-", 1)[0]] = part
+
+    def with_gtid(self, gtid: str) -> str:
+        merged = dict(self.domains)
+        merged[gtid.split("-", 1)[0]] = gtid
+        return ",".join(merged[d] for d in sorted(merged, key=int))
+
+    def __str__(self) -> str:
+        return ",".join(self.domains[d] for d in sorted(self.domains, key=int))
+
+
+def mysql_gtid_add(gtid_set: str | None, gtid: str) -> str:
+    """Add ``uuid:n`` to a MySQL GTID set string (interval arithmetic via mysql-replication's GtidSet)."""
+    from pymysqlreplication.gtid import Gtid, GtidSet
+
+    current = GtidSet(gtid_set or "")
+    current += Gtid(gtid)
+    return str(current)
+
+
 class GtidSyntaxError(ValueError):
     """A GTID set text that :func:`check_gtid_set_text` refuses: ``detail`` and the form to write (``hint``)."""
 
