@@ -472,6 +472,9 @@ class BinlogSource:
         """Block until data arrives or a stop is requested (checked every 200 ms). False on stop."""
         conn = getattr(self._stream, "_stream_connection", None)
         sock = getattr(conn, "_sock", None)
+        # Silence counts from when this wait began: a reader busy (or held back by a slow sink) for
+        # longer than _SILENCE_S has not been waiting on the server all that time.
+        self._last_data = max(self._last_data, time.monotonic())
         while not self.stop.is_set():
             if sock is None or self._buffered():
                 self._last_data = time.monotonic()
