@@ -275,7 +275,6 @@ class BinlogSource:
         self.full_metadata = True
         self.start_position: Position | None = None
         self._seq = 0
-        self._last_data = time.monotonic()
         self._dead: list[tuple[DeadLetter, OrderKey]] = []
 
     # ------------------------------------------------------------------ open
@@ -474,19 +473,17 @@ class BinlogSource:
         sock = getattr(conn, "_sock", None)
         # Silence counts from when this wait began: a reader busy (or held back by a slow sink) for
         # longer than _SILENCE_S has not been waiting on the server all that time.
-        self._last_data = max(self._last_data, time.monotonic())
+        waiting_since = time.monotonic()
         while not self.stop.is_set():
             if sock is None or self._buffered():
-                self._last_data = time.monotonic()
                 return True
             try:
                 ready, _, _ = select.select([sock], [], [], 0.2)
             except (OSError, ValueError) as e:
                 raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
             if ready:
-                self._last_data = time.monotonic()
                 return True
-            if time.monotonic() - self._last_data > _SILENCE_S:
+            if time.monotonic() - waiting_since > _SILENCE_S:
                 raise SourceUnavailable(f"no data nor heartbeat from the source for {_SILENCE_S:.0f}s",
                                         "check the network to the MySQL server; the pipeline restarts from its checkpoint")
         return False
