@@ -358,13 +358,14 @@ class RedisServer:
             raise
         return self
 
-    def _launch(self, port: int, timeout: float) -> None:
+    def _launch(self, port: int, timeout: float, *, appendonly: bool | None = None) -> None:
         assert self.dir is not None
         binary = require_binary(("redis-server",), "redis-server")
         self.port = port
         log = self.dir / "redis.log"
+        aof = self.appendonly if appendonly is None else appendonly
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendonly", "yes" if aof else "no",
                 "--dir", str(self.dir), "--dbfilename", self.RDB, "--logfile", str(log), "--daemonize", "no"]
         if self.password:
             args += ["--requirepass", self.password]
@@ -417,18 +418,41 @@ class RedisServer:
 
         Returns once the server answers PING with its data loaded. Everything written after the
         snapshot is gone, as after a real crash of a Redis that persists by RDB only. With AOF on,
-        the AOF is removed too when a snapshot is given (the snapshot is the whole state).
+        a restart without ``snapshot`` replays the AOF; with one, the AOF is replaced by the
+        snapshot's data (the snapshot is the whole state) and AOF goes on from there.
         """
         if self.dir is None:
             raise DeltaForgeError("crash_restart() needs a started RedisServer")
         self._kill(signal.SIGKILL)
+        from_rdb = snapshot is not None and self.appendonly
         if snapshot is not None:
             shutil.copyfile(snapshot, self.rdb_path)
             if self.appendonly:
                 shutil.rmtree(self.dir / "appendonlydir", ignore_errors=True)
         time.sleep(down_for)
-        self._launch(self.port, timeout)
+        # With AOF on, Redis ignores the RDB at start: load it with AOF off, then turn AOF on (a rewrite
+        # from the loaded data).
+        self._launch(self.port, timeout, appendonly=False if from_rdb else None)
         self.wait_ready(timeout)
+        if from_rdb:
+            self._enable_aof(timeout)
+
+    def _enable_aof(self, timeout: float) -> None:
+        client = self.client(decode_responses=True)
+        try:
+            client.config_set("appendonly", "yes")
+            deadline = time.monotonic() + timeout
+            while True:
+                info = client.info("persistence")
+                if info.get("aof_enabled") == 1 and not info.get("aof_rewrite_in_progress") \
+                        and not info.get("aof_rewrite_scheduled"):
+                    return
+                if time.monotonic() > deadline:
+                    raise DeltaForgeError(f"redis-server on port {self.port} did not finish its AOF rewrite "
+                                          f"within {timeout:.0f}s", f"see {self.dir}/redis.log")
+                time.sleep(0.05)
+        finally:
+            client.close()
 
     def freeze(self) -> None:
         """SIGSTOP: the server keeps its connections but answers nothing (a stalled Redis)."""

@@ -157,3 +157,20 @@ def test_redis_freeze_and_thaw(redis_own: RedisServer) -> None:
     proc = redis_own.proc
     redis_own.stop()  # a frozen server still stops (SIGCONT before SIGTERM)
     assert proc is not None and proc.poll() is not None
+
+
+def test_redis_with_aof_crash_restarts_from_a_snapshot_too() -> None:
+    with RedisServer(appendonly=True) as server:
+        client = server.client(decode_responses=True)
+        client.set("kept", "1")
+        snap = server.snapshot()
+        client.set("lost", "2")
+        server.crash_restart()  # the AOF brings everything back
+        assert server.client().exists("kept", "lost") == 2
+        server.crash_restart(snap)  # the snapshot is the whole state
+        client = server.client(decode_responses=True)
+        assert (client.get("kept"), client.get("lost")) == ("1", None)
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        client.set("later", "3")
+        server.crash_restart()  # and AOF persistence works again from there
+        assert server.client().exists("kept", "lost", "later") == 2

@@ -13,7 +13,10 @@ Batching contract
 * A transaction bigger than the limits is split. The split batch's end position
   is the transaction's start plus the rows delivered so far (``skip_rows``); the
   reader always holds back the newest row of an open transaction because only the
-  commit event tells whether it was the last (``transaction.end``).
+  commit event tells whether it was the last (``transaction.end``). A cut never
+  falls inside an earlier, complete transaction (its start is not kept): those go
+  out whole, in a batch that ends after them. Proven by
+  ``tests/test_split_batches.py`` (stop after every batch, resume from its end).
 * Memory is bounded by one batch: nothing else is buffered here.
 
 Positions: ``file:pos`` of the binlog always; MariaDB GTID state (``d-s-n`` per
@@ -715,11 +718,18 @@ class BinlogSource:
                         if self.respect_tx and boundary_count and boundary is not None:
                             yield take(boundary_count, boundary)  # the complete transactions first
                         # Split the open transaction, holding back its newest row (its `end` flag is unknown yet).
+                        # A batch ends where reading resumes, and only two such places are known here: `boundary`
+                        # (after the complete transactions buffered) and `tx`'s start plus its rows delivered. So a
+                        # cut never falls inside the complete transactions: it takes all of them (they were within
+                        # the limits before this rows event), or it falls inside `tx`.
                         while len(events) > 1 and (len(events) > self.max_events or nbytes > self.max_bytes):
                             n = min(len(events) - 1, self.max_events)
                             if nbytes > self.max_bytes:
                                 n = max(1, min(n, len(events) * self.max_bytes // max(nbytes, 1)))
-                            last = events[n - 1].transaction
+                            if n <= boundary_count and boundary is not None:
+                                yield take(boundary_count, boundary)
+                                continue
+                            last = events[n - 1].transaction  # a row of `tx`, as is every event past boundary_count
                             assert last is not None
                             yield take(n, Position(file=tx.file, pos=tx.pos, gtid=tx.gtid_before,
                                                    skip_rows=last.seq + 1, tx=tx.gtid, server=ident))
