@@ -68,7 +68,8 @@ def keyed_batch(n: int, b: int, **kw: Any) -> tuple[Batch, list[str]]:
 def only_explicit_trims(sink: RedisStreamSink) -> None:
     """No trim after commits: the test calls ``flush()`` itself, so the counts are exact."""
     assert sink.trimmer is not None
-    sink.trimmer.min_interval_s = sink.trimmer.every_s = 3600.0
+    # infinite, not just long: a new stream's last trim is at monotonic 0, and uptime may exceed any finite wait
+    sink.trimmer.min_interval_s = sink.trimmer.every_s = float("inf")
 
 
 def set_keys(r: Any, keys: list[str]) -> None:
