@@ -31,6 +31,7 @@ from tests.e2e import binlog_end, wait_for, write_config
 from tests.nodeworker import start_node_worker
 from tests.test_config import edit, error, load
 from tests.test_sink import make_batch, raw
+from tests.test_worker import existing, set_keys
 
 pytestmark = pytest.mark.integration
 
@@ -70,20 +71,6 @@ def only_explicit_trims(sink: RedisStreamSink) -> None:
     assert sink.trimmer is not None
     # infinite, not just long: a new stream's last trim is at monotonic 0, and uptime may exceed any finite wait
     sink.trimmer.min_interval_s = sink.trimmer.every_s = float("inf")
-
-
-def set_keys(r: Any, keys: list[str]) -> None:
-    pipe = r.pipeline(transaction=False)
-    for k in keys:
-        pipe.set(k, "cached")
-    pipe.execute()
-
-
-def existing(r: Any, keys: list[str]) -> list[str]:
-    pipe = r.pipeline(transaction=False)
-    for k in keys:
-        pipe.exists(k)
-    return [k for k, n in zip(keys, pipe.execute(), strict=True) if n]
 
 
 def make_worker(server: RedisServer, stream: str, **kw: Any) -> InvalidationWorker:
