@@ -1,9 +1,16 @@
 """The one place that imports compiled modules from ``_core``.
 
-Each compiled module has a pure-Python twin with identical output. Set
-``DELTAFORGE_NO_EXT=1`` to force the twins (the test suite runs both ways).
+Each compiled module has a pure-Python twin with identical output. Environment switches:
+
+- ``DELTAFORGE_NO_EXT=1`` forces the twins (the test suite runs both ways).
+- ``DELTAFORGE_REQUIRE_EXT=1`` makes a missing or broken compiled module fatal
+  (:class:`ExtensionMissing`, one line naming the module and the fix) instead of a silent,
+  slower fallback. The compiled run of the test suite sets it, so a build that failed to
+  compile cannot pass as green on the twins. ``NO_EXT`` wins when both are set.
+
 ``IMPLEMENTATIONS`` maps each module to the one loaded (``"cython"`` or ``"python"``);
 ``IMPLEMENTATION`` (the RESP encoder's) and ``ROWDECODE_IMPLEMENTATION`` are shorthands.
+Which one loaded, and why a twin did, is logged once at debug level (``deltaforge.accel``).
 
 Hazard: callers bind the module object (``from deltaforge._accel import rowdecode``), so
 anything that wants to wrap a function must patch the attribute on *that* module object.
@@ -11,29 +18,61 @@ anything that wants to wrap a function must patch the attribute on *that* module
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 from types import ModuleType
 
-_FORCE_PURE = os.environ.get("DELTAFORGE_NO_EXT", "") not in ("", "0")
+from deltaforge.errors import DeltaForgeError
+
+log = logging.getLogger("deltaforge.accel")
 
 
-def _load(compiled: str, twin: str) -> ModuleType:
-    import importlib
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
 
-    if not _FORCE_PURE:
-        try:
-            return importlib.import_module(compiled)
-        except ImportError:
-            pass
+
+_FORCE_PURE = _flag("DELTAFORGE_NO_EXT")
+_REQUIRE = _flag("DELTAFORGE_REQUIRE_EXT") and not _FORCE_PURE
+
+
+class ExtensionMissing(DeltaForgeError, ImportError):
+    """A compiled ``_core`` module is missing or broken while ``DELTAFORGE_REQUIRE_EXT=1``."""
+
+    exit_code = 2
+
+
+def _load(name: str, compiled: str, twin: str) -> ModuleType:
+    if _FORCE_PURE:
+        log.debug("%s: pure-Python twin %s (DELTAFORGE_NO_EXT is set)", name, twin)
+        return importlib.import_module(twin)
+    try:
+        module = importlib.import_module(compiled)
+    except ImportError as e:
+        reason = f"{type(e).__name__}: {e}"
+    except Exception as e:  # a broken build may fail in its module init with anything
+        if not _REQUIRE:
+            raise
+        reason = f"{type(e).__name__}: {e}"
+    else:
+        log.debug("%s: compiled %s (%s)", name, compiled, getattr(module, "__file__", "?"))
+        return module
+    if _REQUIRE:
+        raise ExtensionMissing(
+            f"DELTAFORGE_REQUIRE_EXT=1 but the compiled module {compiled} does not load ({reason})",
+            "build it with `pip install -e .` or `python setup.py build_ext --inplace` (needs a C "
+            "compiler, e.g. apt-get install build-essential), or unset DELTAFORGE_REQUIRE_EXT to "
+            "run on the slower pure-Python twins")
+    log.debug("%s: pure-Python twin %s (compiled %s not loadable: %s)", name, twin, compiled, reason)
     return importlib.import_module(twin)
 
 
-resp = _load("deltaforge._core.resp", "deltaforge.sink.resp_py")
-rowdecode = _load("deltaforge._core.rowdecode", "deltaforge.source.rowdecode")
+resp = _load("resp", "deltaforge._core.resp", "deltaforge.sink.resp_py")
+rowdecode = _load("rowdecode", "deltaforge._core.rowdecode", "deltaforge.source.rowdecode")
 
 IMPLEMENTATIONS: dict[str, str] = {
-    "resp": "python" if _FORCE_PURE else resp.IMPLEMENTATION,
-    "rowdecode": "python" if _FORCE_PURE else rowdecode.IMPLEMENTATION,
+    "resp": resp.IMPLEMENTATION,
+    "rowdecode": rowdecode.IMPLEMENTATION,
 }
 IMPLEMENTATION = IMPLEMENTATIONS["resp"]
 ROWDECODE_IMPLEMENTATION = IMPLEMENTATIONS["rowdecode"]

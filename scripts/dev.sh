@@ -41,9 +41,10 @@ case "$cmd" in
     exec deltaforge demo "$@"
     ;;
   test)
-    # Full suite on the compiled hot path, then the unit tests again on the pure-Python twins.
+    # Full suite on the compiled hot path (a missing or broken extension is fatal there, so a failed
+    # build cannot pass on the twins), then the unit tests again on the pure-Python twins.
     set +e
-    python -m pytest "$@"
+    DELTAFORGE_REQUIRE_EXT=1 python -m pytest "$@"
     rc=$?
     if [ $rc -eq 0 ]; then
       DELTAFORGE_NO_EXT=1 python -m pytest -m "not integration and not chaos" -q "$@"
