@@ -1,0 +1,34 @@
+"""The wheel's contents, checked from the packaging config (building a wheel needs a fresh
+setuptools and a compile: too slow for the unit suite)."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setuptools() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_compiled_module_has_a_stub_that_ships_in_the_wheel() -> None:
+    cfg = _setuptools()
+    assert "deltaforge._core" in cfg["packages"]
+    core = ROOT / cfg["package-dir"]["deltaforge._core"]
+    pyx = sorted(p.stem for p in core.glob("*.pyx"))
+    assert pyx, f"no .pyx in {core}"
+    stubs = sorted(p.name for p in core.glob("*.pyi"))
+    assert stubs == [f"{name}.pyi" for name in pyx]  # one stub per compiled module, nothing stale
+    patterns = cfg["package-data"]["deltaforge._core"]
+    for stub in stubs:
+        assert any(fnmatch.fnmatch(stub, pat) for pat in patterns), f"{stub} not in package data {patterns}"
+    # the package is typed (PEP 561), so checkers read the stubs
+    assert "py.typed" in cfg["package-data"]["deltaforge"]
+    assert (ROOT / "deltaforge" / "py.typed").is_file()
+
+
+def test_tests_do_not_ship() -> None:
+    assert not any(p == "tests" or p.startswith("tests.") for p in _setuptools()["packages"])
