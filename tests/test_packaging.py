@@ -4,8 +4,9 @@ setuptools and a compile: too slow for the unit suite)."""
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,17 +15,25 @@ Lifecycle contract (owned by :class:`Supervisor`):
   from the checkpoint with exponential backoff; after ``max_restarts`` failures in
   a row without progress, or on any other error, the run ends non-zero with the
   error's one-line message.
+
+Idle waits block in the kernel, never poll: the stages hand batches over through
+:class:`_Channel` (condition waits, woken by an item or by this run's ``halt``), and the
+reader selects on the binlog socket plus :meth:`AnyStop.wake_fileno`, a socket that the stop
+and halt events write to when set (:class:`WakeEvent`). An idle engine wakes only for the
+server's heartbeats.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import random
 import signal
+import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -35,16 +43,126 @@ from deltaforge.model import Batch, Position
 #: batches read ahead of the processor/sink stage: bounds memory, lets decoding overlap V8 and Redis waits
 READ_AHEAD = 2
 _END = object()
+#: what a channel's get returns once the run is halted and nothing is left in it
+_HALTED = object()
+
+
+class WakeEvent(threading.Event):
+    """A ``threading.Event`` whose ``set()`` also runs wake-up hooks, so the threads waiting on it
+    can block in the kernel (a select, a condition wait) instead of polling ``is_set()``.
+
+    Hazard: hooks run in the thread that calls ``set()``, which for the supervisor's stop is a
+    signal handler. A hook on such an event must not take a lock the interrupted code may hold
+    (AnyStop's hook only writes one byte to a non-blocking socket).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hooks: list[Callable[[], None]] = []
+
+    def add_hook(self, hook: Callable[[], None]) -> None:
+        self._hooks.append(hook)
+        if self.is_set():
+            hook()
+
+    def remove_hook(self, hook: Callable[[], None]) -> None:
+        if hook in self._hooks:
+            self._hooks.remove(hook)
+
+    def set(self) -> None:
+        super().set()
+        for hook in tuple(self._hooks):
+            hook()
 
 
 class AnyStop:
-    """Stop flag that is set when any of its events is (the supervisor's stop, or this run's halt)."""
+    """Stop flag that is set when any of its events is (the supervisor's stop, or this run's halt).
+
+    When every event is a :class:`WakeEvent`, :meth:`wake_fileno` is a descriptor that turns
+    readable once any of them is set (the reader adds it to its select); otherwise it is None
+    and waiters poll :meth:`is_set`. Close it once its waiters are gone.
+    """
 
     def __init__(self, *events: threading.Event) -> None:
         self.events = events
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        if events and all(isinstance(e, WakeEvent) for e in events):
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            for e in events:
+                e.add_hook(self._wake)  # type: ignore[attr-defined]
 
     def is_set(self) -> bool:
         return any(e.is_set() for e in self.events)
+
+    def wake_fileno(self) -> int | None:
+        return self._wake_r.fileno() if self._wake_r is not None else None
+
+    def _wake(self) -> None:
+        w = self._wake_w
+        if w is not None:
+            try:
+                w.send(b"!")  # never drained: the events stay set for this object's lifetime
+            except OSError:
+                pass  # buffer full (already readable) or closed
+
+    def close(self) -> None:
+        for e in self.events:
+            if isinstance(e, WakeEvent):
+                e.remove_hook(self._wake)
+        r, w = self._wake_r, self._wake_w
+        self._wake_r = self._wake_w = None
+        for sock in (w, r):
+            if sock is not None:
+                sock.close()
+
+
+class _Channel:
+    """Bounded FIFO between two stage threads: ``put``/``get`` wait on a condition (no timeout)
+    until there is room/an item, or the run is halted.
+
+    Halt does not discard anything: ``get`` returns the items left before ``_HALTED``, and
+    ``put`` succeeds while there is room (the same order of events as the former 0.2 s polls).
+    """
+
+    def __init__(self, maxsize: int, halt: WakeEvent) -> None:
+        self._items: deque[Any] = deque()
+        self._maxsize = maxsize
+        self._cond = threading.Condition(threading.Lock())
+        self._halt = halt
+        #: condition waits that returned (tests count them: an idle channel never wakes)
+        self.wakeups = 0
+        halt.add_hook(self._wake_all)
+
+    def _wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def put(self, item: Any) -> bool:
+        """Append ``item``; False (item dropped) if the run is halted while the channel is full."""
+        with self._cond:
+            while len(self._items) >= self._maxsize:
+                if self._halt.is_set():
+                    return False
+                self._cond.wait()
+                self.wakeups += 1
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def get(self) -> Any:
+        """The next item, or ``_HALTED`` once the run is halted and the channel is empty."""
+        with self._cond:
+            while not self._items:
+                if self._halt.is_set():
+                    return _HALTED
+                self._cond.wait()
+                self.wakeups += 1
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
 
 log = logging.getLogger("deltaforge.pipeline")
 
@@ -135,6 +253,9 @@ class Pipeline:
         self.cfg = cfg
         self.stop = stop
         self.stats = stats or Stats()
+        #: this run's reader and stage channels (for tests and introspection)
+        self.source: Any = None
+        self.channels: tuple[_Channel, ...] = ()
 
     def run(self) -> None:
         from deltaforge.process.js import ProcessorChain
@@ -153,11 +274,13 @@ class Pipeline:
         source = None
         reader: threading.Thread | None = None
         writer: threading.Thread | None = None
-        halt = threading.Event()  # ends this run's reader (errors in this thread)
+        halt = WakeEvent()  # ends this run's reader and wakes every stage (errors in this thread)
+        stopper = AnyStop(self.stop, halt)
         try:
             resume = sinks.open(self.stats.sink_values)
             chain = ProcessorChain(list(cfg.spec.processors), name) if cfg.spec.processors else None
-            source = open_source(cfg, AnyStop(self.stop, halt), resume)  # type: ignore[arg-type]
+            source = open_source(cfg, stopper, resume)  # type: ignore[arg-type]
+            self.source = source
             if source.start_position is not None:
                 sinks.persist_start(source.start_position)
             self.stats.state = "running"
@@ -166,10 +289,11 @@ class Pipeline:
             # Three stages, three threads: the reader decodes, this thread runs V8, the writer talks to
             # Redis. V8 and socket waits release the GIL, so the stages overlap; one thread per stage
             # keeps batches in order, and the small queues bound memory.
-            from_reader: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
-            to_writer: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
+            from_reader = _Channel(READ_AHEAD, halt)
+            to_writer = _Channel(READ_AHEAD, halt)
+            self.channels = (from_reader, to_writer)
             failure: list[BaseException] = []
-            reader = threading.Thread(target=_read_batches, args=(source, from_reader, halt),
+            reader = threading.Thread(target=_read_batches, args=(source, from_reader),
                                       name="deltaforge-reader", daemon=True)
             writer = threading.Thread(target=_write_batches, args=(sinks, to_writer, halt, self.stats, failure),
                                       name="deltaforge-writer", daemon=True)
@@ -178,20 +302,17 @@ class Pipeline:
             while True:
                 if failure:
                     raise failure[0]
-                try:
-                    batch = from_reader.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if batch is _END:
+                batch = from_reader.get()
+                if batch is _END or batch is _HALTED:  # halted: the writer failed (checked below)
                     break
                 if isinstance(batch, BaseException):
                     # the reader failed after handing out what was complete: commit that first
-                    _put(to_writer, _END, halt)
+                    to_writer.put(_END)
                     writer.join()
                     raise batch
                 out = chain.process(batch) if chain is not None else batch
-                _put(to_writer, (batch, out), halt)
-            _put(to_writer, _END, halt)
+                to_writer.put((batch, out))
+            to_writer.put(_END)
             writer.join()
             if failure:
                 raise failure[0]
@@ -200,6 +321,8 @@ class Pipeline:
             for thread in (writer, reader):
                 if thread is not None:
                     thread.join(timeout=10)
+            if reader is None or not reader.is_alive():
+                stopper.close()  # else a stuck reader may still select on it: left to the GC
             for sink in sinks.sinks:
                 if sink.last_value is not None:
                     self.stats.sink_values[sink.id] = sink.last_value
@@ -210,42 +333,26 @@ class Pipeline:
             sinks.close()
 
 
-def _put(q: queue.Queue[Any], item: Any, halt: threading.Event) -> bool:
-    """Blocking put that gives up when this run is halted (the consumer may be gone)."""
-    while True:
-        try:
-            q.put(item, timeout=0.2)
-            return True
-        except queue.Full:
-            if halt.is_set():
-                return False
-
-
-def _read_batches(source: Any, handoff: queue.Queue[Any], halt: threading.Event) -> None:
+def _read_batches(source: Any, handoff: _Channel) -> None:
     """Reader thread: batches into ``handoff``, then ``_END``; an exception is handed over as an item."""
     try:
         for batch in source.batches():
-            if not _put(handoff, batch, halt):
-                return
-        _put(handoff, _END, halt)
+            if not handoff.put(batch):
+                return  # halted: the consumer may be gone
+        handoff.put(_END)
     except BaseException as e:  # noqa: BLE001 - re-raised in the pipeline thread
-        _put(handoff, e, halt)
+        handoff.put(e)
 
 
-def _write_batches(sinks: Any, inbox: queue.Queue[Any], halt: threading.Event, stats: Stats,
+def _write_batches(sinks: Any, inbox: _Channel, halt: WakeEvent, stats: Stats,
                    failure: list[BaseException]) -> None:
     """Writer thread: commits batches in order; the first error stops the run."""
     last_report = time.monotonic()
     reported = stats.events_in
     try:
         while True:
-            try:
-                item = inbox.get(timeout=0.2)
-            except queue.Empty:
-                if halt.is_set():
-                    return
-                continue
-            if item is _END:
+            item = inbox.get()
+            if item is _END or item is _HALTED:
                 return
             batch, out = item
             sinks.write(out)
@@ -266,11 +373,14 @@ class Supervisor:
 
     def __init__(self, cfg: Any, *, max_restarts: int = 8, backoff_max_s: float = 30.0) -> None:
         self.cfg = cfg
-        self.stop = threading.Event()
+        #: set by SIGINT/SIGTERM (or by an embedding caller); wakes the reader's select at once
+        self.stop: threading.Event = WakeEvent()
         self.stats = Stats()
         self.max_restarts = max_restarts
         self.backoff_max_s = backoff_max_s
         self._signals = 0
+        #: the current (or last) run of the stages
+        self.pipeline: Pipeline | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Handlers only set flags; the second signal is the operator insisting.
@@ -290,7 +400,8 @@ class Supervisor:
         while not self.stop.is_set():
             before = self.stats.events_in, self.stats.batches
             try:
-                Pipeline(self.cfg, self.stop, self.stats).run()
+                self.pipeline = Pipeline(self.cfg, self.stop, self.stats)
+                self.pipeline.run()
                 if self.stop.is_set():
                     break
             except FencedError:

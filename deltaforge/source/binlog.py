@@ -273,6 +273,8 @@ class BinlogSource:
         #: events expanded from a compressed event or a transaction payload, read before the socket
         self._pending: deque[Any] = deque()
         self._warned_types: set[int] = set()
+        #: returns from the idle select (data, heartbeat, stop, timeout): tests count them
+        self.idle_wakeups = 0
         self.flavor = "mysql"
         self.server_identity = ""
         self.full_metadata = True
@@ -471,20 +473,32 @@ class BinlogSource:
                 pass
 
     def _wait_readable(self) -> bool:
-        """Block until data arrives or a stop is requested (checked every 200 ms). False on stop."""
+        """Block until data arrives or a stop is requested. False on stop.
+
+        A stop flag with ``wake_fileno()`` (the pipeline's AnyStop) is waited on in the same
+        select as the socket, so an idle reader sleeps until data, a heartbeat, a stop or the
+        silence deadline. A plain ``threading.Event`` is polled every 200 ms.
+        """
         conn = getattr(self._stream, "_stream_connection", None)
         sock = getattr(conn, "_sock", None)
+        wake = getattr(self.stop, "wake_fileno", None)
+        wake_fd = wake() if wake is not None else None
         # Silence counts from when this wait began: a reader busy (or held back by a slow sink) for
         # longer than _SILENCE_S has not been waiting on the server all that time.
         waiting_since = time.monotonic()
         while not self.stop.is_set():
             if sock is None or self._buffered():
                 return True
+            if wake_fd is None:
+                fds, timeout = [sock], 0.2
+            else:
+                fds, timeout = [sock, wake_fd], max(0.0, _SILENCE_S - (time.monotonic() - waiting_since)) + 0.01
             try:
-                ready, _, _ = select.select([sock], [], [], 0.2)
+                ready, _, _ = select.select(fds, [], [], timeout)
             except (OSError, ValueError) as e:
                 raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
-            if ready:
+            self.idle_wakeups += 1
+            if sock in ready:
                 return True
             if time.monotonic() - waiting_since > _SILENCE_S:
                 raise SourceUnavailable(f"no data nor heartbeat from the source for {_SILENCE_S:.0f}s",
