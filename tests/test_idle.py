@@ -8,6 +8,7 @@ heartbeats (one every 5 s) and the stop itself.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from deltaforge.config import load_config
 from deltaforge.runtime.pipeline import _HALTED, AnyStop, Supervisor, WakeEvent, _Channel
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import binlog_end, wait_for, write_config
+from tests.e2e import binlog_end, start_engine, stop_engine, wait_for, write_config
 
 
 def test_channel_blocks_until_an_item_or_the_halt() -> None:
@@ -86,3 +87,17 @@ def test_an_idle_engine_does_not_wake_up(tmp_path: Path, mariadb: MariaDBServer,
         sup.stop.set()
         t.join(10)
     assert not t.is_alive()  # the stop woke the blocked reader and the run ended
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_an_idle_engine_cleanly(sig: int, tmp_path: Path, mariadb: MariaDBServer,
+                                              redis_server: RedisServer, fresh_db: str) -> None:
+    # every thread is parked in a blocking wait: the handler must still run and wake them all
+    mariadb.execute(f"CREATE TABLE {fresh_db}.items (id INT PRIMARY KEY)")
+    cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=binlog_end(mariadb))
+    engine = start_engine(cfg)
+    time.sleep(1.0)
+    code, out = stop_engine(engine, sig)
+    assert code == 0, out
+    assert "stopped:" in out and "Traceback" not in out
