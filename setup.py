@@ -49,6 +49,7 @@ def extensions() -> list[Extension]:
         Extension(
             "deltaforge._core." + name,
             [f"_core/{name}.pyx"],
+            depends=["_core/df_cursor.pxd", "_core/df_write.pxd"],  # rebuilds, and the sdist carries them
             define_macros=macros,
             extra_compile_args=args,
             extra_link_args=link_args,
@@ -58,6 +59,7 @@ def extensions() -> list[Extension]:
     return cythonize(
         mods,
         language_level=3,
+        include_path=["_core"],  # the shared .pxd (df_cursor, df_write): cimport only
         build_dir=f"build/cython-{variant}" if variant else None,
         annotate=DEBUG,
         compiler_directives={

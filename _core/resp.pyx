@@ -6,35 +6,23 @@ Wire format (redis.io "RESP protocol spec"), per command::
     *<argc>\r\n  then per argument  $<len>\r\n<bytes>\r\n
 
 Arguments may be ``bytes``, ``str`` (UTF-8) or ``int``. Output is identical to
-``deltaforge.sink.resp_py`` (the pure-Python twin and test oracle).
+``deltaforge.sink.resp_py`` (the pure-Python twin and test oracle). The digit writer is the
+shared one in ``df_write.pxd``.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
+
+from df_write cimport digits
+from df_write cimport ndigits as _ndigits
 
 IMPLEMENTATION = "cython"
 
 
-cdef inline Py_ssize_t _ndigits(Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t d = 1
-    while n >= 10:
-        n //= 10
-        d += 1
-    return d
-
-
 cdef inline char* _put_int(char* p, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t d = _ndigits(n)
-    cdef char* end = p + d
-    cdef char* q = end
-    while True:
-        q -= 1
-        q[0] = <char>(48 + n % 10)
-        n //= 10
-        if n == 0:
-            break
-    return end
+    return digits(p, <uint64_t>n, 1)
 
 
 cdef inline const char* _arg_view(object arg, Py_ssize_t* size, list keep) except NULL:

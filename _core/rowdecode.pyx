@@ -11,8 +11,9 @@ module's header; it is not repeated here.
 
 Structure
 ---------
-- A C read cursor (``Cursor``: pointer, position, end) over the body; every read goes
-  through ``_take``, which raises on truncation instead of reading past the end.
+- A C read cursor (``Cursor``: pointer, position, end, from ``df_cursor.pxd``) over the body;
+  every read goes through ``_take``, which raises on truncation instead of reading past the end.
+  The digit and base64 writers come from ``df_write.pxd`` (shared with the encoders).
 - A per-(table, present bitmap) plan (``_Plan``), built once and cached on the
   ``TableSchema`` under ``_df_cplans``: a C array of ``ColPlan`` (type code + metadata)
   plus tuples of the Python objects the loop needs (names, labels, codec names).
@@ -41,6 +42,13 @@ from libc.stdint cimport int16_t, int32_t, int64_t, int8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport strtod
 from libc.string cimport memcpy, memset
+
+from df_cursor cimport Cursor
+from df_cursor cimport be as _be
+from df_cursor cimport le as _le
+from df_cursor cimport take as _take
+from df_write cimport b64, b64_len
+from df_write cimport digits as _digits
 
 from deltaforge.errors import DecodeError
 from deltaforge.source import rowdecode as _pure
@@ -104,11 +112,6 @@ cdef struct ColPlan:
     Py_ssize_t max_length
     Py_ssize_t nlabels
 
-cdef struct Cursor:
-    const unsigned char* buf
-    Py_ssize_t pos
-    Py_ssize_t end
-
 # pure decoder chosen by the twin's DECODERS table -> our C type code
 cdef dict _CODES = {
     _pure.tiny_decode: T_TINY, _pure.utiny_decode: T_UTINY,
@@ -131,65 +134,10 @@ cdef tuple _CAUGHT = (IndexError, ValueError, struct.error, UnicodeError, Overfl
 cdef int[7] _FRAC_BYTES = [0, 1, 1, 2, 2, 3, 3]
 cdef int[7] _FRAC_WIDTH = [0, 2, 2, 4, 4, 6, 6]
 cdef int[10] _DIG2BYTES = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4]
-cdef const char* _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 cdef str _EMPTY = ""
 
 
-# ------------------------------------------------------------------------- cursor
-
-
-cdef int _truncated(Cursor* c, Py_ssize_t n) except -1:
-    raise IndexError(f"rows event truncated: {n} bytes needed at byte {c.pos}, body has {c.end}")
-
-
-cdef inline const unsigned char* _take(Cursor* c, Py_ssize_t n) except NULL:
-    cdef const unsigned char* p
-    if n > c.end - c.pos:
-        _truncated(c, n)
-        return NULL
-    p = c.buf + c.pos
-    c.pos += n
-    return p
-
-
-cdef inline uint64_t _le(const unsigned char* p, int n) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i = n
-    while i > 0:
-        i -= 1
-        v = (v << 8) | p[i]
-    return v
-
-
-cdef inline uint64_t _be(const unsigned char* p, int n) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(n):
-        v = (v << 8) | p[i]
-    return v
-
-
 # ------------------------------------------------------------------------ writers
-
-
-cdef inline char* _digits(char* p, uint64_t v, int width) noexcept nogil:
-    """v in decimal, zero-padded to at least ``width`` digits (Python's ``:0{width}d``)."""
-    cdef char tmp[24]
-    cdef int n = 0
-    while True:
-        tmp[n] = <char>(48 + v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
-    while n < width:
-        tmp[n] = 48
-        n += 1
-    while n > 0:
-        n -= 1
-        p[0] = tmp[n]
-        p += 1
-    return p
 
 
 cdef inline char* _frac(char* p, uint64_t v, int fsp) noexcept nogil:
@@ -211,31 +159,8 @@ cdef inline object _ascii(const char* p, Py_ssize_t n):
 
 
 cdef object _b64(const unsigned char* p, Py_ssize_t n):
-    cdef Py_ssize_t out_len = ((n + 2) // 3) * 4
-    cdef object s = PyUnicode_New(out_len, 127)
-    cdef unsigned char* o = PyUnicode_1BYTE_DATA(s)
-    cdef Py_ssize_t i = 0
-    cdef uint32_t v
-    while i + 3 <= n:
-        v = (<uint32_t>p[i] << 16) | (<uint32_t>p[i + 1] << 8) | p[i + 2]
-        o[0] = _B64[(v >> 18) & 63]
-        o[1] = _B64[(v >> 12) & 63]
-        o[2] = _B64[(v >> 6) & 63]
-        o[3] = _B64[v & 63]
-        o += 4
-        i += 3
-    if n - i == 1:
-        v = <uint32_t>p[i] << 16
-        o[0] = _B64[(v >> 18) & 63]
-        o[1] = _B64[(v >> 12) & 63]
-        o[2] = 61
-        o[3] = 61
-    elif n - i == 2:
-        v = (<uint32_t>p[i] << 16) | (<uint32_t>p[i + 1] << 8)
-        o[0] = _B64[(v >> 18) & 63]
-        o[1] = _B64[(v >> 12) & 63]
-        o[2] = _B64[(v >> 6) & 63]
-        o[3] = 61
+    cdef object s = PyUnicode_New(b64_len(n), 127)
+    b64(PyUnicode_1BYTE_DATA(s), p, n)
     return s
 
 
