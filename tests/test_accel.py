@@ -93,3 +93,10 @@ def test_no_ext_wins_over_require_ext() -> None:
     got = _probe("missing", [RESP, ROWS], DELTAFORGE_NO_EXT="1", DELTAFORGE_REQUIRE_EXT="1")
     assert got["impl"] == {"resp": "python", "rowdecode": "python"}
     assert all("DELTAFORGE_NO_EXT is set" in line for line in got["log"]) and len(got["log"]) == 2
+
+
+def test_the_compiled_resp_encoder_does_not_import_its_twin() -> None:
+    # (the compiled row decoder still takes its plan, rare-type decoders and error locator
+    # from deltaforge.source.rowdecode: splitting those out is part of the decoder rewrite)
+    got = _probe("missing", ["deltaforge.sink.resp_py"], DELTAFORGE_REQUIRE_EXT="1")
+    assert got["impl"]["resp"] == "cython"
