@@ -238,14 +238,15 @@ def check_ratios(current: dict[str, float], baseline: dict[str, Any],
 
 
 def baseline_document(ratios: dict[str, float], machine: dict[str, Any], runs: int,
-                      tolerance: float = DEFAULT_TOLERANCE, mode: str = "--quick") -> dict[str, Any]:
+                      tolerance: float = DEFAULT_TOLERANCE, mode: str = "--quick",
+                      workload: str = "oltp") -> dict[str, Any]:
     return {
         "tolerance": tolerance,
         "ratios": {k: round(v, 2) for k, v in sorted(ratios.items())},
         "optional": list(OPTIONAL_RATIOS),
         "measured_on": {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-            "mode": mode, "runs": runs, "method": "median of each ratio over the runs",
+            "mode": mode, "workload": workload, "runs": runs, "method": "median of each ratio over the runs",
             **{k: machine.get(k) for k in ("cores", "cpu_model", "python", "mariadb", "redis", "v8", "deltaforge",
                                             "resp_implementation")},
         },
@@ -670,8 +671,13 @@ def bench_command(mysql_dsn: str | None, mysql_admin_dsn: str | None, redis_uri:
         ratios = median_ratios(docs)
         if not ratios:
             raise BenchError("the --from-json files hold no ratios", "pass files written by `deltaforge bench --json`")
+        workloads = {(d.get("settings") or {}).get("workload", "bulk") for d in docs}
+        if len(workloads) > 1:
+            raise BenchError(f"the --from-json files mix workloads ({', '.join(sorted(workloads))})",
+                             "take the medians of runs of one workload")
         _write_baseline(update_path, ratios, docs[0].get("machine") or {}, len(docs), console,
-                        "--quick" if all((d.get("settings") or {}).get("quick") for d in docs) else "full")
+                        "--quick" if all((d.get("settings") or {}).get("quick") for d in docs) else "full",
+                        workloads.pop())
         return
     baseline = load_baseline(check_path) if check_path else None  # fail fast on a bad file
     settings = resolve_settings(quick=quick, rows=rows, rounds=rounds, mix=mix, latency_rate=latency_rate,
@@ -710,7 +716,8 @@ def bench_command(mysql_dsn: str | None, mysql_admin_dsn: str | None, redis_uri:
         Path(json_path).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
         console.print(f"figures written to {json_path}")
     if update_path:
-        _write_baseline(update_path, result["ratios"], machine, 1, console, "--quick" if settings.quick else "full")
+        _write_baseline(update_path, result["ratios"], machine, 1, console, "--quick" if settings.quick else "full",
+                        settings.workload)
     if failed:
         console.print("[bold red]throughput regression: a ratio fell below its floor[/bold red] "
                       "(if the slowdown is deliberate, update the baseline: see bench/README.md)")
@@ -738,7 +745,7 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _write_baseline(path: str, ratios: dict[str, float], machine: dict[str, Any], runs: int, console: Any,
-                    mode: str) -> None:
+                    mode: str, workload: str) -> None:
     tolerance = DEFAULT_TOLERANCE
     p = Path(path)
     if p.exists():
@@ -746,6 +753,6 @@ def _write_baseline(path: str, ratios: dict[str, float], machine: dict[str, Any]
             tolerance = float(json.loads(p.read_text()).get("tolerance", DEFAULT_TOLERANCE))
         except (OSError, ValueError, AttributeError):
             pass
-    doc = baseline_document(ratios, machine, runs, tolerance, mode)
+    doc = baseline_document(ratios, machine, runs, tolerance, mode, workload)
     p.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     console.print(f"baseline written to {path}: " + ", ".join(f"{k}={v}" for k, v in doc["ratios"].items()))

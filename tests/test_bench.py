@@ -284,6 +284,25 @@ def test_bad_server_is_a_one_line_error() -> None:
     assert out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_update_baseline_from_json_records_the_workload(tmp_path: Path) -> None:
+    runs = []
+    for i, (ratio, workload) in enumerate(((2.0, "oltp"), (3.0, "oltp"), (9.0, "oltp"), (1.0, "bulk"))):
+        p = tmp_path / f"run{i}.json"
+        p.write_text(json.dumps({"settings": {"quick": True, "workload": workload},
+                                 "ratios": {"drain_vs_naive_node": ratio}, "machine": {"cores": 2}}))
+        runs.append(str(p))
+    target = tmp_path / "baseline.json"
+    out = _bench("--update-baseline", str(target), *[x for r in runs[:3] for x in ("--from-json", r)])
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(target.read_text())
+    assert doc["ratios"] == {"drain_vs_naive_node": 3.0}  # the median
+    assert doc["measured_on"]["workload"] == "oltp" and doc["measured_on"]["mode"] == "--quick"
+    assert "drain_noproc_vs_naive_node" in doc["optional"]
+    mixed = _bench("--update-baseline", str(target), "--from-json", runs[0], "--from-json", runs[3])
+    assert mixed.returncode != 0 and "mix workloads" in mixed.stderr
+    assert len(mixed.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.bench
 def test_tiny_run_json_shape_and_failing_check(tmp_path: Path, mariadb, redis_server) -> None:  # type: ignore[no-untyped-def]
     mariadb.execute("CREATE DATABASE IF NOT EXISTS app")
