@@ -1,6 +1,6 @@
 """Drain benchmark with a py-spy breakdown: a thin wrapper over :mod:`deltaforge.benchkit`.
 
-    python bench/drain.py --rows 100000 [--rounds 3] [--no-processor] [--py-spy stacks.txt] [--json out.json]
+    python bench/drain.py --rows 100000 [--workload oltp|bulk] [--rounds 3] [--no-processor] [--py-spy stacks.txt]
 
 The throughput figures come from ``deltaforge bench --phases drain`` (same code); this
 script adds one profiled engine run: ``py-spy record`` attached to the ``deltaforge run``
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workload", choices=("oltp", "bulk"), default="oltp")
     ap.add_argument("--no-processor", action="store_true", help="profile the pipeline without its JS processor")
     ap.add_argument("--py-spy", dest="pyspy", default=None, help="raw py-spy stacks of one engine run go here")
     ap.add_argument("--json", dest="json_path", default=None)
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
         extra = ["--json", args.json_path] if args.json_path else []
         return int(cli.main(["bench", "--phases", "drain", "--rows", str(args.rows), "--rounds", str(args.rounds),
-                             *extra], standalone_mode=False) or 0)
+                             "--workload", args.workload, *extra], standalone_mode=False) or 0)
 
     from deltaforge.benchkit import open_env, write_backlog
     from deltaforge.benchkit.drain import run_engine
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with open_env() as env:
-            backlog = write_backlog(env, args.rows)
+            backlog = write_backlog(env, args.rows, workload=args.workload)
             env.flush_redis()
             res = run_engine(env, backlog, processors=not args.no_processor, pyspy_out=args.pyspy)
     except DeltaForgeError as e:

@@ -3,7 +3,8 @@
 Phases (each with a progress bar, then one results table):
 
 1. **workload**: a backlog of ``--rows`` row changes on the seed's four tables
-   (:func:`~deltaforge.benchkit.workload.write_backlog`), written before anything drains it.
+   (:func:`~deltaforge.benchkit.workload.write_backlog`, ``--workload oltp`` by default or
+   ``bulk``), written before anything drains it; its binlog events are counted.
 2. **drain**: ``deltaforge run`` subprocesses on the seed pipeline (with and without its JS
    processor, every topology in the engine's ``TOPOLOGIES``) and the peers ``bench/naive.py``
    and ``bench/naive_node.js``, interleaved, ``--rounds`` times; medians.
@@ -47,7 +48,7 @@ from deltaforge.cli import friendly_errors
 PHASES = ("drain", "stages", "latency", "memory")
 DEFAULT_TOLERANCE = 0.25
 #: ratios the check needs unless their peer was skipped for a stated reason
-OPTIONAL_RATIOS = ("drain_vs_naive_node",)
+OPTIONAL_RATIOS = ("drain_vs_naive_node", "drain_noproc_vs_naive_node")
 HOW_TO_UPDATE = (
     "after a deliberate change: run `deltaforge bench --quick --json run<N>.json` 3 to 5 times on the "
     "reference machine, then `deltaforge bench --update-baseline bench/baseline.json --from-json run1.json "
@@ -61,6 +62,7 @@ class Settings:
 
     rows: int = 300_000
     rounds: int = 3
+    workload: str = "oltp"
     mix: dict[str, int] = field(default_factory=lambda: {"insert": 50, "update": 40, "delete": 10})
     seed: int = 1
     stages_rows: int | None = 100_000
@@ -76,14 +78,21 @@ class Settings:
 
 def resolve_settings(*, quick: bool, rows: int | None, rounds: int | None, mix: str | None,
                      latency_rate: int | None, latency_seconds: float | None, big_tx_rows: int | None,
-                     stages_rows: int | None, phases: str | None, node: bool | None, seed: int = 1) -> Settings:
+                     stages_rows: int | None, phases: str | None, node: bool | None, seed: int = 1,
+                     workload: str | None = None) -> Settings:
     """Defaults, then ``--quick``'s scaled-down values, then whatever was passed explicitly."""
-    from deltaforge.benchkit.workload import parse_mix
+    from deltaforge.benchkit.workload import WORKLOADS, parse_mix
 
     s = Settings(seed=seed, quick=quick)
+    if workload is not None:
+        if workload not in WORKLOADS:
+            raise BenchError(f"--workload {workload!r} is unknown", f"choose one of {', '.join(WORKLOADS)}")
+        s.workload = workload
     if quick:
-        quick_values: dict[str, Any] = {"rows": 50_000, "rounds": 5, "stages_rows": 30_000,
-                                        "latency_seconds": 5.0, "big_tx_rows": 100_000, "node": False}
+        # The Node peer stays: drain_vs_naive_node is the ratio that matters.
+        # OLTP rows cost the readers ~2x bulk rows: 30,000 keeps the whole run near 3 minutes on 2 cores.
+        quick_values: dict[str, Any] = {"rows": 30_000, "rounds": 5, "stages_rows": 10_000,
+                                        "latency_seconds": 5.0, "big_tx_rows": 100_000}
         for name, value in quick_values.items():
             default = getattr(s, name)
             setattr(s, name, value)
@@ -229,14 +238,15 @@ def check_ratios(current: dict[str, float], baseline: dict[str, Any],
 
 
 def baseline_document(ratios: dict[str, float], machine: dict[str, Any], runs: int,
-                      tolerance: float = DEFAULT_TOLERANCE, mode: str = "--quick") -> dict[str, Any]:
+                      tolerance: float = DEFAULT_TOLERANCE, mode: str = "--quick",
+                      workload: str = "oltp") -> dict[str, Any]:
     return {
         "tolerance": tolerance,
         "ratios": {k: round(v, 2) for k, v in sorted(ratios.items())},
         "optional": list(OPTIONAL_RATIOS),
         "measured_on": {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-            "mode": mode, "runs": runs, "method": "median of each ratio over the runs",
+            "mode": mode, "workload": workload, "runs": runs, "method": "median of each ratio over the runs",
             **{k: machine.get(k) for k in ("cores", "cpu_model", "python", "mariadb", "redis", "v8", "deltaforge",
                                             "resp_implementation")},
         },
@@ -371,11 +381,15 @@ class Bench:
             progress.update(task, completed=total if total is not None else 1, total=total or 1)
 
     def run(self) -> dict[str, Any]:
-        from deltaforge.benchkit.workload import write_backlog
+        from deltaforge.benchkit.workload import count_binlog_events, write_backlog
 
         s = self.s
-        with self.bar(f"workload: writing {s.rows:,} row changes", s.rows) as upd:
-            backlog = write_backlog(self.env, s.rows, seed=s.seed, mix=s.mix, progress=lambda n: upd(completed=n))
+        with self.bar(f"workload ({s.workload}): writing {s.rows:,} row changes", s.rows) as upd:
+            backlog = write_backlog(self.env, s.rows, seed=s.seed, mix=s.mix, progress=lambda n: upd(completed=n),
+                                    workload=s.workload)
+            upd(description=f"workload ({s.workload}): counting its binlog events")
+            self.events = count_binlog_events(self.env, backlog.start, backlog.end)
+        backlog.binlog_events = {**self.events.by_type, "total": self.events.total}
         self.backlog = backlog
         self.result["backlog"] = asdict(backlog)
         if "drain" in s.phases:
@@ -410,7 +424,7 @@ class Bench:
             if s.node:
                 runners.append(("naive_node", lambda: peers.run_naive_node(env, backlog)))
             else:
-                self.result["skipped"]["naive_node"] = "not run in --quick mode (pass --node to include it)"
+                self.result["skipped"]["naive_node"] = "not run (--no-node)"
         total = len(runners) * s.rounds
 
         def on_start(name: str, r: int) -> None:
@@ -444,7 +458,7 @@ class Bench:
             for r in range(rounds):
                 upd(description=f"stages: round {r + 1}/{rounds}, decode, JS, encode+XADD on {n:,} rows")
                 self.env.flush_redis()
-                runs.append(measure_stages(self.env, self.backlog, rows=rows))
+                runs.append(measure_stages(self.env, self.backlog, rows=rows, events=self.events))
                 upd(advance=1)
         summary: dict[str, Any] = {}
         for key, value in runs[0].items():
@@ -529,10 +543,16 @@ def results_table(result: dict[str, Any]) -> Any:
     t.add_column("detail")
     backlog = result.get("backlog") or {}
     c = backlog.get("counts", {})
-    t.add_row("workload", "row changes", _n(backlog.get("rows")),
+    big = f" (one of {_n(c.get('big_tx_rows'))} rows)" if c.get("big_tx_rows") else ""
+    t.add_row("workload", f"row changes ({backlog.get('workload', 'bulk')})", _n(backlog.get("rows")),
               f"{_n(c.get('insert'))} ins / {_n(c.get('update'))} upd / {_n(c.get('delete'))} del in "
-              f"{_n(c.get('transactions'))} tx (one of {_n(c.get('big_tx_rows'))} rows); written in "
+              f"{_n(c.get('statements'))} statements, {_n(c.get('transactions'))} tx{big}; written in "
               f"{backlog.get('write_s', 0):.1f} s")
+    ev = backlog.get("binlog_events") or {}
+    if ev.get("total"):
+        kinds = ", ".join(f"{k} {_n(v)}" for k, v in ev.items() if k != "total")
+        t.add_row("workload", "binlog events", _n(ev["total"]),
+                  f"{ev['total'] / max(backlog.get('rows') or 1, 1):.2f} per row change: {kinds}")
     drain = result.get("drain") or {}
     naive = (drain.get("naive_py") or {}).get("events_per_s")
     for name, s in drain.items():
@@ -540,6 +560,8 @@ def results_table(result: dict[str, Any]) -> Any:
             continue
         vs = f"; x{s['events_per_s'] / naive:.2f} naive Python" if naive and name != "naive_py" else ""
         cpu = f"; {s['cpu_us_per_event']:.1f} CPU-µs/event" if s.get("cpu_us_per_event") else ""
+        if s.get("cpu_per_process"):
+            cpu += " (" + ", ".join(f"{p['role']} {p['cpu_us_per_event']:.1f}" for p in s["cpu_per_process"]) + ")"
         t.add_row("drain", f"{_run_label(name)}, events/s", _n(s["events_per_s"]),
                   f"median of {len(s['runs'])}, {_n(s['min'])}..{_n(s['max'])}{cpu}{vs}")
     st = result.get("stages")
@@ -548,6 +570,11 @@ def results_table(result: dict[str, Any]) -> Any:
                   f"over {_n(st.get('rows'))} rows, median of {len(st.get('runs') or [st])}")
         t.add_row("stages", "decode rows/s (mysql-replication)", _n(st.get("decode_rows_per_s_mysql_replication")),
                   "BinLogStreamReader with its own row decoding")
+        if st.get("decode_binlog_events_per_s"):
+            t.add_row("stages", "reader binlog events/s (ours)", _n(st.get("decode_binlog_events_per_s")),
+                      "every binlog event of the timed range (GTID, TABLE_MAP, ROWS, XID, ...)")
+            t.add_row("stages", "reader binlog events/s (mysql-replication)",
+                      _n(st.get("decode_binlog_events_per_s_mysql_replication")), "same range")
         t.add_row("stages", "JS events/s (seed processor)", _n(st.get("js_events_per_s")), "ProcessorChain alone")
         t.add_row("stages", "encode + XADD events/s", _n(st.get("sink_events_per_s")),
                   "RedisStreamSink.write, exactly-once")
@@ -600,13 +627,16 @@ def check_table(rows: list[CheckRow], tolerance: float, path: str) -> Any:
 @click.option("--mysql-admin-dsn", default=None, help="User for the workload's writes (default: --mysql-dsn's).")
 @click.option("--redis-uri", default=None, help="Use this Redis (it gets FLUSHALLed) instead of starting one.")
 @click.option("--rows", type=int, default=None, help="Row changes in the backlog.  [default: 300000]")
+@click.option("--workload", type=click.Choice(["oltp", "bulk"]), default=None,
+              help="oltp: single-row statements, 1..12 per transaction; bulk: multi-row statements and "
+                   "one large transaction.  [default: oltp]")
 @click.option("--mix", default=None, help="insert/update/delete weights.  [default: insert=50,update=40,delete=10]")
 @click.option("--rounds", type=int, default=None, help="Interleaved drain rounds; medians.  [default: 3]")
 @click.option("--stages-rows", type=int, default=None, help="Rows the stage measurements use (first N of the backlog).  [default: 100000]")
 @click.option("--latency-rate", type=int, default=None, help="Rows/s written in the latency phase.  [default: 2000]")
 @click.option("--latency-seconds", type=float, default=None, help="Length of the latency phase.  [default: 10]")
 @click.option("--big-tx-rows", type=int, default=None, help="Rows of the memory phase's transaction.  [default: 1000000]")
-@click.option("--node/--no-node", default=None, help="Include the Node peer (default: on; off with --quick).")
+@click.option("--node/--no-node", default=None, help="Include the Node peer.  [default: on]")
 @click.option("--phases", default=None, help=f"Comma-separated subset of: {', '.join(PHASES)}.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Workload random seed.")
 @click.option("--quick", is_flag=True, help="CI mode: fewer rows, shorter phases (prints what it scaled down).")
@@ -619,7 +649,7 @@ def check_table(rows: list[CheckRow], tolerance: float, path: str) -> Any:
               help="With --update-baseline: take the medians of these --json outputs instead of running.")
 @friendly_errors
 def bench_command(mysql_dsn: str | None, mysql_admin_dsn: str | None, redis_uri: str | None, rows: int | None,
-                  mix: str | None, rounds: int | None, stages_rows: int | None, latency_rate: int | None,
+                  workload: str | None, mix: str | None, rounds: int | None, stages_rows: int | None, latency_rate: int | None,
                   latency_seconds: float | None, big_tx_rows: int | None, node: bool | None, phases: str | None,
                   seed: int, quick: bool, json_path: str | None, check_path: str | None, update_path: str | None,
                   from_json: tuple[str, ...]) -> None:
@@ -641,13 +671,18 @@ def bench_command(mysql_dsn: str | None, mysql_admin_dsn: str | None, redis_uri:
         ratios = median_ratios(docs)
         if not ratios:
             raise BenchError("the --from-json files hold no ratios", "pass files written by `deltaforge bench --json`")
+        workloads = {(d.get("settings") or {}).get("workload", "bulk") for d in docs}
+        if len(workloads) > 1:
+            raise BenchError(f"the --from-json files mix workloads ({', '.join(sorted(workloads))})",
+                             "take the medians of runs of one workload")
         _write_baseline(update_path, ratios, docs[0].get("machine") or {}, len(docs), console,
-                        "--quick" if all((d.get("settings") or {}).get("quick") for d in docs) else "full")
+                        "--quick" if all((d.get("settings") or {}).get("quick") for d in docs) else "full",
+                        workloads.pop())
         return
     baseline = load_baseline(check_path) if check_path else None  # fail fast on a bad file
     settings = resolve_settings(quick=quick, rows=rows, rounds=rounds, mix=mix, latency_rate=latency_rate,
                                 latency_seconds=latency_seconds, big_tx_rows=big_tx_rows, stages_rows=stages_rows,
-                                phases=phases, node=node, seed=seed)
+                                phases=phases, node=node, seed=seed, workload=workload)
     if settings.scaled_down:
         console.print(f"[yellow]--quick: scaled down {'; '.join(settings.scaled_down)}[/yellow]")
     _sigterm_is_interrupt()
@@ -681,7 +716,8 @@ def bench_command(mysql_dsn: str | None, mysql_admin_dsn: str | None, redis_uri:
         Path(json_path).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
         console.print(f"figures written to {json_path}")
     if update_path:
-        _write_baseline(update_path, result["ratios"], machine, 1, console, "--quick" if settings.quick else "full")
+        _write_baseline(update_path, result["ratios"], machine, 1, console, "--quick" if settings.quick else "full",
+                        settings.workload)
     if failed:
         console.print("[bold red]throughput regression: a ratio fell below its floor[/bold red] "
                       "(if the slowdown is deliberate, update the baseline: see bench/README.md)")
@@ -709,7 +745,7 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _write_baseline(path: str, ratios: dict[str, float], machine: dict[str, Any], runs: int, console: Any,
-                    mode: str) -> None:
+                    mode: str, workload: str) -> None:
     tolerance = DEFAULT_TOLERANCE
     p = Path(path)
     if p.exists():
@@ -717,6 +753,6 @@ def _write_baseline(path: str, ratios: dict[str, float], machine: dict[str, Any]
             tolerance = float(json.loads(p.read_text()).get("tolerance", DEFAULT_TOLERANCE))
         except (OSError, ValueError, AttributeError):
             pass
-    doc = baseline_document(ratios, machine, runs, tolerance, mode)
+    doc = baseline_document(ratios, machine, runs, tolerance, mode, workload)
     p.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     console.print(f"baseline written to {path}: " + ", ".join(f"{k}={v}" for k, v in doc["ratios"].items()))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from deltaforge.bench import (
@@ -31,6 +32,7 @@ from deltaforge.benchkit import (
     write_backlog,
     write_big_transaction,
 )
+from deltaforge.benchkit.workload import OLTP_TX_WEIGHTS, count_binlog_events, position_key
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +90,8 @@ def test_load_baseline_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_shipped_baseline_is_valid() -> None:
     data = load_baseline(ROOT / "bench" / "baseline.json")
-    assert {"drain_vs_naive_py", "decode_vs_mysql_replication"} <= set(data["ratios"])
+    assert {"drain_vs_naive_py", "decode_vs_mysql_replication", "drain_vs_naive_node",
+            "drain_noproc_vs_naive_node"} <= set(data["ratios"])
     assert data["how_to_update"] and data["measured_on"]
 
 
@@ -110,7 +113,9 @@ def test_ratios_pair_runs_of_the_same_round() -> None:
 def test_quick_settings_scale_down_but_explicit_values_win() -> None:
     s = resolve_settings(quick=True, rows=None, rounds=1, mix="insert=1", latency_rate=None, latency_seconds=None,
                          big_tx_rows=None, stages_rows=None, phases="drain,memory", node=None)
-    assert s.rows < 300_000 and s.rounds == 1 and s.big_tx_rows < 1_000_000 and not s.node
+    assert s.rows < 300_000 and s.rounds == 1 and s.big_tx_rows < 1_000_000
+    assert s.node, "--quick keeps the Node peer: drain_vs_naive_node is the ratio that matters"
+    assert s.workload == "oltp"
     assert s.mix == {"insert": 1, "update": 0, "delete": 0}
     assert s.phases == ("drain", "memory")
     assert any(x.startswith("rows:") for x in s.scaled_down)
@@ -180,7 +185,7 @@ def _binlog_rows(mariadb, start: str, end: str) -> dict[str, int]:  # type: igno
 
 
 def test_backlog_holds_exactly_n_row_changes(env: BenchEnv, mariadb) -> None:  # type: ignore[no-untyped-def]
-    backlog = write_backlog(env, 1234, seed=7, big_tx_rows=300)
+    backlog = write_backlog(env, 1234, seed=7, big_tx_rows=300, workload="bulk")
     c = backlog.counts
     assert backlog.rows == 1234 == c["insert"] + c["update"] + c["delete"]
     assert c["big_tx_rows"] == 300 and c["transactions"] > 30
@@ -192,6 +197,61 @@ def test_backlog_mix_and_repeat_on_existing_tables(env: BenchEnv, mariadb) -> No
     backlog = write_backlog(env, 500, seed=3, mix=parse_mix("insert=0,update=1"))
     assert backlog.counts["update"] == 500 and backlog.counts["insert"] == backlog.counts["delete"] == 0
     assert _binlog_rows(mariadb, backlog.start, backlog.end) == {"insert": 0, "update": 500, "delete": 0}
+
+
+def test_oltp_backlog_has_the_promised_shape(env: BenchEnv, mariadb) -> None:  # type: ignore[no-untyped-def]
+    backlog = write_backlog(env, 1500, seed=5)  # oltp is the default
+    c = backlog.counts
+    assert backlog.workload == "oltp" and c["big_tx_rows"] == 0
+    assert c["insert"] + c["update"] + c["delete"] == 1500 == c["statements"]
+    # Read back from the binlog: every ROWS event holds one row, 1..12 of them per transaction.
+    file, pos = backlog.start.rsplit(":", 1)
+    stream = BinLogStreamReader(
+        connection_settings={"host": "127.0.0.1", "port": mariadb.port, "user": "root", "password": ""},
+        server_id=4243, blocking=False, resume_stream=True, log_file=file, log_pos=int(pos),
+        only_events=[GtidEvent, MariadbGtidEvent, XidEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
+    per_tx: list[int] = []
+    ops = {WriteRowsEvent: 0, UpdateRowsEvent: 0, DeleteRowsEvent: 0}
+    tables: set[str] = set()
+    open_tx = None
+    try:
+        for ev in stream:
+            if position_key((stream.log_file, stream.log_pos)) > position_key(backlog.end):
+                break
+            if isinstance(ev, (GtidEvent, MariadbGtidEvent)):
+                open_tx = 0
+            elif isinstance(ev, XidEvent):
+                assert open_tx is not None
+                per_tx.append(open_tx)
+                open_tx = None
+            else:
+                assert len(ev.rows) == 1, "one row per statement"
+                assert open_tx is not None
+                open_tx += 1
+                ops[type(ev)] += 1
+                tables.add(f"{ev.schema}.{ev.table}")
+    finally:
+        stream.close()
+    assert sum(per_tx) == 1500 and len(per_tx) == c["transactions"]
+    assert min(per_tx) >= 1 and max(per_tx) <= len(OLTP_TX_WEIGHTS) == 12
+    assert len(set(per_tx)) >= 6, "transaction sizes vary"
+    assert 2.5 <= 1500 / len(per_tx) <= 6, "about 4 statements per transaction, like an application's"
+    assert (ops[WriteRowsEvent], ops[UpdateRowsEvent], ops[DeleteRowsEvent]) == (c["insert"], c["update"],
+                                                                                 c["delete"])
+    assert ops[WriteRowsEvent] > ops[UpdateRowsEvent] > ops[DeleteRowsEvent] > 0  # the 50/40/10 mix
+    assert tables == {"app.users", "app.products", "app.orders", "app.inventory"}
+    # The event count the bench reports per binlog event: one TABLE_MAP per statement, GTID + XID per tx.
+    events = count_binlog_events(env, backlog.start, backlog.end)
+    assert events.by_type["Table_map"] == 1500
+    assert events.by_type["Gtid"] == events.by_type["Xid"] == len(per_tx)
+    assert events.total == sum(events.by_type.values()) >= 1500 * 2 + 2 * len(per_tx)
+    assert events.between(position_key(backlog.start), position_key(backlog.end)) == events.total
+    assert events.between(events.ends[9], events.ends[-1]) == events.total - 10
+
+
+def test_unknown_workload_is_a_one_line_error(env: BenchEnv) -> None:
+    with pytest.raises(BenchError, match="--workload"):
+        write_backlog(env, 100, workload="batchy")
 
 
 def test_big_transaction(env: BenchEnv, mariadb) -> None:  # type: ignore[no-untyped-def]
@@ -224,6 +284,25 @@ def test_bad_server_is_a_one_line_error() -> None:
     assert out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_update_baseline_from_json_records_the_workload(tmp_path: Path) -> None:
+    runs = []
+    for i, (ratio, workload) in enumerate(((2.0, "oltp"), (3.0, "oltp"), (9.0, "oltp"), (1.0, "bulk"))):
+        p = tmp_path / f"run{i}.json"
+        p.write_text(json.dumps({"settings": {"quick": True, "workload": workload},
+                                 "ratios": {"drain_vs_naive_node": ratio}, "machine": {"cores": 2}}))
+        runs.append(str(p))
+    target = tmp_path / "baseline.json"
+    out = _bench("--update-baseline", str(target), *[x for r in runs[:3] for x in ("--from-json", r)])
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(target.read_text())
+    assert doc["ratios"] == {"drain_vs_naive_node": 3.0}  # the median
+    assert doc["measured_on"]["workload"] == "oltp" and doc["measured_on"]["mode"] == "--quick"
+    assert "drain_noproc_vs_naive_node" in doc["optional"]
+    mixed = _bench("--update-baseline", str(target), "--from-json", runs[0], "--from-json", runs[3])
+    assert mixed.returncode != 0 and "mix workloads" in mixed.stderr
+    assert len(mixed.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.bench
 def test_tiny_run_json_shape_and_failing_check(tmp_path: Path, mariadb, redis_server) -> None:  # type: ignore[no-untyped-def]
     mariadb.execute("CREATE DATABASE IF NOT EXISTS app")
@@ -244,13 +323,19 @@ def test_tiny_run_json_shape_and_failing_check(tmp_path: Path, mariadb, redis_se
     for key in ("cores", "cpu_model", "python", "mariadb", "redis", "v8", "mini_racer", "deltaforge",
                 "resp_implementation"):
         assert m[key], key
-    assert data["backlog"]["rows"] == 2000
-    assert set(data["drain"]) >= {"ours_w0", "ours_noproc_w0", "naive_py"}
+    assert data["backlog"]["rows"] == 2000 and data["backlog"]["workload"] == "oltp"
+    assert data["backlog"]["binlog_events"]["Table_map"] == 2000  # one statement per row change
+    assert set(data["drain"]) >= {"ours_w0", "ours_noproc_w0", "naive_py", "naive_node"}  # Node in --quick too
+    per_process = data["drain"]["ours_w0"]["cpu_per_process"]
+    assert per_process[0]["role"].startswith("deltaforge run") and per_process[0]["cpu_us_per_event"] > 0
+    assert data["stages"]["decode_binlog_events_per_s"] > 0
+    assert data["stages"]["decode_binlog_events_per_s_mysql_replication"] > 0
     assert data["drain"]["ours_w0"]["runs"][0]["events"] == 2000
     assert data["drain"]["ours_w0"]["peak_rss_mib"] > 0
-    assert set(data["ratios"]) >= {"drain_vs_naive_py", "drain_noproc_vs_naive_py", "decode_vs_mysql_replication"}
+    assert set(data["ratios"]) >= {"drain_vs_naive_py", "drain_noproc_vs_naive_py", "decode_vs_mysql_replication",
+                                   "drain_vs_naive_node", "drain_noproc_vs_naive_node"}
     assert data["memory"]["big_tx"]["events"] == 2000 and data["memory"]["big_tx"]["peak_rss_mib"] > 0
     assert data["check"]["passed"] is False
     assert {r["name"]: r["status"] for r in data["check"]["rows"]} == {
         "drain_vs_naive_py": "REGRESSION", "decode_vs_mysql_replication": "ok"}
-    assert "naive_node" in data["skipped"]
+    assert "naive_node" not in data["skipped"]

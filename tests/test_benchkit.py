@@ -15,7 +15,7 @@ from deltaforge.benchkit.env import BenchEnv
 from deltaforge.benchkit.latency import _percentiles, measure_latency
 from deltaforge.benchkit.peers import bench_dir, ensure_node_deps, run_naive_node, run_naive_py
 from deltaforge.benchkit.stages import SINK_STREAM, measure_stages
-from deltaforge.benchkit.workload import Backlog, write_backlog
+from deltaforge.benchkit.workload import Backlog, count_binlog_events, write_backlog
 
 pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
@@ -32,7 +32,7 @@ def env(mariadb, redis_server) -> BenchEnv:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def backlog(env: BenchEnv) -> Backlog:
     # a large transaction included, split by the reader into several batches
-    return write_backlog(env, ROWS, seed=7, big_tx_rows=150)
+    return write_backlog(env, ROWS, seed=7, big_tx_rows=150, workload="bulk")
 
 
 def _payloads(env: BenchEnv, stream: str) -> list[dict]:
@@ -94,6 +94,15 @@ def test_measure_stages_positive_for_every_stage(env: BenchEnv, backlog: Backlog
         assert not client.exists(SINK_STREAM)  # the sink stage cleans up after itself
     finally:
         client.close()
+
+
+def test_stage_readers_in_binlog_events_per_s(env: BenchEnv, backlog: Backlog) -> None:
+    events = count_binlog_events(env, backlog.start, backlog.end)
+    res = measure_stages(env, backlog, events=events)
+    # every binlog event of the timed range counts (GTID, TABLE_MAP, XID...), not only the rows
+    assert res["decode_binlog_events_per_s"] > 0 and res["decode_binlog_events_per_s_mysql_replication"] > 0
+    assert res["decode_binlog_events_per_s"] != res["decode_rows_per_s"]
+    assert events.by_type["Table_map"] >= events.by_type["Gtid"] > 0
 
 
 def test_measure_stages_on_part_of_the_backlog(env: BenchEnv, backlog: Backlog) -> None:

@@ -5,7 +5,10 @@ optionally without the processor) to a temp file, starts
 ``python -m deltaforge run <yaml> --workers N`` with ``MYSQL_DSN``/``REDIS_URI`` set, polls
 ``XLEN`` until the stream holds the backlog's row count, then SIGTERMs the engine (it stops
 at a transaction boundary and exits 0). While it polls it samples the peak RSS of the
-engine's process tree (:class:`~deltaforge.benchkit.memory.PeakRss`).
+engine's process tree (:class:`~deltaforge.benchkit.memory.PeakRss`). Its CPU time is read
+per process at the first stream entry and when the stream is complete: ``cpu_us_per_event``
+(total) and ``cpu_per_process`` (root first) are CPU per event once streaming, start-up
+excluded like the rate's; ``cpu_s`` is the whole run's CPU, start-up included.
 
 The rate is :func:`~deltaforge.benchkit.env.stream_rate`: entries / (last entry's ms - first
 entry's ms), i.e. committed events per second once the engine is streaming. Start-up
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from deltaforge.benchkit.env import BenchEnv, BenchError, stream_rate
-from deltaforge.benchkit.memory import PeakRss, tree_cpu_seconds
+from deltaforge.benchkit.memory import PeakRss, process_cpu
 from deltaforge.benchkit.workload import Backlog, engine_environ, seed_yaml
 
 #: an engine whose stream has not grown for this long is stuck
@@ -94,13 +97,18 @@ def run_engine(env: BenchEnv, backlog: Backlog, *, processors: bool = True, work
         n = last_n = 0
         last_change = time.monotonic()
         cpu = 0.0
+        per_process: list[dict[str, Any]] = []
+        first: tuple[int, dict[int, float]] | None = None  # (entries, CPU s per pid) once streaming
         while True:
             rss.sample()
             n = int(client.xlen(stream))
+            if first is None and n > 0:
+                first = (n, {p["pid"]: p["cpu_s"] for p in process_cpu(proc.pid)})
             if progress is not None and n != last_n:
                 progress(n)
             if n >= backlog.rows:
-                cpu = tree_cpu_seconds(proc.pid)
+                per_process = process_cpu(proc.pid)
+                cpu = sum(p["cpu_s"] for p in per_process)
                 rss.sample()
                 break
             now = time.monotonic()
@@ -131,6 +139,14 @@ def run_engine(env: BenchEnv, backlog: Backlog, *, processors: bool = True, work
             "events_per_s": round(rate, 1), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
             "cpu_us_per_event": round(cpu / entries * 1e6, 1) if entries else 0.0, **mem,
         }
+        if first is not None and entries > first[0]:
+            # CPU per event once streaming (start-up is outside it, like the rate's), per process
+            streamed = entries - first[0]
+            result["cpu_per_process"] = [
+                {**p, "cpu_us_per_event": round((p["cpu_s"] - first[1].get(p["pid"], 0.0)) / streamed * 1e6, 1)}
+                for p in per_process]
+            result["cpu_us_per_event"] = round(sum(p["cpu_s"] - first[1].get(p["pid"], 0.0)
+                                                   for p in per_process) / streamed * 1e6, 1)
         if pyspy_out:
             result["pyspy"] = pyspy_shares(pyspy_out)
     finally:
@@ -218,6 +234,13 @@ def drain_phase(env: BenchEnv, runners: list[Runner], rounds: int,
             cpu = [x["cpu_s"] / x["events"] * 1e6 for x in rs if x.get("cpu_s") and x.get("events")]
         if cpu:
             s["cpu_us_per_event"] = median(cpu)
+        per = [x["cpu_per_process"] for x in rs if x.get("cpu_per_process")]
+        if per:
+            # one entry per process slot (root first), median over the runs that had that many processes
+            s["cpu_per_process"] = [
+                {"role": per[0][i]["role"],
+                 "cpu_us_per_event": median([p[i]["cpu_us_per_event"] for p in per if len(p) > i])}
+                for i in range(len(per[0]))]
         if "peak_rss_mib" in rs[0]:
             s["peak_rss_mib"] = max(x["peak_rss_mib"] for x in rs)
             s["processes"] = max(len(x.get("processes", [])) for x in rs)

@@ -49,15 +49,17 @@ class BenchEnv:
     #: set by :func:`open_env` when it started the servers (versions, pids for the report)
     servers: dict[str, Any] = field(default_factory=dict)
 
-    def mysql(self) -> Any:
-        """A new PyMySQL connection as the admin user, ``autocommit=False``, database ``app``."""
+    def mysql(self, multi_statements: bool = False) -> Any:
+        """A new PyMySQL connection as the admin user, ``autocommit=False``, database ``app``
+        (``multi_statements``: one query may hold several ``;``-separated statements)."""
         import pymysql
+        from pymysql.constants import CLIENT
 
         d = parse_mysql_dsn(self.mysql_admin_dsn, "--mysql-admin-dsn")
         try:
             conn = pymysql.connect(host=d.host, port=d.port, user=d.user, password=d.password,
                                    database=d.database or None, autocommit=False, charset="utf8mb4",
-                                   connect_timeout=10)
+                                   connect_timeout=10, client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0)
         except pymysql.err.MySQLError as e:
             raise BenchError(f"cannot connect to MySQL at {redact(self.mysql_admin_dsn)}: {e.args[-1]}",
                              "check --mysql-admin-dsn / --mysql-dsn (user, password, host:port)") from None

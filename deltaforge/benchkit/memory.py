@@ -68,6 +68,27 @@ def tree_cpu_seconds(pid: int) -> float:
     return cpu_seconds(pid) + sum(cpu_seconds(c) for c in descendants(pid))
 
 
+def process_role(pid: int, root: int) -> str:
+    """A short name for one engine process: ``deltaforge run`` for the root, else its command line."""
+    try:
+        args = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+    except OSError:
+        args = []
+    if "-m" in args:
+        args = args[args.index("-m") + 1:]
+    elif args:
+        args = args[1:]
+    text = " ".join(args[:2]) if pid == root else " ".join(args)
+    return (text[:60] or _status(pid).get("Name", "?")) if pid != root else (text or "deltaforge run")
+
+
+def process_cpu(root: int) -> list[dict[str, Any]]:
+    """CPU seconds of each live process of a tree, root first (the root's figure includes its
+    reaped children's, which ``cpu_seconds`` folds in)."""
+    return [{"pid": pid, "role": process_role(pid, root), "cpu_s": round(cpu_seconds(pid), 3)}
+            for pid in (root, *descendants(root))]
+
+
 class PeakRss:
     """Polls VmHWM of a process tree; :meth:`result` gives per-process and total peaks."""
 

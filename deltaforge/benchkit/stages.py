@@ -16,6 +16,11 @@
   MULTI/XADD.../SET/EXEC round trip, exactly-once) of the processed batches, to a bench
   stream deleted afterwards.
 
+With the backlog's :class:`~deltaforge.benchkit.workload.BinlogEvents` given, both readers are
+also reported in binlog events/s (``decode_binlog_events_per_s``, ``..._mysql_replication``):
+the events between the reader's positions at its first and last timed unit (GTID, TABLE_MAP,
+ANNOTATE_ROWS, ROWS, XID... all of them: a reader pays for each), over the same seconds.
+
 Each clock starts when the stage's first unit of work arrives or begins (connection set-up
 and the V8 start are outside it). For the two readers the first batch/rows event starts the
 clock and is not counted, like the drain's first-to-last-entry rate.
@@ -39,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from deltaforge.benchkit.env import BenchError
+from deltaforge.benchkit.workload import BinlogEvents, position_key
 from deltaforge.dsn import parse_mysql_dsn
 
 if TYPE_CHECKING:
@@ -46,6 +52,8 @@ if TYPE_CHECKING:
     from deltaforge.benchkit.workload import Backlog
     from deltaforge.model import Batch
 
+#: a reader's timed span: its position at the first and at the last timed unit, and the seconds between
+Span = tuple[tuple[str, int], tuple[str, int], float]
 #: the sink stage's stream (the checkpoint key derives from it, so the seed's is untouched)
 SINK_STREAM = "bench:stages:sink"
 #: a reader that sees no new row for this long has reached the end of the range
@@ -59,8 +67,8 @@ def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else 0.0
 
 
-def decode_ours(env: BenchEnv, backlog: Backlog, rows: int) -> tuple[float, list[Batch], int]:
-    """(rows/s, the batches read, rows read) for BinlogSource over the range."""
+def decode_ours(env: BenchEnv, backlog: Backlog, rows: int) -> tuple[float, list[Batch], int, Span]:
+    """(rows/s, the batches read, rows read, the timed span) for BinlogSource over the range."""
     from deltaforge.benchkit.workload import seed_config
     from deltaforge.source.binlog import open_source
 
@@ -75,6 +83,7 @@ def decode_ours(env: BenchEnv, backlog: Backlog, rows: int) -> tuple[float, list
     seen = 0
     first = 0
     t0 = t1 = 0.0
+    p0 = p1 = (backlog.start.rsplit(":", 1)[0], int(backlog.start.rsplit(":", 1)[1]))
     last_row = time.monotonic()
 
     def watchdog() -> None:
@@ -95,7 +104,9 @@ def decode_ours(env: BenchEnv, backlog: Backlog, rows: int) -> tuple[float, list
             last_row = time.monotonic()
             if not kept:
                 t0, first = now, n
+                p0 = (batch.end.file, batch.end.pos)
             t1 = now
+            p1 = (batch.end.file, batch.end.pos)
             kept.append(batch)
             seen += n
             if seen >= rows:
@@ -108,11 +119,11 @@ def decode_ours(env: BenchEnv, backlog: Backlog, rows: int) -> tuple[float, list
     if seen < rows:
         raise BenchError(f"the backlog range from {backlog.start} held {seen} row changes, expected {rows}",
                          "write the backlog right before measuring (nothing may purge or rotate past it)")
-    return _rate(seen - first, t1 - t0), kept, seen
+    return _rate(seen - first, t1 - t0), kept, seen, (p0, p1, t1 - t0)
 
 
-def decode_mysql_replication(env: BenchEnv, backlog: Backlog, rows: int) -> tuple[float, int]:
-    """(rows/s, rows read) for mysql-replication's BinLogStreamReader with its own row decoding."""
+def decode_mysql_replication(env: BenchEnv, backlog: Backlog, rows: int) -> tuple[float, int, Span]:
+    """(rows/s, rows read, the timed span) for mysql-replication's BinLogStreamReader with its own row decoding."""
     from pymysqlreplication import BinLogStreamReader
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
@@ -132,13 +143,16 @@ def decode_mysql_replication(env: BenchEnv, backlog: Backlog, rows: int) -> tupl
     seen = 0
     first = 0
     t0 = t1 = 0.0
+    p0 = p1 = (file, int(pos))
     try:
         for ev in stream:
             n = len(ev.rows)  # the library decodes every row of the event into dicts here
             now = time.perf_counter()
             if not seen:
                 t0, first = now, n
+                p0 = (stream.log_file, stream.log_pos)
             t1 = now
+            p1 = (stream.log_file, stream.log_pos)
             seen += n
             if seen >= rows:
                 break
@@ -147,7 +161,15 @@ def decode_mysql_replication(env: BenchEnv, backlog: Backlog, rows: int) -> tupl
     if seen < rows:
         raise BenchError(f"mysql-replication read {seen} row changes from {backlog.start}, expected {rows}",
                          "write the backlog right before measuring (nothing may purge or rotate past it)")
-    return _rate(seen - first, t1 - t0), seen
+    return _rate(seen - first, t1 - t0), seen, (p0, p1, t1 - t0)
+
+
+def _events_rate(events: BinlogEvents | None, span: Span) -> float | None:
+    """Binlog events/s over a reader's timed span, or None without the backlog's event list."""
+    if events is None:
+        return None
+    p0, p1, seconds = span
+    return _rate(events.between(position_key(p0), position_key(p1)), seconds)
 
 
 def js_stage(env: BenchEnv, backlog: Backlog, batches: list[Batch]) -> float:
@@ -198,17 +220,20 @@ def sink_stage(env: BenchEnv, backlog: Backlog, batches: list[Batch]) -> float:
     return _rate(events, seconds)
 
 
-def measure_stages(env: BenchEnv, backlog: Backlog, rows: int | None = None) -> dict[str, Any]:
+def measure_stages(env: BenchEnv, backlog: Backlog, rows: int | None = None,
+                   events: BinlogEvents | None = None) -> dict[str, Any]:
     """Each stage alone on the first ``rows`` (default: all) row changes of the backlog.
 
     Returns ``decode_rows_per_s``, ``decode_rows_per_s_mysql_replication``, ``js_events_per_s``,
-    ``sink_events_per_s`` and ``rows`` (the row changes each figure is over).
+    ``sink_events_per_s`` and ``rows`` (the row changes each figure is over); with ``events``
+    (the backlog's binlog events) also ``decode_binlog_events_per_s`` and
+    ``decode_binlog_events_per_s_mysql_replication``.
     """
     want = backlog.rows if rows is None else min(rows, backlog.rows)
     if want <= 0:
         raise BenchError("measure_stages needs a backlog of at least one row change", "pass --rows 1000 or more")
-    decode, batches, seen = decode_ours(env, backlog, want)
-    lib, lib_seen = decode_mysql_replication(env, backlog, want)
+    decode, batches, seen, span = decode_ours(env, backlog, want)
+    lib, lib_seen, lib_span = decode_mysql_replication(env, backlog, want)
     js = js_stage(env, backlog, batches)
     sink = sink_stage(env, backlog, batches)
     return {
@@ -218,4 +243,8 @@ def measure_stages(env: BenchEnv, backlog: Backlog, rows: int | None = None) -> 
         "sink_events_per_s": sink,
         "rows": seen,
         "rows_mysql_replication": lib_seen,
+        **({} if events is None else {
+            "decode_binlog_events_per_s": _events_rate(events, span),
+            "decode_binlog_events_per_s_mysql_replication": _events_rate(events, lib_span),
+        }),
     }

@@ -6,10 +6,18 @@ Contract:
   :data:`SEED_ROWS` rows, so updates and deletes have rows to hit. Idempotent, and safe on
   tables that already hold rows (ids continue after ``MAX(id)``).
 - :func:`write_backlog` writes exactly ``rows`` row changes (every statement's row count is
-  checked) between two recorded binlog positions: many small transactions (1..50 rows, each
-  of 1..3 multi-row statements) plus one large one of ``big_tx_rows`` in the middle, a
-  configurable insert/update/delete mix over orders/inventory/users/products with realistic
-  row sizes (an order row image ~60 B, a product with a description up to ~250 B).
+  checked) between two recorded binlog positions, in one of two shapes (:data:`WORKLOADS`),
+  both a configurable insert/update/delete mix over orders/inventory/users/products with
+  realistic row sizes (an order row image ~60 B, a product with a description up to ~250 B):
+
+  * ``oltp`` (the default): what an application's binlog looks like. Transactions of 1..12
+    statements (mean ~4), every statement single-row; updates and deletes by primary key. Each
+    statement is one TABLE_MAP + one ROWS event (+ ANNOTATE_ROWS), each transaction adds a
+    GTID and an XID: about 3.5 binlog events per row change.
+  * ``bulk``: many small transactions (1..50 rows, each of 1..3 multi-row statements) plus one
+    large one of ``big_tx_rows`` in the middle: about 10 rows per ROWS event.
+- :func:`count_binlog_events` counts the binlog events of a range (``SHOW BINLOG EVENTS``), so
+  a reader's rate can be given per binlog event as well as per row.
 - :func:`write_big_transaction` writes one transaction of N inserts fast
   (``INSERT ... SELECT`` from MariaDB's ``seq_1_to_N``), for the memory phase.
 - :func:`seed_config` / :func:`seed_yaml` give ``conf/pipeline.yaml`` with ``start`` set to a
@@ -20,6 +28,9 @@ Hazards: UPDATEs always change every row they match (a version counter goes into
 otherwise MariaDB logs no row image and the count would be short; deletes fall back to
 inserts when a table has too few live rows. The writer is single-threaded on purpose: the
 backlog is written before any drain, so it never competes with the engine for the 2 cores.
+The OLTP writer sends several transactions' statements in one multi-statement query (one
+round trip instead of one per statement); the server still executes, and logs, each
+statement on its own, so the binlog's shape is that of one statement per round trip.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import os
 import random
 import re
 import time
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,8 +52,14 @@ SEED_YAML = ROOT / "conf" / "pipeline.yaml"
 TABLES = ["app.users", "app.products", "app.orders", "app.inventory"]
 SEED_ROWS = 2000
 DEFAULT_MIX = {"insert": 50, "update": 40, "delete": 10}
-#: share of the backlog that goes into the one large transaction when not given
+#: share of the backlog that goes into the one large transaction when not given (bulk)
 BIG_TX_SHARE = 0.05
+#: ``--workload`` choices; the first is the default
+WORKLOADS = ("oltp", "bulk")
+#: OLTP: weights of 1..12 statements per transaction (mean ~4.1 statements, like an application's)
+OLTP_TX_WEIGHTS = (22, 17, 14, 11, 9, 7, 6, 4, 3, 3, 2, 2)
+#: OLTP: statements sent per multi-statement round trip (whole transactions; a bound, not exact)
+OLTP_STATEMENTS_PER_QUERY = 64
 
 
 @dataclass
@@ -57,6 +75,9 @@ class Backlog:
     """``insert``/``update``/``delete``/``transactions`` (+ ``statements``, ``big_tx_rows``)."""
     write_s: float = 0.0
     tables: list[str] = field(default_factory=lambda: list(TABLES))
+    workload: str = "bulk"
+    binlog_events: dict[str, int] = field(default_factory=dict)
+    """Binlog events of the range by type, plus ``total`` (set by :func:`count_binlog_events`'s caller)."""
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -185,6 +206,62 @@ class _Writer:
         self.stats[kind] += n
         self.stats["statements"] += 1
 
+    def single_row_sql(self, table: str, kind: str) -> tuple[str, str]:
+        """(SQL with literal values, the kind actually written) of one single-row statement;
+        updates and deletes address one live row by primary key."""
+        if kind != "insert" and len(self.live[table]) < 1 + SEED_ROWS // 2:
+            kind = "insert"  # keep a pool of live rows; deletes must not run the table dry
+        if kind == "insert":
+            i = self.next_id[table]
+            self.next_id[table] = i + 1
+            self.live[table].append(i)
+            lit = self.conn.escape
+            return self._INSERT[table] % tuple(lit(v) for v in self._row(table, i)), kind
+        self.version += 1
+        pk = self._pick(table, 1, remove=kind == "delete")
+        if kind == "delete":
+            return f"DELETE FROM {table} WHERE id = {pk}", kind
+        return self._update_sql(table, pk).replace(f"WHERE id IN ({pk})", f"WHERE id = {pk}"), kind
+
+    def oltp(self, rows: int, progress: Any = None) -> None:
+        """``rows`` single-row statements in transactions of 1..12 (:data:`OLTP_TX_WEIGHTS`),
+        sent whole transactions at a time in multi-statement queries; every result's row count
+        is checked (1 per statement, 0 per COMMIT)."""
+        rng = self.rng
+        sizes = range(1, len(OLTP_TX_WEIGHTS) + 1)
+        done = 0
+        sql: list[str] = []
+        expect: list[tuple[str, str, int]] = []
+        with self.conn.cursor() as cur:
+            while done < rows:
+                size = min(rng.choices(sizes, OLTP_TX_WEIGHTS)[0], rows - done)
+                for _ in range(size):
+                    table = rng.choices(self.tables, self.weights)[0]
+                    stmt, kind = self.single_row_sql(table, rng.choices(self.kinds, self.kind_weights)[0])
+                    sql.append(stmt)
+                    expect.append((kind, table, 1))
+                    self.stats[kind] += 1
+                    self.stats["statements"] += 1
+                sql.append("COMMIT")
+                expect.append(("commit", "", 0))
+                self.stats["transactions"] += 1
+                done += size
+                if len(sql) >= OLTP_STATEMENTS_PER_QUERY or done >= rows:
+                    self._send(cur, sql, expect)
+                    sql, expect = [], []
+                    if progress is not None:
+                        progress(done)
+
+    def _send(self, cur: Any, sql: list[str], expect: list[tuple[str, str, int]]) -> None:
+        cur.execute(";\n".join(sql))
+        for i, (kind, table, n) in enumerate(expect):
+            if i and not cur.nextset():
+                raise BenchError(f"workload: the server answered {i} of {len(expect)} statements",
+                                 "run the bench against MariaDB or MySQL with multi-statement queries allowed")
+            if cur.rowcount != n:
+                raise BenchError(f"workload: {kind} on {table} changed {cur.rowcount} rows, expected {n}",
+                                 "run the bench on tables only it writes to (a scratch database)")
+
     def transaction(self, cur: Any, size: int, max_stmt: int) -> None:
         """One transaction of exactly ``size`` row changes in statements of at most ``max_stmt`` rows."""
         rng = self.rng
@@ -232,20 +309,23 @@ def prepare_schema(env: BenchEnv) -> None:
 
 def write_backlog(env: BenchEnv, rows: int, seed: int = 1, big_tx_rows: int = 0,
                   mix: dict[str, int] | None = None,
-                  progress: Any = None) -> Backlog:
+                  progress: Any = None, workload: str = "oltp") -> Backlog:
     """Write exactly ``rows`` row changes and return the binlog range that holds them.
 
-    ``big_tx_rows``: size of the one large transaction (0: ~5% of ``rows``; it is part of
-    ``rows``, not added to it). ``progress(done_rows)`` is called after each transaction.
+    ``workload``: ``oltp`` or ``bulk`` (module docstring). ``big_tx_rows`` (bulk only): size of
+    the one large transaction (0: ~5% of ``rows``; it is part of ``rows``, not added to it).
+    ``progress(done_rows)`` is called as transactions are committed.
     """
     import pymysql
 
+    if workload not in WORKLOADS:
+        raise BenchError(f"--workload {workload!r} is unknown", f"choose one of {', '.join(WORKLOADS)}")
     if rows < 1:
         raise BenchError(f"--rows {rows}: the backlog needs at least 1 row change", "pass --rows 1000 or more")
     big = big_tx_rows if big_tx_rows > 0 else (int(rows * BIG_TX_SHARE) if rows >= 1000 else 0)
-    big = min(big, rows)
+    big = min(big, rows) if workload == "bulk" else 0
     prepare_schema(env)
-    conn = env.mysql()
+    conn = env.mysql(multi_statements=workload == "oltp")
     rng = random.Random(seed)
     try:
         writer = _Writer(conn, rng, mix or DEFAULT_MIX)
@@ -254,6 +334,9 @@ def write_backlog(env: BenchEnv, rows: int, seed: int = 1, big_tx_rows: int = 0,
         done = 0
         big_at = (rows - big) // 2  # the large transaction sits in the middle of the backlog
         big_done = big == 0
+        if workload == "oltp":
+            writer.oltp(rows, progress)
+            done = rows
         with conn.cursor() as cur:
             while done < rows:
                 if not big_done and done >= big_at:
@@ -276,7 +359,67 @@ def write_backlog(env: BenchEnv, rows: int, seed: int = 1, big_tx_rows: int = 0,
         conn.close()
     counts = dict(writer.stats)
     counts["big_tx_rows"] = big
-    return Backlog(start=start, end=end, rows=rows, counts=counts, write_s=round(write_s, 3))
+    return Backlog(start=start, end=end, rows=rows, counts=counts, write_s=round(write_s, 3), workload=workload)
+
+
+@dataclass
+class BinlogEvents:
+    """The binlog events of a range: counts by type, and each event's end as (file number, end_log_pos)."""
+
+    by_type: dict[str, int]
+    ends: list[tuple[int, int]]
+
+    @property
+    def total(self) -> int:
+        return len(self.ends)
+
+    def between(self, after: tuple[int, int], upto: tuple[int, int]) -> int:
+        """Events ending in ``(after, upto]``: what a reader went through between two positions."""
+        return max(0, bisect_right(self.ends, upto) - bisect_right(self.ends, after))
+
+
+def position_key(position: str | tuple[str, int]) -> tuple[int, int]:
+    """``binlog.000007:1234`` (or ``("binlog.000007", 1234)``) -> ``(7, 1234)``, ordered like the binlog."""
+    file, pos = position.rsplit(":", 1) if isinstance(position, str) else position
+    return (int(file.rsplit(".", 1)[-1]), int(pos))
+
+
+def count_binlog_events(env: BenchEnv, start: str, end: str, page: int = 50_000) -> BinlogEvents:
+    """Every binlog event in ``[start, end)`` (``SHOW BINLOG EVENTS``, paged; rotations followed)."""
+    import pymysql
+
+    first, last = position_key(start), position_key(end)
+    file, pos = start.rsplit(":", 1)
+    by_type: dict[str, int] = {}
+    ends: list[tuple[int, int]] = []
+    conn = env.mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW BINARY LOGS")
+            files = [r[0] for r in cur.fetchall() if first[0] <= position_key((r[0], 0))[0] <= last[0]]
+            for name in files:
+                offset = int(pos) if name == file else 4
+                num = position_key((name, 0))[0]
+                while True:
+                    cur.execute(f"SHOW BINLOG EVENTS IN {conn.escape(name)} FROM {offset} LIMIT {page}")
+                    got = cur.fetchall()
+                    stop = len(got) < page
+                    for _log, _pos, etype, _sid, end_pos, _info in got:
+                        key = (num, int(end_pos))
+                        if key > last:
+                            stop = True
+                            break
+                        by_type[etype] = by_type.get(etype, 0) + 1
+                        ends.append(key)
+                    if stop:
+                        break
+                    offset = int(got[-1][4])
+    except pymysql.err.MySQLError as e:
+        raise BenchError(f"cannot count the backlog's binlog events: {e.args[-1]}",
+                         "grant REPLICATION SLAVE / BINLOG MONITOR to the --mysql-admin-dsn user") from None
+    finally:
+        conn.close()
+    return BinlogEvents(by_type=dict(sorted(by_type.items(), key=lambda kv: -kv[1])), ends=ends)
 
 
 def write_big_transaction(env: BenchEnv, rows: int) -> Backlog:
