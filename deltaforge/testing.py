@@ -379,25 +379,30 @@ class RedisServer:
 
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kw)
 
+    def _poll(self, ready: Any, timeout: float, what: str, **client_kw: Any) -> None:
+        """Call ``ready(client)`` every 50 ms until it is true; DeltaForgeError naming ``what`` after ``timeout``."""
+        client = self.client(**client_kw)
+        deadline = time.monotonic() + timeout
+        try:
+            while not ready(client):
+                if time.monotonic() > deadline:
+                    raise DeltaForgeError(f"redis-server on port {self.port} did not {what} within {timeout:.0f}s",
+                                          f"see {self.dir}/redis.log")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until PING answers PONG (not LOADING: a restarted server reads its RDB first)."""
         import redis
 
-        client = self.client(socket_timeout=2)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except (redis.exceptions.BusyLoadingError, redis.exceptions.ConnectionError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise DeltaForgeError(f"redis-server on port {self.port} did not answer PING within "
-                                          f"{timeout:.0f}s", f"see {self.dir}/redis.log")
-                time.sleep(0.05)
-        finally:
-            client.close()
+        def pong(client: Any) -> bool:
+            try:
+                return bool(client.ping())
+            except (redis.exceptions.BusyLoadingError, redis.exceptions.ConnectionError):
+                return False
+
+        self._poll(pong, timeout, "answer PING", socket_timeout=2)
 
     def snapshot(self) -> Path:
         """SAVE now and copy the RDB aside; returns the copy, for :meth:`crash_restart`."""
@@ -438,21 +443,17 @@ class RedisServer:
             self._enable_aof(timeout)
 
     def _enable_aof(self, timeout: float) -> None:
-        client = self.client(decode_responses=True)
+        def rewritten(client: Any) -> bool:
+            info = client.info("persistence")
+            return bool(info.get("aof_enabled") == 1 and not info.get("aof_rewrite_in_progress")
+                        and not info.get("aof_rewrite_scheduled"))
+
+        client = self.client()
         try:
             client.config_set("appendonly", "yes")
-            deadline = time.monotonic() + timeout
-            while True:
-                info = client.info("persistence")
-                if info.get("aof_enabled") == 1 and not info.get("aof_rewrite_in_progress") \
-                        and not info.get("aof_rewrite_scheduled"):
-                    return
-                if time.monotonic() > deadline:
-                    raise DeltaForgeError(f"redis-server on port {self.port} did not finish its AOF rewrite "
-                                          f"within {timeout:.0f}s", f"see {self.dir}/redis.log")
-                time.sleep(0.05)
         finally:
             client.close()
+        self._poll(rewritten, timeout, "finish its AOF rewrite", decode_responses=True)
 
     def freeze(self) -> None:
         """SIGSTOP: the server keeps its connections but answers nothing (a stalled Redis)."""
