@@ -69,10 +69,12 @@ def _load(name: str, compiled: str, twin: str) -> ModuleType:
 
 resp = _load("resp", "deltaforge._core.resp", "deltaforge.sink.resp_py")
 rowdecode = _load("rowdecode", "deltaforge._core.rowdecode", "deltaforge.source.rowdecode")
+framing = _load("framing", "deltaforge._core.framing", "deltaforge.source.framing")
 
 IMPLEMENTATIONS: dict[str, str] = {
     "resp": resp.IMPLEMENTATION,
     "rowdecode": rowdecode.IMPLEMENTATION,
+    "framing": framing.IMPLEMENTATION,
 }
 IMPLEMENTATION = IMPLEMENTATIONS["resp"]
 ROWDECODE_IMPLEMENTATION = IMPLEMENTATIONS["rowdecode"]

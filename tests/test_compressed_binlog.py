@@ -17,20 +17,17 @@ import re
 import struct
 import threading
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 import zstandard
-from pymysql.protocol import MysqlPacket
-from pymysqlreplication import BinLogStreamReader
 
 from deltaforge.errors import SourceError
 from deltaforge.model import Event, Position, binlog_file_number
 from deltaforge.preflight import check_mysql
+from deltaforge.source import binlog
 from deltaforge.source.binlog import BinlogSource
 from deltaforge.testing import MariaDBServer, RedisServer
 from tests.e2e import Engine, binlog_end, stream_events, wait_for, write_config
@@ -195,29 +192,61 @@ def test_check_reports_log_bin_compress_as_supported(compressed_mariadb: MariaDB
 
 @contextlib.contextmanager
 def rewriting(monkeypatch: pytest.MonkeyPatch, rewrite: Rewrite) -> Iterator[None]:
-    """Pass every binlog event packet of the dump connection through ``rewrite`` (0..n packets out)."""
-    queue: deque[bytes] = deque()
-    connect = BinLogStreamReader._BinLogStreamReader__connect_to_stream  # type: ignore[attr-defined]
-    read_packet = pymysql.connections.Connection._read_packet
+    """Pass every binlog event packet of the dump connection through ``rewrite`` (0..n packets out).
 
-    def connect_and_mark(self: Any) -> None:
-        connect(self)
-        self._stream_connection._df_rewrite = True
+    The reader's socket seam (``binlog.dump_socket``) is wrapped: packets are re-framed between
+    the server's socket and the reader, so the reader's own framing sees the rewritten stream.
+    """
+    real_read_ahead = binlog.read_ahead
+    ahead: list[bytes] = []
 
-    def read(self: Any, packet_type: Any = MysqlPacket) -> Any:
-        if not getattr(self, "_df_rewrite", False):
-            return read_packet(self, packet_type)
-        while not queue:
-            pkt = read_packet(self, packet_type)
-            data = bytes(pkt.get_all_data())
-            if len(data) < 20 or data[0] != 0:
-                return pkt  # EOF/error: not an event
-            queue.extend(rewrite(data))
-        return packet_type(queue.popleft(), self.encoding)
+    def read_ahead(conn: Any) -> bytes:
+        ahead.append(real_read_ahead(conn))
+        return b""  # served, rewritten, by the wrapper below
 
-    monkeypatch.setattr(BinLogStreamReader, "_BinLogStreamReader__connect_to_stream", connect_and_mark)
-    monkeypatch.setattr(pymysql.connections.Connection, "_read_packet", read)
+    monkeypatch.setattr(binlog, "read_ahead", read_ahead)
+    monkeypatch.setattr(binlog, "dump_socket", lambda conn: _Rewriter(conn._sock, ahead.pop(), rewrite))
     yield
+
+
+class _Rewriter:
+    """A socket-like wrapper that rewrites whole event packets (tests only)."""
+
+    def __init__(self, sock: Any, ahead: bytes, rewrite: Rewrite) -> None:
+        self._sock = sock
+        self._in = bytearray(ahead)
+        self._out = bytearray()
+        self._rewrite = rewrite
+        self._pump()
+
+    def _pump(self) -> None:
+        while len(self._in) >= 4:
+            n = int.from_bytes(self._in[:3], "little")
+            if len(self._in) < 4 + n:
+                return
+            data = bytes(self._in[4:4 + n])
+            del self._in[:4 + n]
+            out = [data] if len(data) < 20 or data[0] != 0 else self._rewrite(data)  # EOF/error: not an event
+            for p in out:
+                self._out += len(p).to_bytes(3, "little") + b"\x01" + p
+
+    def pending(self) -> int:
+        return len(self._out)
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def recv_into(self, view: Any) -> int:
+        while not self._out:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                return 0
+            self._in += chunk
+            self._pump()
+        n = min(len(view), len(self._out))
+        view[:n] = self._out[:n]
+        del self._out[:n]
+        return n
 
 
 def etype(packet: bytes) -> int:

@@ -1,9 +1,13 @@
 """Reader stage: one replication connection -> batches of events (DESIGN.md §2, §3, §5).
 
-mysql-replication does the transport, event framing and table-map parsing; row
-bodies are decoded by our own decoder from the raw packet bytes, so values render
-exactly as DESIGN.md §3 says: ``_core/rowdecode.pyx``, or its pure-Python twin
-:mod:`deltaforge.source.rowdecode` (chosen in :mod:`deltaforge._accel`).
+mysql-replication (over pymysql) connects, authenticates, registers as a replica and sends
+the dump command; from then on the reader owns the socket. Packets are framed and events
+dispatched by ``_core/framing.pyx`` (pure twin :mod:`deltaforge.source.framing`): heartbeats,
+harmless events, repeated table maps and rows of tables that are not captured never become
+Python objects. A table map seen for the first time is parsed once by mysql-replication (its
+column metadata parser) into our :class:`TableSchema`, cached by its raw bytes. Row bodies
+are decoded by ``_core/rowdecode.pyx`` (twin :mod:`deltaforge.source.rowdecode`), so values
+render exactly as DESIGN.md §3 says. :mod:`deltaforge._accel` picks compiled or twin.
 
 Batching contract
 -----------------
@@ -25,14 +29,15 @@ carried in ``source.gtid``/``transaction.id``.
 
 Hazards
 -------
-* mysql-replication silently reconnects after errors 2006/2013 from the *last event*
-  (possibly mid-transaction, without its table map). We refuse that: the connection
-  factory raises :class:`SourceUnavailable` on a reconnect and the pipeline restarts
-  from its checkpoint instead.
+* A lost connection is never resumed in place (mid-transaction, without its table map):
+  the reader raises :class:`SourceUnavailable` and the pipeline restarts from its
+  checkpoint. The connection factory refuses a second stream connection for the same reason.
 * Every event type reaches :meth:`BinlogSource._other_event` unless the reader decodes it or
   :data:`compressed.HARMLESS` lists it: compressed MariaDB events and MySQL transaction payloads
   are expanded there into their plain events (:mod:`deltaforge.source.compressed`); any other
   type inside a transaction stops the pipeline before a checkpoint passes it.
+* With TLS, bytes may wait decrypted inside the SSL object while the socket reads empty:
+  readiness checks ask ``pending()`` before ``select``.
 * MariaDB file:pos dumps must use the plain COM_BINLOG_DUMP path (the library's
   MariaDB path sends an empty file name), so ``is_mariadb`` is set only for GTID starts.
 """
@@ -42,6 +47,7 @@ from __future__ import annotations
 import base64
 import logging
 import select
+import struct
 import threading
 import time
 import zlib
@@ -51,28 +57,10 @@ from typing import Any
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.event import (
-    BeginLoadQueryEvent,
-    ExecuteLoadQueryEvent,
-    GtidEvent,
-    HeartbeatLogEvent,
-    MariadbGtidEvent,
-    NotImplementedEvent,
-    QueryEvent,
-    RotateEvent,
-    XAPrepareEvent,
-    XidEvent,
-)
 from pymysqlreplication.packet import BinLogPacketWrapper
-from pymysqlreplication.row_event import (
-    DeleteRowsEvent,
-    PartialUpdateRowsEvent,
-    TableMapEvent,
-    UpdateRowsEvent,
-    WriteRowsEvent,
-)
+from pymysqlreplication.row_event import TableMapEvent
 
-from deltaforge._accel import rowdecode
+from deltaforge._accel import framing, rowdecode
 from deltaforge.dsn import MySQLDSN, parse_mysql_dsn
 from deltaforge.errors import (
     DecodeError,
@@ -108,68 +96,17 @@ from deltaforge.source.tables import TableFilter
 
 log = logging.getLogger("deltaforge.source")
 
-#: the event classes the reader decodes itself
-_HANDLED = frozenset((TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
-                      MariadbGtidEvent, GtidEvent, RotateEvent, HeartbeatLogEvent))
-#: also requested, so that mysql-replication drops nothing unseen but types in compressed.HARMLESS:
-#: they go to BinlogSource._other_event (compressed events, transaction payloads, unknown types)
-_CHECKED = (NotImplementedEvent, PartialUpdateRowsEvent, XAPrepareEvent, BeginLoadQueryEvent, ExecuteLoadQueryEvent)
-_ROWS_TYPES = frozenset((23, 24, 25, 30, 31, 32))
-_KIND = {WriteRowsEvent: rowdecode.WRITE, UpdateRowsEvent: rowdecode.UPDATE, DeleteRowsEvent: rowdecode.DELETE}
 _OP = {rowdecode.WRITE: "c", rowdecode.UPDATE: "u", rowdecode.DELETE: "d"}
+_ROWS, _XID, _QUERY, _TABLE_MAP = framing.ROWS, framing.XID, framing.QUERY, framing.TABLE_MAP
+_GTID_MARIADB, _GTID_MYSQL, _ROTATE, _OTHER = framing.GTID_MARIADB, framing.GTID_MYSQL, framing.ROTATE, framing.OTHER
+_Q_BEGIN, _Q_OTHER = framing.Q_BEGIN, framing.Q_OTHER
+_ERROR, _END = framing.ERROR, framing.END
+_HEADER = struct.Struct("<IBIIIH")
 _MARIADB_GTID_STANDALONE = 0x01
 _HEARTBEAT_S = 5.0
 #: no byte from the server for this long (heartbeats included) = connection dead
 _SILENCE_S = 30.0
 _DML = ("INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD DATA")
-
-
-_tm_cache_local = threading.local()
-_TM_CACHE_MAX = 2048
-
-
-def _install_table_map_cache() -> None:
-    """Reuse mysql-replication's parse of a table map whose exact bytes were seen before.
-
-    The server re-sends a table's map before every rows event, and the library parses
-    each one in full (columns, FULL row metadata, charsets): measured as the reader's
-    largest single cost with small transactions. Identical bytes (the table id included)
-    parse identically, so the parsed attributes are copied from the first parse; the
-    per-packet fields are still set by ``BinLogEvent.__init__``. Active only in threads
-    that set ``_tm_cache_local.cache`` (our reader); anything else parses as before.
-    """
-    if getattr(TableMapEvent, "_deltaforge_cache", False):
-        return
-    from pymysqlreplication.event import BinLogEvent
-
-    original = TableMapEvent.__init__
-
-    def cached_init(self: Any, from_packet: Any, event_size: int, table_map: Any, ctl_connection: Any,
-                    **kw: Any) -> None:
-        cache: dict[bytes, dict[str, Any]] | None = getattr(_tm_cache_local, "cache", None)
-        if cache is None:
-            original(self, from_packet, event_size, table_map, ctl_connection, **kw)
-            return
-        p = from_packet.packet
-        key = p._data[p._position:p._position + event_size]
-        hit = cache.get(key)
-        if hit is None:
-            original(self, from_packet, event_size, table_map, ctl_connection, **kw)
-            if len(cache) >= _TM_CACHE_MAX:
-                cache.clear()
-            # the event's own dict: what the reader attaches to it (its schema) is shared by later hits
-            cache[key] = self.__dict__
-            return
-        BinLogEvent.__init__(self, from_packet, event_size, table_map, ctl_connection, **kw)
-        per_packet = self.__dict__.copy()
-        self.__dict__.update(hit)
-        self.__dict__.update(per_packet)
-        self._processed = hit["_processed"]
-        if self._processed:
-            table_map[self.table_id] = self.table_obj
-
-    TableMapEvent.__init__ = cached_init  # type: ignore[method-assign]
-    TableMapEvent._deltaforge_cache = True  # type: ignore[attr-defined]
 
 
 def default_replica_server_id(pipeline: str) -> int:
@@ -267,11 +204,15 @@ class BinlogSource:
 
         self._stream: BinLogStreamReader | None = None
         self._ctl: Any = None
-        self._schemas: dict[int, TableSchema] = {}
-        self._tm_cache: dict[bytes, dict[str, Any]] = {}
+        #: frames the dump connection's packets (created when the stream connects)
+        self._scanner: Any = None
+        self._sock: Any = None
         self._warned_minimal: set[str] = set()
-        #: events expanded from a compressed event or a transaction payload, read before the socket
-        self._pending: deque[Any] = deque()
+        #: events expanded from a compressed event or a transaction payload, read before the socket,
+        #: each with whether it came from a transaction payload
+        self._pending: deque[tuple[tuple[Any, ...], bool]] = deque()
+        #: the event _fetch returned last came from a transaction payload
+        self._in_payload = False
         self._warned_types: set[int] = set()
         #: returns from the idle select (data, heartbeat, stop, timeout): tests count them
         self.idle_wakeups = 0
@@ -421,17 +362,18 @@ class BinlogSource:
         self._mysql_gtid = gtid if self.flavor == "mysql" else None
         self._skip_rows = start.skip_rows
         self._skip_tx = start.tx
+        # mysql-replication only connects, registers and sends the dump command (_open_stream)
         self._stream = BinLogStreamReader(
             connection_settings={**self.dsn.connect_kwargs(), "connect_timeout": 10},
             server_id=self.replica_id,
             blocking=True,
-            only_events=[*_HANDLED, *_CHECKED],
-            filter_non_implemented_events=False,
-            only_schemas=sorted(self.filter.schemas()) or None,
             slave_heartbeat=_HEARTBEAT_S,
             pymysql_wrapper=_OneShotConnect(self.dsn_where),
             **kwargs,
         )
+        self._scanner = None
+        self._sock = None
+        self._pending.clear()
         self._file = start.file
 
     def close(self) -> None:
@@ -441,6 +383,8 @@ class BinlogSource:
             except Exception:  # noqa: BLE001 - closing a dead socket must not mask the real error
                 pass
             self._stream = None
+            self._scanner = None
+            self._sock = None
         if self._ctl is not None:
             try:
                 self._ctl.close()
@@ -449,28 +393,40 @@ class BinlogSource:
             self._ctl = None
 
     # --------------------------------------------------------------- reading
-    def _buffered(self) -> bool:
-        """True when the next packet is (at least partly) already here: reading won't block long."""
-        if self._pending:
-            return True
-        conn = getattr(self._stream, "_stream_connection", None)
-        sock = getattr(conn, "_sock", None)
-        rfile = getattr(conn, "_rfile", None)
-        if sock is None or rfile is None:
-            return True  # not connected yet: the first fetch connects and gets the fake rotate at once
-        timeout = sock.gettimeout()
-        sock.settimeout(0)
+    def _open_stream(self) -> None:
+        """Connect the dump (mysql-replication registers and sends the dump command), then take the socket."""
+        stream = self._stream
+        assert stream is not None
         try:
-            return len(rfile.peek(1)) > 0
-        except (BlockingIOError, TypeError, ValueError):
-            return False
-        except OSError as e:
+            stream._BinLogStreamReader__connect_to_stream()  # type: ignore[attr-defined]
+            stream._BinLogStreamReader__connect_to_ctl()  # type: ignore[attr-defined]
+        except SourceUnavailable:
+            raise
+        except (pymysql.err.MySQLError, OSError, ConnectionError) as e:
+            raise mysql_error(e, "starting the binlog dump", where=self.dsn_where, user=self.dsn.user) from None
+        conn = stream._stream_connection
+        scanner = framing.EventScanner(bool(stream._BinLogStreamReader__use_checksum))  # type: ignore[attr-defined]
+        scanner.feed(read_ahead(conn))  # bytes pymysql's buffered reader took from the socket come first
+        self._sock = dump_socket(conn)
+        self._scanner = scanner
+
+    def _sock_ready(self, timeout: float) -> bool:
+        """Is there something to read on the dump socket (decrypted TLS bytes included)?"""
+        sock = self._sock
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending() > 0:
+            return True
+        try:
+            ready, _, _ = select.select([sock], [], [], timeout)
+        except (OSError, ValueError) as e:
             raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
-        finally:
-            try:
-                sock.settimeout(timeout)
-            except OSError:
-                pass
+        return bool(ready)
+
+    def _buffered(self) -> bool:
+        """True when the next event is (at least partly) already here: reading won't block long."""
+        if self._pending or self._scanner is None:
+            return True  # not connected yet: the first fetch connects and gets the fake rotate at once
+        return bool(self._scanner.has_event() or self._sock_ready(0))
 
     def _wait_readable(self) -> bool:
         """Block until data arrives or a stop is requested. False on stop.
@@ -479,8 +435,7 @@ class BinlogSource:
         select as the socket, so an idle reader sleeps until data, a heartbeat, a stop or the
         silence deadline. A plain ``threading.Event`` is polled every 200 ms.
         """
-        conn = getattr(self._stream, "_stream_connection", None)
-        sock = getattr(conn, "_sock", None)
+        sock = self._sock
         wake = getattr(self.stop, "wake_fileno", None)
         wake_fd = wake() if wake is not None else None
         # Silence counts from when this wait began: a reader busy (or held back by a slow sink) for
@@ -505,60 +460,103 @@ class BinlogSource:
                                         "check the network to the MySQL server; the pipeline restarts from its checkpoint")
         return False
 
-    def _fetch(self) -> Any:
-        assert self._stream is not None
+    def _fetch(self) -> tuple[Any, ...] | None:
+        """The next event tuple (see deltaforge.source.framing); None when a stop cut the wait short."""
         if self._pending:
-            return self._pending.popleft()
+            ev, self._in_payload = self._pending.popleft()
+            return ev
+        self._in_payload = False
+        if self._scanner is None:
+            self._open_stream()
+        scanner = self._scanner
+        while True:
+            ev = scanner.next()
+            if ev is not None:
+                if ev[0] == _ERROR or ev[0] == _END:
+                    self._dump_ended(ev)
+                return ev  # type: ignore[no-any-return]
+            if not self._sock_ready(0) and not self._wait_readable():
+                return None
+            try:
+                n = scanner.recv(self._sock)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as e:  # ssl.SSLError included
+                raise SourceUnavailable(f"the binlog connection failed: {e}",
+                                        "the pipeline restarts from its checkpoint") from None
+            if n == 0:
+                raise SourceUnavailable("the source server closed the binlog connection",
+                                        "the pipeline restarts from its checkpoint")
+
+    def _dump_ended(self, ev: tuple[Any, ...]) -> None:
+        """An error or EOF packet instead of an event: classified like any MySQL error."""
+        if ev[0] == framing.END:
+            raise SourceUnavailable("the source server ended the binlog dump",
+                                    "the pipeline restarts from its checkpoint")
         try:
-            return self._stream.fetchone()
-        except SourceUnavailable:
-            raise
-        except (pymysql.err.MySQLError, OSError, ConnectionError) as e:
+            pymysql.err.raise_mysql_exception(ev[1])
+        except pymysql.err.MySQLError as e:
             raise mysql_error(e, "reading the binlog", where=self.dsn_where, user=self.dsn.user) from None
 
-    def _schema_for(self, tm: TableMapEvent) -> TableSchema | None:
-        """The decoding schema of a table map (None: table not captured), built once per distinct map."""
-        # With the table-map cache, every map parsed from the same bytes shares the first one's
-        # attributes, including the schema stored here on first sight.
-        cached = tm.__dict__.get("_df_schema")
-        if cached is not None and cached[0] is self:
-            schema: TableSchema | None = cached[1]
-        else:
-            schema = self._build_schema(tm)
-            tm._df_schema = (self, schema)  # type: ignore[attr-defined]
-        if schema is None:
-            self._schemas.pop(tm.table_id, None)
-        else:
-            self._schemas[tm.table_id] = schema
-        return schema
+    def _table_map(self, ev: tuple[Any, ...]) -> None:
+        """A table map not seen before: decide its schema (None: not captured) and tell the scanner."""
+        _, next_pos, _, ts, server_id, table_id, db, table, body = ev
+        schema: TableSchema | None = None
+        if self.filter.matches(db, table):
+            tm = self._parse_table_map(_HEADER.pack(ts, _TABLE_MAP, server_id, 19 + len(body), next_pos, 0) + body,
+                                       f"{self._file}:{next_pos - ev[2]}")
+            live = None
+            if needs_live_columns(tm):
+                name = f"{db}.{table}"
+                if name not in self._warned_minimal:
+                    self._warned_minimal.add(name)
+                    log.warning("%s: the binlog lacks column names or fractional-second digits "
+                                "(binlog_row_metadata is not FULL, or old temporal formats); using the live schema "
+                                "from information_schema (fix: SET GLOBAL binlog_row_metadata=FULL)", name)
+                live = fetch_live_columns(self._control(), db, table)
+            schema = schema_from_table_map(tm, live)
+        self._scanner.set_table(table_id, body, schema)
 
-    def _build_schema(self, tm: TableMapEvent) -> TableSchema | None:
-        if not self.filter.matches(tm.schema, tm.table):
-            return None
-        live = None
-        if needs_live_columns(tm):
-            name = f"{tm.schema}.{tm.table}"
-            if name not in self._warned_minimal:
-                self._warned_minimal.add(name)
-                log.warning("%s: the binlog lacks column names or fractional-second digits "
-                            "(binlog_row_metadata is not FULL, or old temporal formats); using the live schema "
-                            "from information_schema (fix: SET GLOBAL binlog_row_metadata=FULL)", name)
-            live = fetch_live_columns(self._control(), tm.schema, tm.table)
-        return schema_from_table_map(tm, live)
+    def _post_header_lengths(self) -> tuple[int, ...]:
+        """The format description's post-header lengths (what mysql-replication's parsers take)."""
+        lengths: list[int] = []
+        while (n := self._scanner.post_header_len(len(lengths) + 1)) is not None:
+            lengths.append(n)
+        return tuple(lengths)
+
+    def _parse_table_map(self, raw: bytes, where: str) -> Any:
+        """mysql-replication's TableMapEvent of one plain table-map event (its column metadata parser)."""
+        from pymysql.protocol import MysqlPacket
+
+        stream = self._stream
+        assert stream is not None
+        try:
+            wrapper = BinLogPacketWrapper(
+                MysqlPacket(b"\x00" + raw, "utf8"), {}, stream._ctl_connection, stream.mysql_version,
+                use_checksum=False, allowed_events=frozenset((TableMapEvent,)), only_tables=None,
+                ignored_tables=None, only_schemas=None, ignored_schemas=None,
+                freeze_schema=False, ignore_decode_errors=False, verify_checksum=False,
+                optional_meta_data=self.full_metadata, enable_logging=False,
+                post_header_lengths=self._post_header_lengths(),
+            )
+        except DeltaForgeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a malformed table map is corrupt input: name it
+            raise DecodeError(f"{where}: cannot parse Table_map (19): {e}",
+                              "report this with the server version; nothing past this event was committed") from None
+        if wrapper.event is None:
+            raise DecodeError(f"{where}: cannot parse Table_map (19)",
+                              "report this with the server version; nothing past this event was committed")
+        return wrapper.event
 
     def batches(self) -> Iterator[Batch]:
         """Yield batches until stop is requested. Raises SourceUnavailable/SourceError/DecodeError."""
         if self._stream is None:
             raise SourceError("BinlogSource.batches() called before open()")
-        _install_table_map_cache()
-        _tm_cache_local.cache = self._tm_cache  # this thread reads the binlog: its maps are cached
-        try:
-            for batch in self._batches():
-                if self._dead:
-                    self._attach_dead(batch)
-                yield batch
-        finally:
-            _tm_cache_local.cache = None
+        for batch in self._batches():
+            if self._dead:
+                self._attach_dead(batch)
+            yield batch
 
     def _attach_dead(self, batch: Batch) -> None:
         """Move the dead letters the batch's end position covers onto it (in binlog order)."""
@@ -630,61 +628,22 @@ class BinlogSource:
                 ev = self._fetch()
                 if ev is None:
                     continue
-                cls = type(ev)
-                pkt = ev.packet
-                if cls not in _HANDLED:
-                    self._other_event(ev, tx is not None)
-                    continue
-                if cls is RotateEvent:
-                    self._file = ev.next_binlog
-                    continue
-                if cls is HeartbeatLogEvent:
-                    continue
-                start_pos = pkt.log_pos - pkt.event_size
-                if cls is MariadbGtidEvent or cls is GtidEvent:
-                    if cls is MariadbGtidEvent:
-                        tx = _Tx(self._file, start_pos, ev.gtid, self._gtid_or_none(),
-                                 bool(ev.flags & _MARIADB_GTID_STANDALONE))
-                    else:
-                        tx = _Tx(self._file, start_pos, ev.gtid, self._gtid_or_none(), False)
-                    continue
-                if cls is TableMapEvent:
-                    self._schema_for(ev)
-                    continue
-                if cls is QueryEvent:
-                    query = ev.query.strip().upper() if isinstance(ev.query, str) else ""
-                    if query == "BEGIN":
-                        if tx is None:
-                            tx = _Tx(self._file, start_pos, None, self._gtid_or_none(), False)
-                        continue
-                    if query.startswith(_DML) and self._captures_statement(ev):
-                        raise SourceError(
-                            f"a change to a captured table was logged as a statement, not as rows, at "
-                            f"{self._file}:{start_pos} (schema {_query_schema(ev)}): it cannot be captured",
-                            "set binlog_format=ROW on the server (MIXED logs some changes as statements); to go on "
-                            "without this change, set spec.source.config.start past it and reset the checkpoint")
-                    if tx is not None and not tx.standalone and query not in ("COMMIT", "ROLLBACK"):
-                        continue  # a statement inside a transaction
-                    # COMMIT, or a standalone statement (DDL): falls through to the commit handling
-                elif cls is not XidEvent:
-                    # ---- a rows event
-                    schema = self._schemas.get(ev.table_id)
-                    if schema is None:
-                        continue
+                etype = ev[0]
+                if etype == _ROWS:
+                    # ---- a rows event of a captured table: (ROWS, next, size, ts, server, kind, schema,
+                    # present, present_after, body)
+                    start_pos = ev[1] - ev[2]
+                    schema = ev[6]
                     if tx is None:  # rows outside any transaction marker: treat the event as its own transaction
                         tx = _Tx(self._file, start_pos, None, self._gtid_or_none(), False)
-                    kind = _KIND[cls]
-                    p = pkt.packet
-                    body = p._data[p._position:p._position + ev.event_size - pkt.read_bytes]
+                    kind = ev[5]
+                    body = ev[9]
                     try:
-                        rows = rowdecode.decode_rows(
-                            schema, body, kind, ev.columns_present_bitmap,
-                            ev.columns_present_bitmap2 if kind == rowdecode.UPDATE else None,
-                        )
+                        rows = rowdecode.decode_rows(schema, body, kind, ev[7], ev[8])
                     except Exception as e:  # any decoder failure is a poison row: name it (or dead-letter it)
                         if self.on_decode_error == "dlq":
                             self._dead_rows(f"{schema.db}.{schema.table}", tx, start_pos, body, e,
-                                            skip if skip_tx is None or skip_tx == tx.gtid else 0, ev.timestamp)
+                                            skip if skip_tx is None or skip_tx == tx.gtid else 0, ev[3])
                             continue
                         if isinstance(e, DecodeError):
                             raise
@@ -695,7 +654,7 @@ class BinlogSource:
                         continue
                     table = f"{schema.db}.{schema.table}"
                     op = _OP[kind]
-                    ts_ms = ev.timestamp * 1000
+                    ts_ms = ev[3] * 1000
                     per_row = len(body) // len(rows) + 1
                     file = self._file
                     file_no = binlog_file_number(tx.file)
@@ -707,7 +666,7 @@ class BinlogSource:
                     tx_skip = skip if skip_tx is None or skip_tx == tx.gtid else 0
                     tx_gtid = tx.gtid or ""
                     # a transaction payload's events share its position: number its rows across them
-                    row0 = tx.rows if "df_in_payload" in ev.__dict__ else 0
+                    row0 = tx.rows if self._in_payload else 0
                     for i, (before, after) in enumerate(rows, row0):
                         seq = tx.rows
                         tx.rows += 1
@@ -721,7 +680,7 @@ class BinlogSource:
                             before=before,
                             after=after,
                             ts_ms=ts_ms,
-                            source=Source(connector="mysql", name=name, server_id=pkt.server_id, db=schema.db,
+                            source=Source(connector="mysql", name=name, server_id=ev[4], db=schema.db,
                                           table=schema.table, file=file, pos=start_pos, row=i, gtid=tx.gtid,
                                           ts_ms=ts_ms),
                             transaction=Transaction(id=tx.id, seq=seq, end=False),
@@ -748,6 +707,43 @@ class BinlogSource:
                             yield take(n, Position(file=tx.file, pos=tx.pos, gtid=tx.gtid_before,
                                                    skip_rows=last.seq + 1, tx=tx.gtid, server=ident))
                     continue
+                if etype == _XID:
+                    pass  # the commit of `tx`: handled below
+                elif etype == _GTID_MARIADB:
+                    tx = _Tx(self._file, ev[1] - ev[2], ev[5], self._gtid_or_none(),
+                             bool(ev[6] & _MARIADB_GTID_STANDALONE))
+                    continue
+                elif etype == _GTID_MYSQL:
+                    tx = _Tx(self._file, ev[1] - ev[2], ev[5], self._gtid_or_none(), False)
+                    continue
+                elif etype == _QUERY:
+                    qkind = ev[5]
+                    if qkind == _Q_BEGIN:
+                        if tx is None:
+                            tx = _Tx(self._file, ev[1] - ev[2], None, self._gtid_or_none(), False)
+                        continue
+                    if qkind == _Q_OTHER:
+                        query = ev[7].strip().upper()
+                        if query.startswith(_DML) and self._captures_statement(ev[6], ev[7]):
+                            raise SourceError(
+                                f"a change to a captured table was logged as a statement, not as rows, at "
+                                f"{self._file}:{ev[1] - ev[2]} (schema {_schema_text(ev[6])}): it cannot be "
+                                "captured",
+                                "set binlog_format=ROW on the server (MIXED logs some changes as statements); to go "
+                                "on without this change, set spec.source.config.start past it and reset the "
+                                "checkpoint")
+                        if tx is not None and not tx.standalone:
+                            continue  # a statement inside a transaction
+                    # COMMIT, ROLLBACK, or a standalone statement (DDL): falls through to the commit handling
+                elif etype == _TABLE_MAP:
+                    self._table_map(ev)
+                    continue
+                elif etype == _ROTATE:
+                    self._file = ev[5]
+                    continue
+                else:
+                    self._other_event(ev, tx is not None)
+                    continue
                 # ---- commit of `tx` (XID, COMMIT, or a standalone statement)
                 if tx is not None and tx.gtid and self.flavor == "mariadb":
                     self._gtid_state = MariaGtidState(self._gtid_state.with_gtid(tx.gtid))
@@ -760,7 +756,7 @@ class BinlogSource:
                 if skip_tx is None or (tx is not None and tx.gtid == skip_tx):
                     skip, skip_tx = 0, None
                 tx = None
-                boundary = Position(file=self._file, pos=pkt.log_pos, gtid=self._gtid_or_none(), server=ident)
+                boundary = Position(file=self._file, pos=ev[1], gtid=self._gtid_or_none(), server=ident)
                 boundary_count = len(events)
         except DeltaForgeError:
             # Commit what is complete before the failure (poison row, statement-format change,
@@ -772,32 +768,30 @@ class BinlogSource:
         if boundary is not None and boundary_count:
             yield take(boundary_count, boundary)
 
-    def _other_event(self, ev: Any, in_tx: bool) -> None:
-        """An event the reader does not decode itself (see compressed.py for the formats).
+    def _other_event(self, ev: tuple[Any, ...], in_tx: bool) -> None:
+        """An event the scanner does not dispatch itself: ``(OTHER, next, size, ts, server, flags, raw, type)``.
 
         Compressed MariaDB events and MySQL transaction payloads are expanded into the plain
-        events they stand for, which :meth:`_fetch` hands out next, at the outer event's position.
-        Harmless types are skipped. Any other type inside a transaction stops the pipeline before
-        a checkpoint can pass it; outside one it is logged once and skipped.
+        events they stand for, which :meth:`_fetch` hands out next, at the outer event's position
+        (see compressed.py for the formats). Any other type inside a transaction stops the
+        pipeline before a checkpoint can pass it; outside one it is logged once and skipped.
         """
-        pkt = ev.packet
-        etype = pkt.event_type
-        where = f"{self._file}:{pkt.log_pos - pkt.event_size}"
+        flags, raw, etype = ev[5], ev[6], ev[7]
+        where = f"{self._file}:{ev[1] - ev[2]}"
         if etype in compressed.MARIADB_COMPRESSED:
-            raw = self._raw_event(ev)
-            if etype in compressed.ROWS_COMPRESSED and _table_id(raw) not in self._schemas:
+            if etype in compressed.ROWS_COMPRESSED and self._scanner.table_schema(_table_id(raw)) is None:
                 return  # a table that is not captured: not worth inflating
-            plain = compressed.uncompress_mariadb_event(raw, where, self._post_header_len(etype))
-            self._push(plain, pkt, where, in_payload=False)
+            plain = compressed.uncompress_mariadb_event(raw, where, self._scanner.post_header_len(etype))
+            self._push(plain, ev, where, in_payload=False)
             return
         if etype == compressed.TRANSACTION_PAYLOAD_EVENT:
-            payload = compressed.parse_transaction_payload(self._raw_event(ev)[compressed.HEADER_LEN:], where)
+            payload = compressed.parse_transaction_payload(raw[compressed.HEADER_LEN:], where)
             for offset, inner in compressed.split_events(payload.payload, where):
-                self._push(inner, pkt, f"{where} (transaction payload, inner event at offset {offset})",
+                self._push(inner, ev, f"{where} (transaction payload, inner event at offset {offset})",
                            in_payload=True)
             return
-        if etype in compressed.HARMLESS or pkt.flags & compressed.LOG_EVENT_IGNORABLE_F:
-            return
+        if etype in compressed.HARMLESS or flags & compressed.LOG_EVENT_IGNORABLE_F:
+            return  # (the scanner skips these already; kept so the rule reads whole here)
         name = compressed.event_name(etype)
         if in_tx:
             raise SourceError(
@@ -810,65 +804,32 @@ class BinlogSource:
             log.warning("skipping binlog event %s at %s: not known to the reader, outside any transaction "
                         "(logged once per type)", name, where)
 
-    @staticmethod
-    def _raw_event(ev: Any) -> bytes:
-        """Header + body of an event as the server wrote it, without the checksum footer."""
-        data = ev.packet.packet._data  # OK byte, 19-byte header, body, [checksum]
-        raw = bytes(data[1:1 + compressed.HEADER_LEN + ev.event_size])
-        if len(raw) != compressed.HEADER_LEN + ev.event_size:
-            raise DecodeError(f"truncated binlog packet: {len(raw)} of {compressed.HEADER_LEN + ev.event_size} bytes")
-        return raw
+    def _push(self, raw: bytes, outer: tuple[Any, ...], where: str, *, in_payload: bool) -> None:
+        """Dispatch one plain event (no checksum) expanded from ``outer`` and queue it for :meth:`_fetch`.
 
-    def _post_header_len(self, etype: int) -> int | None:
-        """The post-header length the format description declares for a type (None: not known)."""
-        lengths = getattr(self._stream, "_BinLogStreamReader__post_header_lengths", None)
-        if lengths and 0 < etype <= len(lengths):
-            return int(lengths[etype - 1])
-        return None
-
-    def _push(self, raw: bytes, outer: Any, where: str, *, in_payload: bool) -> None:
-        """Parse one plain event (no checksum) with mysql-replication and queue it for :meth:`_fetch`."""
-        from pymysql.protocol import MysqlPacket
-
-        stream = self._stream
-        assert stream is not None
+        A new table map is resolved at once: the rows events after it in the same payload are
+        dispatched right away and must find their table.
+        """
         try:
-            wrapper = BinLogPacketWrapper(
-                MysqlPacket(b"\x00" + raw, "utf8"), stream.table_map, stream._ctl_connection, stream.mysql_version,
-                use_checksum=False, allowed_events=frozenset((*_HANDLED, *_CHECKED)), only_tables=None,
-                ignored_tables=None, only_schemas=sorted(self.filter.schemas()) or None, ignored_schemas=None,
-                freeze_schema=False, ignore_decode_errors=False, verify_checksum=False,
-                optional_meta_data=self.full_metadata, enable_logging=False,
-                post_header_lengths=getattr(stream, "_BinLogStreamReader__post_header_lengths", None),
-            )
-        except DeltaForgeError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a malformed inner event is corrupt input: name it
-            raise DecodeError(f"{where}: cannot parse {compressed.event_name(raw[4])}: {e}",
-                              "report this with the server version; nothing past this event was committed") from None
-        event = wrapper.event
-        if event is None:
-            if raw[4] in _ROWS_TYPES and _table_id(raw) in self._schemas:
-                raise DecodeError(f"{where}: rows of a captured table could not be matched to their table map",
-                                  "report this with the server version; nothing past this event was committed")
-            return  # filtered like its uncompressed twin would be (a table that is not captured)
-        if type(event) is TableMapEvent:
-            stream.table_map[event.table_id] = event.get_table()
+            ev = self._scanner.parse(raw)
+        except DecodeError as e:
+            raise DecodeError(f"{where}: {e.detail}", e.hint) from None
+        if ev is None:
+            return  # skipped like its uncompressed twin would be (known map, table not captured, harmless)
         # The expanded events stand at the outer event's position: their start and end are its own.
-        wrapper.log_pos = outer.log_pos
-        wrapper.event_size = outer.event_size
-        if in_payload and type(event) in _KIND:
-            event.df_in_payload = True
-        self._pending.append(event)
+        ev = (ev[0], outer[1], outer[2], *ev[3:])
+        if ev[0] == _TABLE_MAP:
+            self._table_map(ev)
+            return
+        self._pending.append((ev, in_payload))
 
-    def _captures_statement(self, ev: QueryEvent) -> bool:
+    def _captures_statement(self, schema: bytes, query: str) -> bool:
         """Could this statement-format DML touch a captured table? (its default schema, or one named in it)"""
-        default = _query_schema(ev)
+        default = _schema_text(schema)
         schemas = self.filter.schemas()
         if default in schemas:
             return True
-        text = ev.query if isinstance(ev.query, str) else ""
-        return any(f"{db}." in text or f"`{db}`." in text for db in schemas)
+        return any(f"{db}." in query or f"`{db}`." in query for db in schemas)
 
     def _gtid_or_none(self) -> str | None:
         if not self._gtid_known:
@@ -878,14 +839,35 @@ class BinlogSource:
         return self._mysql_gtid
 
 
+def read_ahead(conn: Any) -> bytes:
+    """What pymysql's buffered reader already took from the dump socket (the first events, often
+    ending inside a packet). Taken without blocking, before the reader reads the socket itself."""
+    rfile, sock = conn._rfile, conn._sock
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        ahead = rfile.peek(1)
+        return bytes(rfile.read(len(ahead))) if ahead else b""
+    except (BlockingIOError, TypeError, ValueError):
+        return b""
+    except OSError as e:
+        raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
+    finally:
+        sock.settimeout(timeout)
+
+
+def dump_socket(conn: Any) -> Any:
+    """The socket the reader receives the dump on (a seam: tests wrap it to rewrite packets)."""
+    return conn._sock
+
+
 def _table_id(raw: bytes) -> int:
     """Table id of a rows event (6 bytes little-endian right after the common header)."""
     return int.from_bytes(raw[compressed.HEADER_LEN:compressed.HEADER_LEN + 6], "little")
 
 
-def _query_schema(ev: QueryEvent) -> str:
-    schema = ev.schema
-    return schema.decode(errors="replace") if isinstance(schema, bytes) else str(schema)
+def _schema_text(schema: bytes) -> str:
+    return schema.decode(errors="replace")
 
 
 def open_source(cfg: Any, stop: threading.Event, resume: Position | None,
