@@ -266,6 +266,26 @@ def test_truncated_and_corrupt_events_fail_the_same_way_in_both() -> None:
     assert checked > 3000
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_event_type_is_dropped_unseen(impl: Any) -> None:
+    """Every type the scanner does not dispatch reaches the reader as OTHER, but the harmless ones."""
+    from deltaforge.source import compressed
+
+    handled = {2, 4, 16, 19, 33, 162, 23, 24, 25, 30, 31, 32}
+    sc = impl.EventScanner(False)
+    sc.feed(ok(fde(checksum=False)))
+    drain(sc)
+    for etype in range(256):
+        if etype in handled or etype == 15:  # (a format description must be one: tested above)
+            continue
+        out = sc.parse(event(etype, b"\0" * 40, checksum=False))
+        if etype in compressed.HARMLESS or etype == 27:
+            assert out is None, etype
+        else:
+            assert out is not None and out[0] == pure.OTHER and out[7] == etype, etype
+    assert sc.parse(event(201, b"x", flags=compressed.LOG_EVENT_IGNORABLE_F, checksum=False)) is None
+
+
 def test_parse_dispatches_one_plain_event_like_the_stream() -> None:
     for impl in (pure, compiled):
         sc = impl.EventScanner(True)
