@@ -70,11 +70,13 @@ def _load(name: str, compiled: str, twin: str) -> ModuleType:
 resp = _load("resp", "deltaforge._core.resp", "deltaforge.sink.resp_py")
 rowdecode = _load("rowdecode", "deltaforge._core.rowdecode", "deltaforge.source.rowdecode")
 framing = _load("framing", "deltaforge._core.framing", "deltaforge.source.framing")
+eventbuf = _load("eventbuf", "deltaforge._core.eventbuf", "deltaforge.source.eventbuf")
 
 IMPLEMENTATIONS: dict[str, str] = {
     "resp": resp.IMPLEMENTATION,
     "rowdecode": rowdecode.IMPLEMENTATION,
     "framing": framing.IMPLEMENTATION,
+    "eventbuf": eventbuf.IMPLEMENTATION,
 }
 IMPLEMENTATION = IMPLEMENTATIONS["resp"]
 ROWDECODE_IMPLEMENTATION = IMPLEMENTATIONS["rowdecode"]

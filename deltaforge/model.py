@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, overload
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -197,6 +198,119 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     """commit timestamp of the source event, ms"""
 
 
+class EventBlock:
+    """A batch's events as bytes, built once by the reader (or a processor), read by every stage.
+
+    ``data`` is JSON lines: each event's native JSON (exactly ``msgspec.json.encode(Event)``)
+    followed by ``\\n``; event ``i`` is ``data[starts[i]:starts[i + 1] - 1]``. ``tables[i]``
+    and ``txids[i]`` are its ``table`` and ``transaction.id`` (what sinks need without parsing).
+
+    It is a read-only sequence of :class:`Event`: indexing or iterating decodes the events
+    (once, then cached) for the stages that still work on objects (dead letters, stream
+    templates, tests); the hot stages use the bytes. Slicing returns an EventBlock.
+    """
+
+    __slots__ = ("_events", "data", "starts", "tables", "txids")
+
+    def __init__(self, data: bytes, starts: list[int], tables: list[str], txids: list[str]) -> None:
+        self.data = data
+        self.starts = starts
+        self.tables = tables
+        self.txids = txids
+        self._events: list[Event] | None = None
+
+    @classmethod
+    def from_lines(cls, lines: list[bytes], tables: list[str], txids: list[str]) -> EventBlock:
+        """A block of these events' native JSON lines (no newline inside any: compact JSON)."""
+        starts = [0]
+        total = 0
+        for line in lines:
+            total += len(line) + 1
+            starts.append(total)
+        return cls(b"\n".join(lines) + b"\n" if lines else b"", starts, tables, txids)
+
+    @classmethod
+    def from_events(cls, events: list[Event]) -> EventBlock:
+        """The block of Event objects (tests, dead-letter isolation, events built by stages)."""
+        if not events:
+            return cls(b"", [0], [], [])
+        lines = _encoder.encode_lines(events).split(b"\n")
+        lines.pop()
+        block = cls.from_lines(lines, [e.table for e in events],
+                               [e.transaction.id if e.transaction is not None else "" for e in events])
+        block._events = list(events)
+        return block
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __bool__(self) -> bool:
+        return len(self.starts) > 1
+
+    def line(self, i: int) -> bytes:
+        """The native JSON of event ``i``."""
+        return self.data[self.starts[i]:self.starts[i + 1] - 1]
+
+    def lines(self) -> list[bytes]:
+        """The native JSON of every event."""
+        if len(self.starts) < 2:
+            return []
+        out = self.data.split(b"\n")
+        out.pop()  # every line ends with "\n": the last piece is empty
+        return out
+
+    def json_array(self) -> bytes:
+        """``[e0,e1,...]``: the events as one JSON array (the processor's input)."""
+        if len(self.starts) < 2:
+            return b"[]"
+        return b"[" + self.data[:-1].replace(b"\n", b",") + b"]"
+
+    def decoded(self) -> list[Event]:
+        if self._events is None:
+            self._events = _decode_events(self.json_array())
+        return self._events
+
+    @overload
+    def __getitem__(self, i: int) -> Event: ...
+    @overload
+    def __getitem__(self, i: slice) -> EventBlock: ...
+    def __getitem__(self, i: int | slice) -> Event | EventBlock:
+        if isinstance(i, slice):
+            lo, hi, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("EventBlock slices are contiguous")
+            hi = max(lo, hi)
+            a, b = self.starts[lo], self.starts[hi]
+            return EventBlock(self.data[a:b], [s - a for s in self.starts[lo:hi + 1]], self.tables[lo:hi],
+                              self.txids[lo:hi])
+        if self._events is not None:
+            return self._events[i]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError("EventBlock index out of range")
+        return _decode_event(self.line(i % n))
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.decoded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EventBlock):
+            return self.data == other.data
+        if isinstance(other, list):
+            return self.decoded() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EventBlock({len(self)} events, {len(self.data)} bytes)"
+
+
+_decode_events = msgspec.json.Decoder(list[Event]).decode
+_decode_event = msgspec.json.Decoder(Event).decode
+_encoder = msgspec.json.Encoder()
+
+
 class Batch(msgspec.Struct):
     """A run of events handed from one stage to the next.
 
@@ -207,7 +321,8 @@ class Batch(msgspec.Struct):
     """
 
     seq: int
-    events: list[Event]
+    #: a list of Event objects, or an EventBlock (the reader's bytes: the hot path)
+    events: list[Event] | EventBlock
     keys: list[OrderKey]
     end: Position
     #: where the batch came from, for error messages: "db.table at file:pos"
@@ -217,6 +332,8 @@ class Batch(msgspec.Struct):
 
 
 _NAMESPACE = uuid.UUID("6f1b8c52-5d2e-4c7a-9a51-0d1e7c3b9f10")
+#: the SHA-1 prefix of every event id (deltaforge.source.eventbuf computes ids from it too)
+NAMESPACE_BYTES = _NAMESPACE.bytes
 
 
 def event_id_hasher(server: str, file: str, pos: int) -> Any:

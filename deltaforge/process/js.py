@@ -83,6 +83,7 @@ from deltaforge.model import (
     Batch,
     DeadLetter,
     Event,
+    EventBlock,
     OrderKey,
     Source,
     Transaction,
@@ -127,34 +128,76 @@ _HARNESS = (
       return "!a value JSON.stringify rejects (" + String(e && e.message || e) + ")";
     }
   }
-  // The first output event carrying an input's event_id is sent back slim: Python
-  // restores every other field from the input, so serializing them is wasted work.
+  // Answer of the batch (the protocol Python reads, see _process): one JSON array, one
+  // element per output event. An output carrying an input's event_id (its first such output)
+  // comes back as [input index, before, after, tags]: Python splices these into the input's
+  // own JSON, so its other fields are restored without being serialized here. Any other
+  // output is created: [-1 - parent index, the event as returned, 0, 0].
+  function validValue(v) {
+    return v === null || (typeof v === "object" && !isArray(v));
+  }
+  function validTags(t) {
+    if (t === null) return true;
+    if (!isArray(t)) return false;
+    for (let j = 0; j < t.length; j++) if (typeof t[j] !== "string") return false;
+    return true;
+  }
+  // The first output carrying an input's event_id, sent back slim: the old protocol, used
+  // only to report an invalid event with the exact same message (Python decodes it).
   function slim(events, ids) {
     const n = events.length, res = new Array(n);
     for (let i = 0; i < n; i++) {
       const e = events[i];
-      if (e === null || typeof e !== "object" || isArray(e)) {
-        return "!an array whose element " + i + " is " + describe(e);
-      }
       res[i] = ids.delete(e.event_id)
         ? {event_id: e.event_id, before: e.before, after: e.after, tags: e.tags}
         : e;
     }
     return encode(res);
   }
+  function answer(out, ids, first) {
+    const n = out.length, res = new Array(n);
+    let parent = 0;
+    for (let k = 0; k < n; k++) {
+      const e = out[k];
+      if (e === null || typeof e !== "object" || isArray(e)) {
+        return "!an array whose element " + k + " is " + describe(e);
+      }
+      const id = e.event_id;
+      const before = e.before === undefined ? null : e.before;
+      const after = e.after === undefined ? null : e.after;
+      const tags = e.tags === undefined ? null : e.tags;
+      if (!validValue(before) || !validValue(after) || !validTags(tags) ||
+          (id !== undefined && id !== null && typeof id !== "string")) {
+        return "?" + slim(out, first);
+      }
+      const i = ids.get(id);
+      if (i !== undefined) {
+        ids.delete(id);
+        parent = i;
+        res[k] = [i, before, after, tags];
+      } else {
+        res[k] = [-1 - parent, e, 0, 0];
+      }
+    }
+    return encode(res);
+  }
   return function (processBatch) {
     return function deltaforgeRun(input) {
       const events = parse(input);
-      const ids = new Set();
-      for (let i = 0; i < events.length; i++) ids.add(events[i].event_id);
+      const ids = new Map(), first = new Set();
+      for (let i = 0; i < events.length; i++) {
+        const id = events[i].event_id;
+        if (!ids.has(id)) ids.set(id, i);
+        first.add(id);
+      }
       const out = processBatch(events);
       if (out === null || out === undefined) return "[]";
-      if (isArray(out)) return slim(out, ids);
+      if (isArray(out)) return answer(out, ids, first);
       if (typeof out === "object") {
         if (typeof out.then === "function") {
           return "!a Promise (processBatch must return its events synchronously, not be async)";
         }
-        return slim([out], ids);
+        return answer([out], ids, first);
       }
       return "!" + describe(out);
     };
@@ -190,8 +233,24 @@ class _Out(msgspec.Struct):
     transaction: msgspec.Raw = msgspec.Raw()
 
 
+class _Fixed(msgspec.Struct):
+    """The fields of an input event a processor cannot change, as their raw JSON."""
+
+    event_id: msgspec.Raw
+    tenant_id: msgspec.Raw
+    table: msgspec.Raw
+    op: msgspec.Raw
+    ts_ms: msgspec.Raw
+    source: msgspec.Raw
+    transaction: msgspec.Raw
+    synthetic: msgspec.Raw = msgspec.Raw()
+
+
 _encode = msgspec.json.Encoder().encode
 _decode_out = msgspec.json.Decoder(list[_Out]).decode
+_decode_fixed = msgspec.json.Decoder(list[_Fixed]).decode
+_decode_answer = msgspec.json.Decoder(list[tuple[int, msgspec.Raw, msgspec.Raw, msgspec.Raw]]).decode
+_decode_created = msgspec.json.Decoder(_Out).decode
 _NULL = b"null"
 
 
@@ -405,66 +464,71 @@ class JsProcessor:
         )
 
     def _process(self, batch: Batch) -> Batch:
-        """Run ``processBatch`` once on the whole batch and rebuild events and keys."""
+        """Run ``processBatch`` once on the whole batch; the output events as an EventBlock.
+
+        The batch enters V8 as one JSON string (the reader's bytes, no re-encoding). An output
+        that kept an input's event_id is that input's JSON with ``before``, ``after`` and
+        ``tags`` spliced in (no Python object per event); created events are built by
+        :meth:`_created`.
+        """
         inputs = batch.events
-        result = self._call(_encode(inputs).decode(), batch)
+        block = inputs if isinstance(inputs, EventBlock) else EventBlock.from_events(inputs)
+        result = self._call(block.json_array().decode(), batch)
         if result.startswith("!"):
             raise ProcessorError(
                 f"{self._where}: processBatch returned {result[1:]} on batch {_origin(batch)}",
                 "return an array of event objects, a single event object, or null to drop "
                 "every event",
             )
-        try:
-            outs = _decode_out(result)
-        except msgspec.ValidationError as exc:
-            raise ProcessorError(
-                f"{self._where}: processBatch returned an invalid event on batch "
-                f"{_origin(batch)}: {exc}",
-                "before/after must be objects or null, tags an array of strings or null, "
-                "event_id a string",
-            ) from exc
-        return self._rebuild(batch, outs)
+        if result.startswith("?"):  # an invalid event: msgspec names it exactly
+            try:
+                _decode_out(result[1:])
+            except msgspec.ValidationError as exc:
+                raise ProcessorError(
+                    f"{self._where}: processBatch returned an invalid event on batch "
+                    f"{_origin(batch)}: {exc}",
+                    "before/after must be objects or null, tags an array of strings or null, "
+                    "event_id a string",
+                ) from exc
+            raise ProcessorError(f"{self._where}: internal: the harness flagged a valid answer")  # pragma: no cover
+        return self._rebuild(batch, block, _decode_answer(result))
 
-    def _rebuild(self, batch: Batch, outs: list[_Out]) -> Batch:
-        inputs = batch.events
+    def _rebuild(self, batch: Batch, block: EventBlock, answer: list[tuple[int, Any, Any, Any]]) -> Batch:
         in_keys = batch.keys
-        # pop() below makes a second copy of an input's id count as a created event,
-        # so event ids stay unique in the output.
-        index = {e.event_id: i for i, e in enumerate(inputs)}
-        events: list[Event] = []
+        fixed = _decode_fixed(block.json_array()) if answer else []
+        lines: list[bytes] = []
         keys: list[OrderKey] = []
-        parent: Event = inputs[0]
-        parent_key: OrderKey = in_keys[0]
-        created: dict[str, int] = {}
-        for n, o in enumerate(outs):
-            i = index.pop(o.event_id, None) if o.event_id is not None else None
-            if i is not None:
-                e = inputs[i]
-                parent = e
-                parent_key = in_keys[i]
-                events.append(
-                    Event(
-                        e.event_id,
-                        e.tenant_id,
-                        e.table,
-                        e.op,
-                        o.before,
-                        o.after,
-                        e.ts_ms,
-                        e.source,
-                        e.transaction,
-                        o.tags,
-                        e.synthetic,
-                    )
-                )
-                keys.append(parent_key)
+        tables: list[str] = []
+        txids: list[str] = []
+        created: dict[int, int] = {}
+        join = b"".join
+        for n, (i, before, after, tags) in enumerate(answer):
+            if i >= 0:
+                f = fixed[i]
+                lines.append(join((
+                    b'{"event_id":', f.event_id, b',"tenant_id":', f.tenant_id, b',"table":', f.table,
+                    b',"op":', f.op, b',"before":', before, b',"after":', after, b',"ts_ms":', f.ts_ms,
+                    b',"source":', f.source, b',"transaction":', f.transaction, b',"tags":', tags,
+                    b',"synthetic":' + bytes(f.synthetic) + b"}" if len(f.synthetic) else b"}")))
+                keys.append(in_keys[i])
+                tables.append(block.tables[i])
+                txids.append(block.txids[i])
                 continue
-            seq = created.get(parent.event_id, 0)
-            created[parent.event_id] = seq + 1
-            events.append(self._created(o, n, parent, seq, batch))
-            keys.append(parent_key)
-        return Batch(seq=batch.seq, events=events, keys=keys, end=batch.end, origin=batch.origin,
-                     dead=batch.dead, dead_keys=batch.dead_keys)
+            p = -1 - i
+            seq = created.get(p, 0)
+            created[p] = seq + 1
+            try:
+                o = _decode_created(before)
+            except msgspec.ValidationError as exc:  # pragma: no cover - the harness validated it
+                raise ProcessorError(f"{self._where}: processBatch returned an invalid event on batch "
+                                     f"{_origin(batch)}: {exc}") from exc
+            event = self._created(o, n, block[p], seq, batch)
+            lines.append(_encode(event))
+            keys.append(in_keys[p])
+            tables.append(event.table)
+            txids.append(event.transaction.id if event.transaction is not None else "")
+        return Batch(seq=batch.seq, events=EventBlock.from_lines(lines, tables, txids), keys=keys, end=batch.end,
+                     origin=batch.origin, dead=batch.dead, dead_keys=batch.dead_keys)
 
     def _created(self, o: _Out, n: int, parent: Event, seq: int, batch: Batch) -> Event:
         """Build an event the processor added; validate what it cannot inherit."""

@@ -25,9 +25,11 @@ Envelopes (DESIGN.md §4), all compact UTF-8 JSON, encoded per *batch*:
     attributes, omitted when null. ``tags`` stays out: CloudEvents extension
     values cannot be arrays; use the native envelope if consumers need them.
 
-Hot path: the native JSON of a whole batch comes from one
-``Encoder.encode_lines`` call, split on ``\\n`` (compact JSON escapes every
-newline inside strings, and UTF-8 continuation bytes never equal 0x0A).
+Hot path: a batch's events arrive as an :class:`~deltaforge.model.EventBlock`, their native
+JSON built once by the reader (or spliced by a processor): ``native`` and ``debezium`` use
+those bytes as they are. A list of Event objects is encoded by one ``Encoder.encode_lines``
+call, split on ``\\n`` (compact JSON escapes every newline inside strings, and UTF-8
+continuation bytes never equal 0x0A).
 
 Stream templates: ``cdc:${source.db}.${source.table}`` — ``${path}`` over the
 event fields ``event_id, tenant_id, table, op, ts_ms, source.*, transaction.*``.
@@ -45,7 +47,7 @@ from typing import Any
 import msgspec
 
 from deltaforge.errors import ConfigError
-from deltaforge.model import Event, Source, Transaction
+from deltaforge.model import Event, EventBlock, Source, Transaction
 
 ENVELOPES = ("native", "debezium", "cloudevents")
 
@@ -88,14 +90,16 @@ class Envelope:
         self._enc = msgspec.json.Encoder()
         self.encode: Callable[[list[Event]], list[bytes]] = getattr(self, f"_encode_{kind}")
 
-    def _encode_native(self, events: list[Event]) -> list[bytes]:
+    def _encode_native(self, events: list[Event] | EventBlock) -> list[bytes]:
+        if isinstance(events, EventBlock):
+            return events.lines()  # built once upstream
         if not events:
             return []
         lines = self._enc.encode_lines(events).split(b"\n")
         lines.pop()  # encode_lines ends every item with "\n": the last piece is empty
         return lines
 
-    def _encode_debezium(self, events: list[Event]) -> list[bytes]:
+    def _encode_debezium(self, events: list[Event] | EventBlock) -> list[bytes]:
         return [b'{"schema":null,"payload":' + p + b"}" for p in self._encode_native(events)]
 
     def _encode_cloudevents(self, events: list[Event]) -> list[bytes]:

@@ -60,7 +60,7 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import TableMapEvent
 
-from deltaforge._accel import framing, rowdecode
+from deltaforge._accel import eventbuf, framing, rowdecode
 from deltaforge.dsn import MySQLDSN, parse_mysql_dsn
 from deltaforge.errors import (
     DecodeError,
@@ -71,15 +71,9 @@ from deltaforge.errors import (
 from deltaforge.model import (
     Batch,
     DeadLetter,
-    Event,
     OrderKey,
     Position,
-    Source,
-    Transaction,
     binlog_file_number,
-    event_id_for,
-    event_id_hasher,
-    gtid_event_id_hasher,
     position_le,
 )
 from deltaforge.source import compressed
@@ -151,7 +145,7 @@ class _OneShotConnect:
 class _Tx:
     """State of the transaction being read."""
 
-    __slots__ = ("file", "gtid", "gtid_before", "hasher", "id", "pos", "rows", "standalone")
+    __slots__ = ("file", "gtid", "gtid_before", "id", "id_prefix", "key_head", "pos", "rows", "standalone")
 
     def __init__(self, file: str, pos: int, gtid: str | None, gtid_before: str | None, standalone: bool) -> None:
         self.file = file
@@ -162,7 +156,9 @@ class _Tx:
         self.rows = 0  # rows of this transaction read so far (captured tables only)
         self.standalone = standalone
         #: event ids from (GTID, row index in the transaction): the same on every server (model.py)
-        self.hasher = gtid_event_id_hasher(gtid) if gtid else None
+        self.id_prefix = f"gtid|{gtid}|".encode() if gtid else None
+        #: the ordering key of its rows but their seq (model.py OrderKey)
+        self.key_head = (binlog_file_number(file), pos)
 
 
 class BinlogSource:
@@ -578,8 +574,7 @@ class BinlogSource:
         ), (binlog_file_number(tx.file), tx.pos, seq, tx.gtid or "")))
 
     def _batches(self) -> Iterator[Batch]:
-        events: list[Event] = []
-        keys: list[OrderKey] = []
+        events = eventbuf.BlockBuilder(self.pipeline, self.tenant)  # the events read, as bytes
         nbytes = 0
         started = time.monotonic()
         last_yield = time.monotonic()
@@ -593,15 +588,14 @@ class BinlogSource:
         skip_tx = self._skip_tx  # the split transaction skip counts into (None: the first one read)
         origin = ""
         ident = self.server_identity
-        name = self.pipeline
 
         def take(n: int, end: Position) -> Batch:
-            nonlocal events, keys, nbytes, started, last_yield, committed, boundary_count
+            nonlocal nbytes, started, last_yield, committed, boundary_count
             self._seq += 1
-            batch = Batch(seq=self._seq, events=events[:n], keys=keys[:n], end=end, origin=origin)
-            rest = len(events) - n
-            nbytes = nbytes * rest // len(events) if events else 0
-            del events[:n], keys[:n]
+            total = len(events)
+            block, keys = events.take(n)
+            batch = Batch(seq=self._seq, events=block, keys=keys, end=end, origin=origin)
+            nbytes = nbytes * (total - n) // total if total else 0
             boundary_count = max(0, boundary_count - n)
             started = last_yield = time.monotonic()
             committed = end
@@ -652,41 +646,22 @@ class BinlogSource:
                             "report this with the table definition; nothing past this row was committed") from None
                     if not rows:
                         continue
-                    table = f"{schema.db}.{schema.table}"
-                    op = _OP[kind]
-                    ts_ms = ev[3] * 1000
-                    per_row = len(body) // len(rows) + 1
+                    table = schema.qualified
                     file = self._file
-                    file_no = binlog_file_number(tx.file)
                     if not events:
                         started = time.monotonic()
                     origin = f"{table} at {file}:{start_pos}"
-                    tx_hasher = tx.hasher
-                    hasher = tx_hasher or event_id_hasher(ident, file, start_pos)
-                    tx_skip = skip if skip_tx is None or skip_tx == tx.gtid else 0
-                    tx_gtid = tx.gtid or ""
-                    # a transaction payload's events share its position: number its rows across them
-                    row0 = tx.rows if self._in_payload else 0
-                    for i, (before, after) in enumerate(rows, row0):
-                        seq = tx.rows
-                        tx.rows += 1
-                        if seq < tx_skip:  # delivered before a restart in the middle of this transaction
-                            continue
-                        events.append(Event(
-                            event_id=event_id_for(hasher, seq if tx_hasher is not None else i),
-                            tenant_id=self.tenant,
-                            table=table,
-                            op=op,
-                            before=before,
-                            after=after,
-                            ts_ms=ts_ms,
-                            source=Source(connector="mysql", name=name, server_id=ev[4], db=schema.db,
-                                          table=schema.table, file=file, pos=start_pos, row=i, gtid=tx.gtid,
-                                          ts_ms=ts_ms),
-                            transaction=Transaction(id=tx.id, seq=seq, end=False),
-                        ))
-                        keys.append((file_no, tx.pos, seq, tx_gtid))
-                        nbytes += per_row
+                    before_count = len(events)
+                    # rows before seq `skip` were delivered before a restart in the middle of this transaction
+                    tx.rows += events.append_rows(
+                        rows, _OP[kind], table, schema.db, schema.table, ev[3] * 1000, ev[4], file, start_pos,
+                        tx.gtid, tx.id, tx.id_prefix or f"{ident}|{file}|{start_pos}|".encode(),
+                        tx.id_prefix is not None, tx.rows,
+                        # a transaction payload's events share its position: number its rows across them
+                        tx.rows if self._in_payload else 0,
+                        skip if skip_tx is None or skip_tx == tx.gtid else 0,
+                        tx.key_head, tx.gtid or "")
+                    nbytes += (len(body) // len(rows) + 1) * (len(events) - before_count)
                     if len(events) > self.max_events or nbytes > self.max_bytes:
                         if self.respect_tx and boundary_count and boundary is not None:
                             yield take(boundary_count, boundary)  # the complete transactions first
@@ -702,10 +677,9 @@ class BinlogSource:
                             if n <= boundary_count and boundary is not None:
                                 yield take(boundary_count, boundary)
                                 continue
-                            last = events[n - 1].transaction  # a row of `tx`, as is every event past boundary_count
-                            assert last is not None
+                            last_seq = events.keys[n - 1][2]  # a row of `tx`, as is every event past boundary_count
                             yield take(n, Position(file=tx.file, pos=tx.pos, gtid=tx.gtid_before,
-                                                   skip_rows=last.seq + 1, tx=tx.gtid, server=ident))
+                                                   skip_rows=last_seq + 1, tx=tx.gtid, server=ident))
                     continue
                 if etype == _XID:
                     pass  # the commit of `tx`: handled below
@@ -750,9 +724,7 @@ class BinlogSource:
                 elif tx is not None and tx.gtid:
                     self._mysql_gtid = mysql_gtid_add(self._mysql_gtid, tx.gtid)
                 if tx is not None and events:
-                    last_tx = events[-1].transaction
-                    if last_tx is not None and last_tx.id == tx.id:
-                        last_tx.end = True
+                    events.mark_end(tx.id)
                 if skip_tx is None or (tx is not None and tx.gtid == skip_tx):
                     skip, skip_tx = 0, None
                 tx = None

@@ -1,0 +1,139 @@
+"""The reader's output as bytes: each event's native JSON built once (pure-Python twin).
+
+``_core/eventbuf.pyx`` is the compiled twin with identical output (:mod:`deltaforge._accel`
+picks one); this module is the specification and the test oracle.
+
+Contract
+--------
+:class:`BlockBuilder` accumulates the events of the batch being read as JSON lines: every
+event is its native JSON (DESIGN.md §3: exactly ``msgspec.json.encode(Event)``, fields in
+model order) followed by ``\\n``. Beside the bytes it keeps, per event, what later stages
+need without parsing JSON: the ordering key, the ``table`` and the ``transaction.id``.
+:meth:`BlockBuilder.take` cuts the first ``n`` events off as an immutable
+:class:`~deltaforge.model.EventBlock`.
+
+Event ids (model.py, DESIGN.md §3) are computed here for each row: the v5-shaped UUID of
+SHA-1(namespace + prefix + decimal index), where the caller passes the prefix of the
+transaction (``gtid|<gtid>|``, index = row of the transaction) or of the rows event
+(``<server>|<file>|<pos>|``, index = row of the event). Both twins agree with
+:func:`deltaforge.model.event_id_for`.
+
+``transaction.end`` is known only at the commit: every row is written with ``"end":false``
+and :meth:`BlockBuilder.mark_end` rewrites the tail of the newest event, which is always the
+last row of the transaction being committed (the reader holds back a transaction's newest
+row until its commit, see binlog.py).
+
+Hazards
+-------
+* Values (``before``/``after``) are encoded by msgspec from the decoder's dicts: the rendering
+  rules stay the decoder's (DESIGN.md §3); floats, big integers and strings come out exactly
+  as the Event encoding always did.
+* The per-rows-event strings (table, db, pipeline name, tenant, file, GTID) are JSON-escaped
+  once per rows event, not per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from deltaforge.model import NAMESPACE_BYTES, EventBlock, OrderKey
+
+IMPLEMENTATION = "python"
+
+_encode = msgspec.json.Encoder().encode
+_TAIL_OPEN = b',"end":false},"tags":null}\n'
+_TAIL_END = b',"end":true},"tags":null}\n'
+
+
+def event_uuid(prefix: bytes, index: int) -> bytes:
+    """The event id of row ``index`` under ``prefix`` (the namespace is prepended here), ASCII."""
+    b = bytearray(hashlib.sha1(NAMESPACE_BYTES + prefix + str(index).encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50
+    b[8] = (b[8] & 0x3F) | 0x80
+    x = b.hex().encode()
+    return x[:8] + b"-" + x[8:12] + b"-" + x[12:16] + b"-" + x[16:20] + b"-" + x[20:]
+
+
+class BlockBuilder:
+    """The events of the batch being read, as JSON lines plus their index (see the module docstring)."""
+
+    def __init__(self, pipeline: str, tenant: str | None) -> None:
+        self._name = _encode(pipeline)
+        self._tenant = _encode(tenant)
+        self._data = bytearray()
+        self._starts: list[int] = [0]
+        self.keys: list[OrderKey] = []
+        self.tables: list[str] = []
+        self.txids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    def append_rows(self, rows: list[tuple[Any, Any]], op: str, table: str, db: str, tbl: str, ts_ms: int,
+                    server_id: int, file: str, pos: int, gtid: str | None, txid: str, id_prefix: bytes,
+                    ids_by_seq: bool, seq0: int, row0: int, skip: int, key_head: tuple[int, int],
+                    key_gtid: str) -> int:
+        """Append the events of one rows event; returns how many rows it consumed (all of ``rows``).
+
+        Row ``k`` of ``rows`` has transaction seq ``seq0 + k`` and event row ``row0 + k``; rows
+        whose seq is below ``skip`` were delivered before a restart and are not written.
+        Its id indexes ``id_prefix`` by seq (``ids_by_seq``, GTID transactions) or by event row.
+        """
+        head = (b'","tenant_id":' + self._tenant + b',"table":' + _encode(table) + b',"op":"'
+                + op.encode() + b'","before":')
+        src = (b',"ts_ms":' + str(ts_ms).encode() + b',"source":{"connector":"mysql","name":' + self._name
+               + b',"server_id":' + str(server_id).encode() + b',"db":' + _encode(db) + b',"table":'
+               + _encode(tbl) + b',"file":' + _encode(file) + b',"pos":' + str(pos).encode() + b',"row":')
+        txh = (b',"gtid":' + _encode(gtid) + b',"ts_ms":' + str(ts_ms).encode() + b'},"transaction":{"id":'
+               + _encode(txid) + b',"seq":')
+        data = self._data
+        for k, (before, after) in enumerate(rows):
+            seq = seq0 + k
+            if seq < skip:
+                continue
+            row = row0 + k
+            data += b'{"event_id":"'
+            data += event_uuid(id_prefix, seq if ids_by_seq else row)
+            data += head
+            data += _encode(before)
+            data += b',"after":'
+            data += _encode(after)
+            data += src
+            data += str(row).encode()
+            data += txh
+            data += str(seq).encode()
+            data += _TAIL_OPEN
+            self._starts.append(len(data))
+            self.keys.append((key_head[0], key_head[1], seq, key_gtid))
+            self.tables.append(table)
+            self.txids.append(txid)
+        return len(rows)
+
+    def mark_end(self, txid: str) -> bool:
+        """Set ``transaction.end`` on the newest event if it belongs to ``txid``; True if it did."""
+        if not self.txids or self.txids[-1] != txid:
+            return False
+        data = self._data
+        if not data.endswith(_TAIL_OPEN):  # pragma: no cover - every row is written open
+            raise AssertionError("the newest event is already closed")
+        del data[len(data) - len(_TAIL_OPEN):]
+        data += _TAIL_END
+        self._starts[-1] = len(data)
+        return True
+
+    def take(self, n: int) -> tuple[EventBlock, list[OrderKey]]:
+        """Cut the first ``n`` events off: their :class:`EventBlock` and their ordering keys."""
+        end = self._starts[n]
+        block = EventBlock(bytes(self._data[:end]), self._starts[:n + 1], self.tables[:n], self.txids[:n])
+        keys = self.keys[:n]
+        del self._data[:end]
+        self._starts = [s - end for s in self._starts[n:]]
+        del self.keys[:n], self.tables[:n], self.txids[:n]
+        return block, keys
