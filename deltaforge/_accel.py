@@ -67,16 +67,19 @@ def _load(name: str, compiled: str, twin: str) -> ModuleType:
     return importlib.import_module(twin)
 
 
-resp = _load("resp", "deltaforge._core.resp", "deltaforge.sink.resp_py")
-rowdecode = _load("rowdecode", "deltaforge._core.rowdecode", "deltaforge.source.rowdecode")
-framing = _load("framing", "deltaforge._core.framing", "deltaforge.source.framing")
-eventbuf = _load("eventbuf", "deltaforge._core.eventbuf", "deltaforge.source.eventbuf")
-
-IMPLEMENTATIONS: dict[str, str] = {
-    "resp": resp.IMPLEMENTATION,
-    "rowdecode": rowdecode.IMPLEMENTATION,
-    "framing": framing.IMPLEMENTATION,
-    "eventbuf": eventbuf.IMPLEMENTATION,
+#: every compiled module (in load order) and its pure-Python twin
+MODULES: dict[str, str] = {
+    "resp": "deltaforge.sink.resp_py",
+    "rowdecode": "deltaforge.source.rowdecode",
+    "framing": "deltaforge.source.framing",
+    "eventbuf": "deltaforge.source.eventbuf",
 }
+
+resp = _load("resp", "deltaforge._core.resp", MODULES["resp"])
+rowdecode = _load("rowdecode", "deltaforge._core.rowdecode", MODULES["rowdecode"])
+framing = _load("framing", "deltaforge._core.framing", MODULES["framing"])
+eventbuf = _load("eventbuf", "deltaforge._core.eventbuf", MODULES["eventbuf"])
+
+IMPLEMENTATIONS: dict[str, str] = {name: globals()[name].IMPLEMENTATION for name in MODULES}
 IMPLEMENTATION = IMPLEMENTATIONS["resp"]
 ROWDECODE_IMPLEMENTATION = IMPLEMENTATIONS["rowdecode"]

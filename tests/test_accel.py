@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from deltaforge._accel import MODULES
+
 _PROBE = r'''
 import importlib.abc, importlib.machinery, json, logging, sys
 mode, targets = sys.argv[1], set(sys.argv[2].split(",")) if sys.argv[2] else set()
@@ -47,7 +49,7 @@ else:
     print(json.dumps({"impl": _accel.IMPLEMENTATIONS, "log": records}))
 '''
 
-RESP, ROWS, FRAMING = "deltaforge._core.resp", "deltaforge._core.rowdecode", "deltaforge._core.framing"
+RESP, ROWS = "deltaforge._core.resp", "deltaforge._core.rowdecode"
 
 
 def _probe(mode: str, blocked: list[str], **env: str) -> dict:
@@ -59,16 +61,15 @@ def _probe(mode: str, blocked: list[str], **env: str) -> dict:
 
 def test_compiled_modules_load_and_say_so_once() -> None:
     got = _probe("missing", [], DELTAFORGE_REQUIRE_EXT="1")
-    assert got["impl"] == {"resp": "cython", "rowdecode": "cython", "framing": "cython"}
-    assert len(got["log"]) == 3  # one line per module, at import only
-    assert got["log"][0].startswith(f"resp: compiled {RESP} (")
-    assert got["log"][1].startswith(f"rowdecode: compiled {ROWS} (")
-    assert got["log"][2].startswith(f"framing: compiled {FRAMING} (")
+    assert got["impl"] == {name: "cython" for name in MODULES}
+    assert len(got["log"]) == len(MODULES)  # one line per module, at import only
+    for line, name in zip(got["log"], MODULES, strict=True):
+        assert line.startswith(f"{name}: compiled deltaforge._core.{name} ("), line
 
 
 def test_a_missing_extension_falls_back_to_its_twin_and_logs_why() -> None:
     got = _probe("missing", [ROWS])
-    assert got["impl"] == {"resp": "cython", "rowdecode": "python", "framing": "cython"}
+    assert got["impl"] == {**{name: "cython" for name in MODULES}, "rowdecode": "python"}
     assert any(line.startswith("rowdecode: pure-Python twin deltaforge.source.rowdecode (compiled "
                                f"{ROWS} not loadable: ImportError") for line in got["log"]), got["log"]
 
@@ -91,14 +92,16 @@ def test_a_broken_extension_without_require_ext_is_not_hidden() -> None:
 
 
 def test_no_ext_wins_over_require_ext() -> None:
-    got = _probe("missing", [RESP, ROWS, FRAMING], DELTAFORGE_NO_EXT="1", DELTAFORGE_REQUIRE_EXT="1")
-    assert got["impl"] == {"resp": "python", "rowdecode": "python", "framing": "python"}
-    assert all("DELTAFORGE_NO_EXT is set" in line for line in got["log"]) and len(got["log"]) == 3
+    got = _probe("missing", [f"deltaforge._core.{name}" for name in MODULES], DELTAFORGE_NO_EXT="1",
+                 DELTAFORGE_REQUIRE_EXT="1")
+    assert got["impl"] == {name: "python" for name in MODULES}
+    assert all("DELTAFORGE_NO_EXT is set" in line for line in got["log"]) and len(got["log"]) == len(MODULES)
 
 
-def test_the_compiled_framing_does_not_import_its_twin() -> None:
-    got = _probe("missing", ["deltaforge.source.framing"], DELTAFORGE_REQUIRE_EXT="1")
-    assert got["impl"]["framing"] == "cython"
+@pytest.mark.parametrize("name", ["framing", "eventbuf"])
+def test_the_new_compiled_modules_do_not_import_their_twins(name: str) -> None:
+    got = _probe("missing", [MODULES[name]], DELTAFORGE_REQUIRE_EXT="1")
+    assert got["impl"][name] == "cython"
 
 
 def test_the_compiled_resp_encoder_does_not_import_its_twin() -> None:

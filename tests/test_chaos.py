@@ -1,14 +1,17 @@
 """Chaos: one 200,000-row drain through engine SIGKILLs, Redis crash-restarts from older snapshots
 and a MariaDB restart, all in one run. The stream must equal the binlog: every row once, in order.
 
-Servers are private (the test kills and restarts them). The actions are bounded in number and
-spaced in time, and the drain has a generous deadline: nothing here asserts on speed.
+Servers are private (the test kills and restarts them). The rows are written while the chaos
+happens (a writer paced over the actions, retrying through the MariaDB restart), so the actions
+fall mid-drain however fast the engine is. The actions are bounded in number and spaced in time,
+and the drain has a generous deadline: nothing here asserts on speed.
 """
 
 from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,17 +26,42 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 ROWS = 200_000
 
 
-def _generate(server: MariaDBServer) -> None:
-    """200,000 inserts in transactions of 1 to 99 rows, one statement each (a realistic mix)."""
-    server.execute("CREATE DATABASE chaos", "CREATE TABLE chaos.t (id INT PRIMARY KEY, v VARCHAR(40))")
+def _statements() -> list[str]:
+    """200,000 inserts in transactions of 1 to 99 rows, one statement each (a realistic mix).
+
+    ``INSERT IGNORE``: a chunk cut by the MariaDB restart is sent again whole, and the statements
+    that had committed insert nothing the second time (ids stay in binlog order).
+    """
     rng = random.Random(7)
     statements, next_id = [], 1
     while next_id <= ROWS:
         n = min(rng.randint(1, 99), ROWS - next_id + 1)
         values = ",".join(f"({i},'row {i}')" for i in range(next_id, next_id + n))
-        statements.append(f"INSERT INTO chaos.t VALUES {values}")
+        statements.append(f"INSERT IGNORE INTO chaos.t VALUES {values}")
         next_id += n
-    server.execute(*statements)
+    return statements
+
+
+def _paced_writer(server: MariaDBServer, chunks: int = 40, pause: float = 0.3) -> threading.Thread:
+    """Write the rows in ``chunks`` spread over time (retrying through restarts), in a thread."""
+    statements = _statements()
+    size = -(-len(statements) // chunks)
+
+    def run() -> None:
+        deadline = time.monotonic() + 600
+        i = 0
+        while i < len(statements) and time.monotonic() < deadline:
+            try:
+                server.execute(*statements[i:i + size])
+            except Exception:  # noqa: BLE001 - the server is restarting: send the chunk again
+                time.sleep(0.5)
+                continue
+            i += size
+            time.sleep(pause)
+
+    thread = threading.Thread(target=run, name="chaos-writer", daemon=True)
+    thread.start()
+    return thread
 
 
 def _stream_ids(client: object, stream: str) -> list[int]:
@@ -54,11 +82,12 @@ def _stream_ids(client: object, stream: str) -> list[int]:
 def test_exactly_once_through_kills_redis_rollbacks_and_a_mariadb_restart(
         tmp_path: Path, mariadb_primary: MariaDBServer, redis_own: RedisServer) -> None:
     server, redis = mariadb_primary, redis_own
-    _generate(server)
+    server.execute("CREATE DATABASE chaos", "CREATE TABLE chaos.t (id INT PRIMARY KEY, v VARCHAR(40))")
     cfg = write_config(tmp_path, server, redis, ["chaos.t"], name="chaos", start="earliest",
                        batch="  batch:\n    max_events: 500\n")
     client = redis.client()
     engine = Engine(cfg).wait_ready(60)
+    writer = _paced_writer(server)
     outputs: list[str] = []
     snapshots: list[Path] = []
 
@@ -93,6 +122,7 @@ def test_exactly_once_through_kills_redis_rollbacks_and_a_mariadb_restart(
             lengths.append(length())
             action()
             assert engine.poll() is None, engine.output
+        writer.join(600)
         deadline = time.monotonic() + 600
         while length() < ROWS and time.monotonic() < deadline:
             assert engine.poll() is None, engine.output  # it rides through Redis and MariaDB restarts

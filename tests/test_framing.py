@@ -357,3 +357,39 @@ def test_a_real_dump_frames_identically_in_both_twins(monkeypatch: pytest.Monkey
         outs.append([(e[0], e[1:5], e[5:8] if e[0] == pure.ROWS else e[5:]) for e in drain(sc, fresh_db)])
     assert outs[0] == outs[1]
     assert sum(1 for e in outs[0] if e[0] == pure.ROWS) >= 41
+
+
+@pytest.mark.integration
+def test_a_finished_batch_goes_out_when_only_skipped_events_follow(mariadb: Any, fresh_db: str) -> None:
+    """Rows, then events the scanner skips (a new binlog's preamble), then only heartbeats: the
+    rows must be handed out at once, not held until the next event the reader acts on."""
+    import threading
+
+    from deltaforge.source.binlog import BinlogSource
+
+    mariadb.execute(f"CREATE TABLE {fresh_db}.h (id INT PRIMARY KEY)")
+    src = BinlogSource(dsn=mariadb.dsn(), tables=[f"{fresh_db}.h"], pipeline="framing-idle", tenant=None,
+                       start="latest", max_events=100_000, max_ms=3_600_000)
+    src.open(None)
+    mariadb.execute(f"INSERT INTO {fresh_db}.h VALUES (1), (2), (3)", "FLUSH BINARY LOGS")
+    got = threading.Event()
+    stop = threading.Event()
+    src.stop = stop
+    counts: list[int] = []
+
+    def consume() -> None:
+        for batch in src.batches():
+            counts.append(len(batch.events))
+            if sum(counts) >= 3:
+                got.set()
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    try:
+        # a liveness bound, not a speed check: before the fix the rows waited for the stop
+        assert got.wait(30), f"the rows were held back: {counts}"
+    finally:
+        stop.set()
+        reader.join(30)
+        src.close()
+    assert sum(counts) == 3

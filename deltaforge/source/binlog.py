@@ -457,7 +457,13 @@ class BinlogSource:
         return False
 
     def _fetch(self) -> tuple[Any, ...] | None:
-        """The next event tuple (see deltaforge.source.framing); None when a stop cut the wait short."""
+        """The next event tuple (see deltaforge.source.framing), or None.
+
+        None when a receive brought no event the reader acts on (a heartbeat, a partial packet,
+        skipped events) or a stop cut the wait short: the caller's loop then gets its turn to
+        hand out a batch that is due, or to stop. (Waiting here until an event came would hold
+        a finished batch back for as long as the server only sends heartbeats.)
+        """
         if self._pending:
             ev, self._in_payload = self._pending.popleft()
             return ev
@@ -465,24 +471,26 @@ class BinlogSource:
         if self._scanner is None:
             self._open_stream()
         scanner = self._scanner
-        while True:
-            ev = scanner.next()
-            if ev is not None:
-                if ev[0] == _ERROR or ev[0] == _END:
-                    self._dump_ended(ev)
-                return ev  # type: ignore[no-any-return]
+        ev = scanner.next()
+        if ev is None:
             if not self._sock_ready(0) and not self._wait_readable():
                 return None
             try:
                 n = scanner.recv(self._sock)
             except (BlockingIOError, InterruptedError):
-                continue
+                return None
             except OSError as e:  # ssl.SSLError included
                 raise SourceUnavailable(f"the binlog connection failed: {e}",
                                         "the pipeline restarts from its checkpoint") from None
             if n == 0:
                 raise SourceUnavailable("the source server closed the binlog connection",
                                         "the pipeline restarts from its checkpoint")
+            ev = scanner.next()
+            if ev is None:
+                return None
+        if ev[0] == _ERROR or ev[0] == _END:
+            self._dump_ended(ev)
+        return ev  # type: ignore[no-any-return]
 
     def _dump_ended(self, ev: tuple[Any, ...]) -> None:
         """An error or EOF packet instead of an event: classified like any MySQL error."""

@@ -1,0 +1,136 @@
+"""Events as bytes: the compiled block builder, its twin, and the Event encoding agree byte for byte.
+
+The contract (DESIGN.md §3): each event's JSON is exactly ``msgspec.json.encode(Event)``,
+field order included, and its id is :func:`deltaforge.model.event_id_for` of its prefix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+from typing import Any
+
+import msgspec
+import pytest
+
+from deltaforge import _accel
+from deltaforge.model import (
+    Event,
+    EventBlock,
+    Source,
+    Transaction,
+    event_id_for,
+    event_id_hasher,
+    gtid_event_id_hasher,
+)
+from deltaforge.source import eventbuf as pure
+
+compiled = importlib.import_module("deltaforge._core.eventbuf")
+IMPLS = [pytest.param(pure, id="python"), pytest.param(compiled, id="cython")]
+
+
+def test_the_loaded_implementation_is_the_expected_one() -> None:
+    expected = "python" if os.environ.get("DELTAFORGE_NO_EXT", "") not in ("", "0") else "cython"
+    assert _accel.IMPLEMENTATIONS["eventbuf"] == expected == _accel.eventbuf.IMPLEMENTATION
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ids_are_the_model_ids(impl: Any) -> None:
+    rnd = random.Random(3)
+    for _ in range(300):
+        gtid = f"{rnd.randrange(10)}-{rnd.randrange(10**6)}-{rnd.randrange(10**12)}"
+        seq = rnd.randrange(10**6)
+        assert impl.event_uuid(f"gtid|{gtid}|".encode(), seq).decode() == event_id_for(gtid_event_id_hasher(gtid), seq)
+        uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
+        gtid = f"{uuid}:{rnd.randrange(1, 10**15)}"  # MySQL: a two-block SHA-1 message
+        assert impl.event_uuid(f"gtid|{gtid}|".encode(), seq).decode() == event_id_for(gtid_event_id_hasher(gtid), seq)
+        server, file, pos = "mariadb-1" * rnd.randrange(1, 8), f"binlog.{rnd.randrange(10**6):06d}", rnd.randrange(2**32)
+        assert (impl.event_uuid(f"{server}|{file}|{pos}|".encode(), seq).decode()
+                == event_id_for(event_id_hasher(server, file, pos), seq))
+
+
+def _rows(rnd: random.Random, n: int) -> list[tuple[Any, Any]]:
+    def image(i: int) -> dict[str, Any]:
+        return {"id": i, "name": rnd.choice(["a", "é\"\\\n", "日本", ""]), "f": rnd.choice([1.5, -0.0, 1e300, None]),
+                "big": str(2**63 + i), "b": None}
+    kinds = rnd.choice(["c", "u", "d"])
+    return [(None if kinds == "c" else image(i), None if kinds == "d" else image(i + 1)) for i in range(n)], kinds
+
+
+def _expected(pipeline: str, tenant: str | None, table: str, op: str, rows: list[tuple[Any, Any]], ts: int,
+              server_id: int, file: str, pos: int, gtid: str | None, txid: str, seq0: int, row0: int,
+              skip: int) -> list[Event]:
+    db, _, tbl = table.partition(".")
+    hasher = gtid_event_id_hasher(gtid) if gtid else event_id_hasher("srv", file, pos)
+    out = []
+    for k, (before, after) in enumerate(rows):
+        seq, row = seq0 + k, row0 + k
+        if seq < skip:
+            continue
+        out.append(Event(
+            event_id=event_id_for(hasher, seq if gtid else row), tenant_id=tenant, table=table, op=op,
+            before=before, after=after, ts_ms=ts,
+            source=Source(connector="mysql", name=pipeline, server_id=server_id, db=db, table=tbl, file=file,
+                          pos=pos, row=row, gtid=gtid, ts_ms=ts),
+            transaction=Transaction(id=txid, seq=seq, end=False)))
+    return out
+
+
+@pytest.mark.parametrize("tenant", [None, "acme \"q\""])
+def test_blocks_are_the_event_encoding_in_both_twins(tenant: str | None) -> None:
+    rnd = random.Random(7)
+    builders = [impl.BlockBuilder("pipe\\é", tenant) for impl in (pure, compiled)]
+    expected: list[Event] = []
+    seq = 0
+    for step in range(60):
+        rows, op = _rows(rnd, rnd.randrange(1, 6))
+        gtid = rnd.choice([None, f"0-1-{step}"])
+        txid = gtid or f"binlog.000001:{step * 100}"
+        file, pos = "binlog.000001", step * 100 + 10
+        prefix = f"gtid|{gtid}|".encode() if gtid else f"srv|{file}|{pos}|".encode()
+        skip = rnd.choice([0, 0, 2])
+        args = (rows, op, "app.t\"x", "app", "t\"x", 1_700_000_000_000 + step, 7, file, pos, gtid, txid, prefix,
+                gtid is not None, seq, 0, skip, (1, pos), gtid or "")
+        counts = [b.append_rows(*args) for b in builders]
+        assert counts == [len(rows)] * 2
+        expected += _expected("pipe\\é", tenant, "app.t\"x", op, rows, 1_700_000_000_000 + step, 7, file, pos,
+                              gtid, txid, seq, 0, skip)
+        if rnd.random() < 0.5:
+            marked = [b.mark_end(txid) for b in builders]
+            assert marked[0] == marked[1]
+            if marked[0]:
+                expected[-1].transaction.end = True  # type: ignore[union-attr]
+        if rnd.random() < 0.2 and len(builders[0]):
+            n = rnd.randrange(0, len(builders[0]) + 1)
+            blocks = [b.take(n) for b in builders]
+            assert blocks[0][0].data == blocks[1][0].data and blocks[0][1] == blocks[1][1]
+            _check(blocks[0][0], expected[:n])
+            del expected[:n]
+    blocks = [b.take(len(b)) for b in builders]
+    assert blocks[0][0].data == blocks[1][0].data
+    _check(blocks[1][0], expected)
+
+
+def _check(block: EventBlock, events: list[Event]) -> None:
+    assert len(block) == len(events)
+    assert block.lines() == [msgspec.json.encode(e) for e in events]
+    assert [block.line(i) for i in range(len(block))] == block.lines()
+    assert block.tables == [e.table for e in events]
+    assert block.txids == [e.transaction.id for e in events]  # type: ignore[union-attr]
+    assert msgspec.json.decode(block.json_array(), type=list[Event]) == events
+    assert list(block) == events and block == events
+
+
+def test_event_block_slices_and_round_trips() -> None:
+    events = [Event(event_id=f"id{i}", table="a.b", op="c", after={"i": i, "s": "x\ny"},
+                    transaction=Transaction(id=f"t{i // 2}", seq=i % 2, end=bool(i % 2))) for i in range(7)]
+    block = EventBlock.from_events(events)
+    again = EventBlock.from_lines(block.lines(), block.tables, block.txids)
+    assert again.data == block.data and again.starts == block.starts and again == events
+    part = again[2:5]
+    assert isinstance(part, EventBlock) and part == events[2:5] and part.txids == ["t1", "t1", "t2"]
+    assert again[-1] == events[-1] and again[3] == events[3]
+    assert not EventBlock.from_events([]) and EventBlock.from_events([]).json_array() == b"[]"
+    with pytest.raises(IndexError):
+        again[7]
