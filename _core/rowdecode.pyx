@@ -17,20 +17,21 @@ Structure
 - A per-(table, present bitmap) plan (``_Plan``), built once and cached on the
   ``TableSchema`` under ``_df_cplans``: a C array of ``ColPlan`` (type code + metadata)
   plus tuples of the Python objects the loop needs (names, labels, codec names).
-  The type code is derived from the pure module's ``DECODERS`` choice for the column,
-  so both twins pick the same rendering by construction.
+  The type code is derived from ``rowformat.column_kind`` (the one classification, shared
+  with the pure twin), so both twins pick the same rendering by construction.
 - One typed loop per row image; ``_value`` switches on the C type code. Integers,
   floats, DECIMAL, DATE/DATETIME2/TIME2/TIMESTAMP2, text (utf-8, cp1252, any other Python
   codec), binary (base64 written straight into an ASCII str), ENUM/SET/BIT/YEAR are
-  C-level. Rare types (MySQL binary JSON, old temporal formats, unsupported types or
-  charsets, out-of-range metadata) call the pure decoder of that column (``T_PY``).
+  C-level. Rare types (MySQL binary JSON, old temporal formats, unsupported types,
+  charsets or metadata) call ``rowformat``'s decoder of that column (``T_PY``), the same
+  function the pure twin calls. This module does not import its pure twin.
 
 Hazards
 -------
-- Error messages: on any failure the row image is re-walked by the pure module's
-  ``_locate``, so the DecodeError names db.table.column and type exactly as the twin.
-- A present bitmap that selects no columns over a non-empty body would make no progress;
-  the pure twin loops forever there, this module raises DecodeError.
+- Error messages: on any failure the row image is re-walked column by column here
+  (``_locate``, as the twin does with its decoders) and the DecodeError is built by
+  ``rowformat``'s message builders from positions only, so it names db.table.column,
+  type and byte exactly as the twin's does.
 - Host byte order does not matter: multi-byte values are assembled byte by byte.
 """
 
@@ -51,7 +52,7 @@ from df_write cimport b64, b64_len
 from df_write cimport digits as _digits
 
 from deltaforge.errors import DecodeError
-from deltaforge.source import rowdecode as _pure
+from deltaforge.source import rowformat as _F
 
 IMPLEMENTATION = "cython"
 
@@ -112,23 +113,18 @@ cdef struct ColPlan:
     Py_ssize_t max_length
     Py_ssize_t nlabels
 
-# pure decoder chosen by the twin's DECODERS table -> our C type code
+# rowformat.column_kind(col) -> our C type code (kinds missing here are rowformat's: T_PY)
 cdef dict _CODES = {
-    _pure.tiny_decode: T_TINY, _pure.utiny_decode: T_UTINY,
-    _pure.short_decode: T_SHORT, _pure.ushort_decode: T_USHORT,
-    _pure.int24_decode: T_INT24, _pure.uint24_decode: T_UINT24,
-    _pure.long_decode: T_LONG, _pure.ulong_decode: T_ULONG,
-    _pure.longlong_decode: T_LONGLONG, _pure.ulonglong_decode: T_ULONGLONG,
-    _pure.year_decode: T_YEAR, _pure.bit_decode: T_BIT,
-    _pure.float_decode: T_FLOAT, _pure.double_decode: T_DOUBLE,
-    _pure.newdecimal_decode: T_DECIMAL, _pure.date_decode: T_DATE,
-    _pure.datetime2_decode: T_DATETIME2, _pure.time2_decode: T_TIME2,
-    _pure.timestamp2_decode: T_TIMESTAMP2,
-    _pure.varchar_decode: T_VARCHAR, _pure.varbinary_decode: T_VARBINARY,
-    _pure.char_decode: T_CHAR, _pure.binary_decode: T_BINARY,
-    _pure.text_decode: T_TEXT, _pure.blob_decode: T_BLOB,
-    _pure.enum_decode: T_ENUM, _pure.set_decode: T_SET,
+    "tiny": T_TINY, "utiny": T_UTINY, "short": T_SHORT, "ushort": T_USHORT,
+    "int24": T_INT24, "uint24": T_UINT24, "long": T_LONG, "ulong": T_ULONG,
+    "longlong": T_LONGLONG, "ulonglong": T_ULONGLONG, "year": T_YEAR, "bit": T_BIT,
+    "float": T_FLOAT, "double": T_DOUBLE, "decimal": T_DECIMAL, "date": T_DATE,
+    "datetime2": T_DATETIME2, "time2": T_TIME2, "timestamp2": T_TIMESTAMP2,
+    "varchar": T_VARCHAR, "varbinary": T_VARBINARY, "char": T_CHAR, "binary": T_BINARY,
+    "text": T_TEXT, "blob": T_BLOB, "enum": T_ENUM, "set": T_SET,
 }
+if set(_CODES) | set(_F.RARE_DECODERS) != _F.KINDS:
+    raise ImportError("deltaforge._core.rowdecode is out of date with deltaforge.source.rowformat.KINDS: rebuild it")
 
 cdef tuple _CAUGHT = (IndexError, ValueError, struct.error, UnicodeError, OverflowError, KeyError)
 cdef int[7] _FRAC_BYTES = [0, 1, 1, 2, 2, 3, 3]
@@ -240,7 +236,7 @@ cdef object decimal_decode(const unsigned char* src, const ColPlan* cp):
         g = _be(raw + pos, 4)
         if g >= 1000000000:
             # corrupt group: the twin's big-int carry arithmetic decides the digits
-            return _pure.decimal_from_bin(bytes(src[:size]), prec, scale)
+            return _F.decimal_from_bin(bytes(src[:size]), prec, scale)
         ip = _digits(ip, g, 9)
         pos += 4
     # strip leading zeros of the integer part ("0" if nothing is left)
@@ -496,7 +492,7 @@ cdef object _value(Cursor* c, const ColPlan* cp, _Plan plan, Py_ssize_t i, objec
         return set_decode(_le(_take(c, cp.width), cp.width), <tuple>plan.labels[i], cp.nlabels)
     elif code == T_BIT:
         return _safe_unsigned(_be(_take(c, cp.width), cp.width))
-    # T_PY: the twin's decoder for this column (rare types)
+    # T_PY: rowformat's decoder for this column (rare types), as the twin calls it
     v, n = plan.decoders[i](body, c.pos, plan.specs[i])
     if n > c.end:
         raise IndexError("value runs past the rows event")
@@ -514,56 +510,40 @@ cdef class _Plan:
     cdef Py_ssize_t n
     cdef Py_ssize_t null_bytes
     cdef tuple names, specs, decoders, codecs, labels
-    cdef object pure  # the twin's plan, for naming the culprit column on errors
 
     def __dealloc__(self):
         PyMem_Free(self.cols)
 
 
-cdef int _setup(ColPlan* cp, object col, object dec, list codecs, list labels) except -1:
-    cdef int code = _CODES.get(dec, T_PY)
+cdef int _setup(ColPlan* cp, object col, str kind, list codecs, list labels) except -1:
+    # rowformat.column_kind validated the metadata: every width and fsp here is in range
+    cdef int code = _CODES.get(kind, T_PY)
     cdef object codec = None
     cdef object labs = None
-    cdef int size
     memset(cp, 0, sizeof(ColPlan))
     if code in (T_VARCHAR, T_VARBINARY, T_CHAR, T_BINARY):
         cp.max_length = col.max_length
         cp.width = 1 if col.max_length < 256 else 2
     elif code == T_TEXT or code == T_BLOB:
         cp.width = col.length_size
-        if not 1 <= cp.width <= 4:
-            code = T_PY
     elif code == T_DECIMAL:
         cp.precision = col.precision
         cp.scale = col.decimals
-        if not (0 <= cp.scale <= cp.precision <= 65) or cp.precision == 0:
-            code = T_PY
-        else:
-            cp.width = _pure.decimal_size(cp.precision, cp.scale)
+        cp.width = _F.decimal_size(cp.precision, cp.scale)
     elif code in (T_DATETIME2, T_TIME2, T_TIMESTAMP2):
         cp.fsp = col.fsp
-        if not 0 <= cp.fsp <= 6:
-            code = T_PY
     elif code == T_ENUM or code == T_SET:
-        size = col.size
         labs = tuple((col.enum_values if code == T_ENUM else col.set_values) or ())
         cp.nlabels = len(labs)
-        cp.width = size
-        if not 1 <= size <= (2 if code == T_ENUM else 8):
-            code = T_PY
+        cp.width = col.size
     elif code == T_BIT:
-        if not 0 <= col.bits <= 64:
-            code = T_PY
-        else:
-            cp.width = (col.bits + 7) >> 3
+        cp.width = (col.bits + 7) >> 3
     if code in (T_VARCHAR, T_CHAR, T_TEXT):
         cs = col.charset
         if cs == "utf-8":
             cp.charset = CS_UTF8
         elif cs == "cp1252":
             cp.charset = CS_CP1252
-        elif cs is None or cs.startswith("unsupported:"):
-            code = T_PY  # the twin raises its DecodeError naming the charset
         else:
             cp.charset = CS_OTHER
             codec = cs.encode("ascii")
@@ -582,8 +562,13 @@ cdef _Plan _get_plan(object schema, object present):
     cdef _Plan plan = plans.get(present)
     if plan is not None:
         return plan
-    pure_plan = _pure._plan(schema, present)  # validates the bitmap, picks the decoders
-    cdef list cols = pure_plan.cols
+    cdef list kinds = d.get("_df_ckinds")
+    if kinds is None:
+        kinds = [_F.column_kind(c) for c in schema.columns]
+        d["_df_ckinds"] = kinds
+    cdef list idx = _F.present_columns(schema, present)  # validates the bitmap
+    cdef list all_cols = schema.columns
+    cdef list cols = [all_cols[i] for i in idx]
     cdef Py_ssize_t n = len(cols), i
     plan = _Plan.__new__(_Plan)
     plan.cols = <ColPlan*>PyMem_Malloc(sizeof(ColPlan) * (n if n else 1))
@@ -591,14 +576,13 @@ cdef _Plan _get_plan(object schema, object present):
         raise MemoryError()
     plan.n = n
     plan.null_bytes = (n + 7) >> 3
-    plan.pure = pure_plan
-    plan.names = tuple([t[0] for t in cols])
-    plan.decoders = tuple([t[1] for t in cols])
-    plan.specs = tuple([t[2] for t in cols])
+    plan.names = tuple([c.name for c in cols])
+    plan.specs = tuple(cols)
+    plan.decoders = tuple([_F.RARE_DECODERS.get(kinds[i]) for i in idx])
     codecs: list = []
     labels: list = []
     for i in range(n):
-        _setup(&plan.cols[i], cols[i][2], cols[i][1], codecs, labels)
+        _setup(&plan.cols[i], cols[i], kinds[idx[i]], codecs, labels)
     plan.codecs = tuple(codecs)
     plan.labels = tuple(labels)
     plans[bytes(present)] = plan
@@ -621,10 +605,38 @@ cdef dict _image(Cursor* c, _Plan plan, object body):
     return row
 
 
+cdef object _locate(object schema, _Plan plan, bytes data, Py_ssize_t start):
+    """Slow path after a failure: re-walk the image column by column to name the culprit
+    (the twin's ``_locate`` with our decoders; messages from rowformat, positions only)."""
+    cdef Cursor c
+    cdef Py_ssize_t i, pos
+    cdef const unsigned char* nulls
+    c.buf = <const unsigned char*>(<char*>data)
+    c.end = len(data)
+    c.pos = start + plan.null_bytes
+    if c.pos > c.end:
+        return _F.truncated_nulls(schema, start, c.end)
+    nulls = c.buf + start
+    for i in range(plan.n):
+        if (nulls[i >> 3] >> (i & 7)) & 1:
+            continue
+        pos = c.pos
+        col = plan.specs[i]
+        try:
+            _value(&c, &plan.cols[i], plan, i, data)
+        except DecodeError as err:
+            return _F.value_error(schema, col, pos, err.detail, err.hint)
+        except (IndexError, struct.error):
+            return _F.truncated_value(schema, col, pos, c.end)
+        except Exception as err:  # any other failure here is a malformed value
+            return _F.value_error(schema, col, pos, f"malformed value ({type(err).__name__})")
+    return _F.malformed_image(schema, start)
+
+
 def decode_rows(schema, body, kind, present, present_after=None):
     """Decode every row of one rows-event body; see deltaforge.source.rowdecode."""
     if kind not in (WRITE, UPDATE, DELETE):
-        raise DecodeError(f"{schema.qualified}: unknown rows-event kind {kind!r} (expected WRITE/UPDATE/DELETE)")
+        raise _F.unknown_kind(schema, kind)
     cdef int k = kind
     cdef _Plan plan = _get_plan(schema, present)
     cdef _Plan plan_after = plan
@@ -642,9 +654,7 @@ def decode_rows(schema, body, kind, present, present_after=None):
     cdef _Plan cur
     cdef dict row, after
     if c.end and plan.n == 0 and plan_after.n == 0:
-        raise DecodeError(
-            f"{schema.qualified}: the present-columns bitmap selects no columns but the rows event "
-            f"has {c.end} bytes")
+        raise _F.no_columns(schema, c.end)
     while c.pos < c.end:
         start = c.pos
         cur = plan
@@ -660,7 +670,7 @@ def decode_rows(schema, body, kind, present, present_after=None):
                 after = _image(&c, plan_after, data)
                 out.append((row, after))
         except DecodeError as err:
-            raise _pure._locate(schema, cur.pure, data, start, err) from err
+            raise _locate(schema, cur, data, start) from err
         except _CAUGHT as err:
-            raise _pure._locate(schema, cur.pure, data, start, err) from err
+            raise _locate(schema, cur, data, start) from err
     return out

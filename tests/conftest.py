@@ -19,6 +19,16 @@ import pytest
 from deltaforge.testing import MariaDBReplica, MariaDBServer, RedisServer
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``fuzz_long`` runs (10x the CI amounts) are deselected, not skipped, unless ``-m`` names them."""
+    if "fuzz_long" in (config.getoption("-m") or ""):
+        return
+    keep = [item for item in items if item.get_closest_marker("fuzz_long") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDBServer]:
     server = MariaDBServer().start()

@@ -104,8 +104,21 @@ def test_the_new_compiled_modules_do_not_import_their_twins(name: str) -> None:
     assert got["impl"][name] == "cython"
 
 
-def test_the_compiled_resp_encoder_does_not_import_its_twin() -> None:
-    # (the compiled row decoder still takes its plan, rare-type decoders and error locator
-    # from deltaforge.source.rowdecode: splitting those out is part of the decoder rewrite)
-    got = _probe("missing", ["deltaforge.sink.resp_py"], DELTAFORGE_REQUIRE_EXT="1")
-    assert got["impl"]["resp"] == "cython"
+def test_the_compiled_modules_do_not_import_their_twins() -> None:
+    # with both twins unimportable, both compiled modules still load (the row decoder shares
+    # its classification, rare types and messages with its twin through source/rowformat.py)
+    got = _probe("missing", ["deltaforge.sink.resp_py", "deltaforge.source.rowdecode"], DELTAFORGE_REQUIRE_EXT="1")
+    assert got["impl"] == {"resp": "cython", "rowdecode": "cython"}, got
+
+
+def test_the_twins_share_rowformat_and_not_each_other() -> None:
+    code = r"""
+import json, sys
+from deltaforge._core import rowdecode
+before = set(sys.modules)
+import deltaforge.source.rowdecode
+print(json.dumps({"compiled_loaded_twin": "deltaforge.source.rowdecode" in before,
+                  "shared": "deltaforge.source.rowformat" in before}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"compiled_loaded_twin": False, "shared": True}
