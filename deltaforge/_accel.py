@@ -9,7 +9,8 @@ Each compiled module has a pure-Python twin with identical output. Environment s
   compile cannot pass as green on the twins. ``NO_EXT`` wins when both are set.
 
 ``IMPLEMENTATIONS`` maps each module to the one loaded (``"cython"`` or ``"python"``);
-``IMPLEMENTATION`` (the RESP encoder's) and ``ROWDECODE_IMPLEMENTATION`` are shorthands.
+``IMPLEMENTATION`` (the RESP encoder's) and ``ROWDECODE_IMPLEMENTATION`` are shorthands;
+``streamcommit`` is the sink's commit round trip (request in one buffer, reply scan).
 Which one loaded, and why a twin did, is logged once at debug level (``deltaforge.accel``).
 
 Hazard: callers bind the module object (``from deltaforge._accel import rowdecode``), so
@@ -69,10 +70,12 @@ def _load(name: str, compiled: str, twin: str) -> ModuleType:
 
 resp = _load("resp", "deltaforge._core.resp", "deltaforge.sink.resp_py")
 rowdecode = _load("rowdecode", "deltaforge._core.rowdecode", "deltaforge.source.rowdecode")
+streamcommit = _load("streamcommit", "deltaforge._core.streamcommit", "deltaforge.sink.streamcommit_py")
 
 IMPLEMENTATIONS: dict[str, str] = {
     "resp": resp.IMPLEMENTATION,
     "rowdecode": rowdecode.IMPLEMENTATION,
+    "streamcommit": streamcommit.IMPLEMENTATION,
 }
 IMPLEMENTATION = IMPLEMENTATIONS["resp"]
 ROWDECODE_IMPLEMENTATION = IMPLEMENTATIONS["rowdecode"]
