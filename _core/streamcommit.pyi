@@ -1,9 +1,6 @@
 from collections.abc import Sequence
 
 IMPLEMENTATION: str
-DEBEZIUM_PREFIX: bytes
-DEBEZIUM_SUFFIX: bytes
-
 Value = bytes | str | None
 Column = Value | Sequence[Value]
 

@@ -49,9 +49,6 @@ from df_write cimport digits, ndigits
 
 IMPLEMENTATION = "cython"
 
-DEBEZIUM_PREFIX = b'{"schema":null,"payload":'
-DEBEZIUM_SUFFIX = b"}"
-
 # Constant pieces of the request (what sits between the variable bulk strings).
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"

@@ -1,7 +1,8 @@
 """Redis Streams sink against a real Redis: wire layout, envelopes, exactly-once fencing, retries, policies.
 
-Every test runs with both RESP encoders (compiled and pure twin) through the
-``resp_impl`` fixture, which swaps the module the sink encodes with.
+Every test runs with both implementations (compiled and pure twin) of the RESP encoder and
+of the commit round trip (``streamcommit``: request encoder and reply scan) through the
+``resp_impl`` fixture, which swaps the modules the sink uses.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from deltaforge.config import CommitPolicy, EnvelopeSpec, RedisSinkConfig
 from deltaforge.dsn import parse_redis_uri
 from deltaforge.errors import ConfigError, FencedError, SinkError, SinkUnavailable
 from deltaforge.model import Batch, Event, Position, Source, Transaction, idempotency_key
-from deltaforge.sink import redis_stream, resp_py
+from deltaforge.sink import redis_stream, resp_py, streamcommit_py
 from deltaforge.sink.envelope import StreamTemplate, rfc3339_ms
 from deltaforge.sink.redis_conn import RedisConnection
 from deltaforge.sink.redis_stream import RedisStreamSink
@@ -41,7 +42,11 @@ def resp_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
     module = importlib.import_module("deltaforge._core.resp") if request.param == "cython" else resp_py
     monkeypatch.setattr(redis_stream, "resp", module)
+    commit = (importlib.import_module("deltaforge._core.streamcommit") if request.param == "cython"
+              else streamcommit_py)
+    monkeypatch.setattr(redis_stream, "streamcommit", commit)
     assert redis_stream.resp.IMPLEMENTATION == request.param
+    assert redis_stream.streamcommit.IMPLEMENTATION == request.param
     return str(request.param)
 
 

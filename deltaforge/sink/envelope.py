@@ -27,7 +27,10 @@ Envelopes (DESIGN.md §4), all compact UTF-8 JSON, encoded per *batch*:
 
 Hot path: the native JSON of a whole batch comes from one
 ``Encoder.encode_lines`` call, split on ``\\n`` (compact JSON escapes every
-newline inside strings, and UTF-8 continuation bytes never equal 0x0A).
+newline inside strings, and UTF-8 continuation bytes never equal 0x0A). The sink
+does not build the debezium wrapper per event: it takes :meth:`Envelope.encode_body`
+(the native JSON) and writes ``prefix + body + suffix`` straight into its request
+buffer (``_core/streamcommit.pyx``); :meth:`Envelope.encode` gives whole payloads.
 
 Stream templates: ``cdc:${source.db}.${source.table}`` — ``${path}`` over the
 event fields ``event_id, tenant_id, table, op, ts_ms, source.*, transaction.*``.
@@ -48,6 +51,9 @@ from deltaforge.errors import ConfigError
 from deltaforge.model import Event, Source, Transaction
 
 ENVELOPES = ("native", "debezium", "cloudevents")
+
+_DEBEZIUM_PREFIX = b'{"schema":null,"payload":'
+_DEBEZIUM_SUFFIX = b"}"
 
 CLOUDEVENT_TYPES = {"c": "insert", "u": "update", "d": "delete", "r": "snapshot"}
 
@@ -87,6 +93,10 @@ class Envelope:
         self.pipeline = pipeline
         self._enc = msgspec.json.Encoder()
         self.encode: Callable[[list[Event]], list[bytes]] = getattr(self, f"_encode_{kind}")
+        #: ``prefix + body + suffix`` is the payload of each event (only debezium wraps)
+        self.prefix, self.suffix = (_DEBEZIUM_PREFIX, _DEBEZIUM_SUFFIX) if kind == "debezium" else (b"", b"")
+        self.encode_body: Callable[[list[Event]], list[bytes]] = (
+            self._encode_cloudevents if kind == "cloudevents" else self._encode_native)
 
     def _encode_native(self, events: list[Event]) -> list[bytes]:
         if not events:
@@ -96,7 +106,7 @@ class Envelope:
         return lines
 
     def _encode_debezium(self, events: list[Event]) -> list[bytes]:
-        return [b'{"schema":null,"payload":' + p + b"}" for p in self._encode_native(events)]
+        return [_DEBEZIUM_PREFIX + p + _DEBEZIUM_SUFFIX for p in self._encode_native(events)]
 
     def _encode_cloudevents(self, events: list[Event]) -> list[bytes]:
         if not events:

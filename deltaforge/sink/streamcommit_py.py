@@ -9,9 +9,6 @@ from collections.abc import Sequence
 
 IMPLEMENTATION = "python"
 
-DEBEZIUM_PREFIX = b'{"schema":null,"payload":'
-DEBEZIUM_SUFFIX = b"}"
-
 Value = bytes | str | None
 Column = Value | Sequence[Value]
 
