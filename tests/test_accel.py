@@ -47,7 +47,7 @@ else:
     print(json.dumps({"impl": _accel.IMPLEMENTATIONS, "log": records}))
 '''
 
-RESP, ROWS = "deltaforge._core.resp", "deltaforge._core.rowdecode"
+RESP, ROWS, COMMIT = "deltaforge._core.resp", "deltaforge._core.rowdecode", "deltaforge._core.streamcommit"
 
 
 def _probe(mode: str, blocked: list[str], **env: str) -> dict:
@@ -59,15 +59,16 @@ def _probe(mode: str, blocked: list[str], **env: str) -> dict:
 
 def test_compiled_modules_load_and_say_so_once() -> None:
     got = _probe("missing", [], DELTAFORGE_REQUIRE_EXT="1")
-    assert got["impl"] == {"resp": "cython", "rowdecode": "cython"}
-    assert len(got["log"]) == 2  # one line per module, at import only
+    assert got["impl"] == {"resp": "cython", "rowdecode": "cython", "streamcommit": "cython"}
+    assert len(got["log"]) == 3  # one line per module, at import only
     assert got["log"][0].startswith(f"resp: compiled {RESP} (")
     assert got["log"][1].startswith(f"rowdecode: compiled {ROWS} (")
+    assert got["log"][2].startswith(f"streamcommit: compiled {COMMIT} (")
 
 
 def test_a_missing_extension_falls_back_to_its_twin_and_logs_why() -> None:
     got = _probe("missing", [ROWS])
-    assert got["impl"] == {"resp": "cython", "rowdecode": "python"}
+    assert got["impl"] == {"resp": "cython", "rowdecode": "python", "streamcommit": "cython"}
     assert any(line.startswith("rowdecode: pure-Python twin deltaforge.source.rowdecode (compiled "
                                f"{ROWS} not loadable: ImportError") for line in got["log"]), got["log"]
 
@@ -91,8 +92,8 @@ def test_a_broken_extension_without_require_ext_is_not_hidden() -> None:
 
 def test_no_ext_wins_over_require_ext() -> None:
     got = _probe("missing", [RESP, ROWS], DELTAFORGE_NO_EXT="1", DELTAFORGE_REQUIRE_EXT="1")
-    assert got["impl"] == {"resp": "python", "rowdecode": "python"}
-    assert all("DELTAFORGE_NO_EXT is set" in line for line in got["log"]) and len(got["log"]) == 2
+    assert got["impl"] == {"resp": "python", "rowdecode": "python", "streamcommit": "python"}
+    assert all("DELTAFORGE_NO_EXT is set" in line for line in got["log"]) and len(got["log"]) == 3
 
 
 def test_the_compiled_resp_encoder_does_not_import_its_twin() -> None:
@@ -100,3 +101,15 @@ def test_the_compiled_resp_encoder_does_not_import_its_twin() -> None:
     # from deltaforge.source.rowdecode: splitting those out is part of the decoder rewrite)
     got = _probe("missing", ["deltaforge.sink.resp_py"], DELTAFORGE_REQUIRE_EXT="1")
     assert got["impl"]["resp"] == "cython"
+
+
+def test_the_compiled_commit_encoder_does_not_import_its_twin() -> None:
+    got = _probe("missing", ["deltaforge.sink.streamcommit_py"], DELTAFORGE_REQUIRE_EXT="1")
+    assert got["impl"]["streamcommit"] == "cython"
+
+
+def test_a_missing_commit_encoder_falls_back_to_its_twin_or_is_fatal() -> None:
+    got = _probe("missing", [COMMIT])
+    assert got["impl"]["streamcommit"] == "python"
+    got = _probe("missing", [COMMIT], DELTAFORGE_REQUIRE_EXT="1")
+    assert got["type"] == "ExtensionMissing" and f"compiled module {COMMIT} does not load" in got["error"]
