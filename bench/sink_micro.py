@@ -5,13 +5,22 @@ Indicative figures only (no assertion anywhere): it starts a private Redis
 ``RedisStreamSink.write()`` and prints microseconds per batch and per event, plus the
 encode-only share (``_encode`` of the commit request, no network). Run it alone on an
 idle machine, e.g. ``python bench/sink_micro.py --events 200 --batches 300``.
+
+``--against <commit>`` also runs the sink module of that commit (``git show
+<commit>:deltaforge/sink/redis_stream.py``, loaded beside today's helpers, so it only works
+while that module's imports still exist) on the same batches, interleaved run by run: a
+before/after on the same machine load.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from deltaforge.config import EnvelopeSpec, RedisSinkConfig
 from deltaforge.model import Batch, Event, Position, Source, Transaction
@@ -36,10 +45,23 @@ def make_batch(b: int, n: int) -> Batch:
                  end=Position("binlog.000001", 1000 * (b + 1), gtid=f"0-1-{b}"))
 
 
-def run(server: RedisServer, *, events: int, batches: int, envelope: str, delivery: str, stream: str) -> None:
+def load_sink_class(commit: str) -> type:
+    src = subprocess.run(["git", "show", f"{commit}:deltaforge/sink/redis_stream.py"], capture_output=True,
+                         check=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="deltaforge-sinkmicro-")) / "old_redis_stream.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("old_redis_stream", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RedisStreamSink  # type: ignore[no-any-return]
+
+
+def run(server: RedisServer, *, events: int, batches: int, envelope: str, delivery: str, stream: str,
+        sink_class: type = RedisStreamSink, label: str = "now") -> None:
     cfg = RedisSinkConfig(id="bench", uri=server.uri, stream=stream, envelope=EnvelopeSpec(type=envelope),
                           delivery=delivery)
-    sink = RedisStreamSink(cfg, "bench", "acme", "spec.sinks[0].config")
+    sink = sink_class(cfg, "bench", "acme", "spec.sinks[0].config")
     import redis
 
     redis.Redis.from_url(server.uri).flushall()
@@ -61,7 +83,7 @@ def run(server: RedisServer, *, events: int, batches: int, envelope: str, delive
     sink.close()
     med = statistics.median(times) * 1e6
     cpu_us = statistics.median(cpu) * 1e6
-    print(f"{envelope:8} {delivery:13} {stream[:18]:18} n={events:5}: wall {med / events:5.2f} us/event, "
+    print(f"{label:8} {envelope:8} {delivery:13} {stream[:18]:18} n={events:5}: wall {med / events:5.2f} us/event, "
           f"client CPU {cpu_us / events:5.2f} us/event (encode only {enc_us / events:5.2f})")
 
 
@@ -69,7 +91,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, nargs="+", default=[50, 500, 2000])
     ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--against", metavar="COMMIT", help="also run the sink of this git commit")
     args = ap.parse_args()
+    sinks: list[tuple[str, type]] = [("now", RedisStreamSink)]
+    if args.against:
+        sinks.insert(0, (args.against[:8], load_sink_class(args.against)))
     server = RedisServer().start()
     try:
         for n in args.events:
@@ -77,7 +103,9 @@ def main() -> None:
                                                ("debezium", "exactly_once", "cdc:events"),
                                                ("native", "exactly_once", "cdc:${source.db}.${source.table}"),
                                                ("native", "at_least_once", "cdc:events")):
-                run(server, events=n, batches=args.batches, envelope=envelope, delivery=delivery, stream=stream)
+                for label, sink_class in sinks:
+                    run(server, events=n, batches=args.batches, envelope=envelope, delivery=delivery,
+                        stream=stream, sink_class=sink_class, label=label)
     finally:
         server.stop()
 

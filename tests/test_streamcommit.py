@@ -268,13 +268,13 @@ def test_a_fault_anywhere_deviates_and_hiredis_agrees(exactly_once: bool) -> Non
     if exactly_once:  # look inside the EXEC array too
         exec_at = entries + 2
         head, inner = parts[exec_at][:4], split_replies(parts[exec_at][4:])
-        parts = parts[:exec_at] + [head, *inner] + parts[exec_at + 1 :]
+        parts = [*parts[:exec_at], head, *inner, *parts[exec_at + 1:]]
     assert b"".join(parts) == good
     for i in range(len(parts)):
         for fault in FAULTS:
             if fault == parts[i] or (fault.startswith(b"$3") and parts[i].startswith(b"$15")):
                 continue  # not a fault there (another entry id is still an entry id)
-            data = b"".join(parts[:i] + [fault] + parts[i + 1 :])
+            data = b"".join([*parts[:i], fault, *parts[i + 1:]])
             verdict = both_scan(data, entries, expected, exactly_once)
             assert verdict in (0, -1), (i, fault)
             if fault.startswith((b"-", b"*-1", b"$-1")):  # an error or a nil: the exact path must see it
