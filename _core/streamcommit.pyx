@@ -42,10 +42,9 @@ The pure-Python twin ``deltaforge/sink/streamcommit_py.py`` has identical output
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp
 
-from df_write cimport digits, ndigits
+from df_resp cimport bulk, bulk_head, bulk_len, crlf, put
 
 IMPLEMENTATION = "cython"
 
@@ -74,30 +73,8 @@ cdef struct Column:
     Py_ssize_t step  # 1: one view per entry; 0: one view for all
 
 
-cdef inline Py_ssize_t _bulk_len(Py_ssize_t n) noexcept nogil:
-    return 5 + ndigits(<uint64_t>n) + n
-
-
-cdef inline char* _put(char* p, const char* s, Py_ssize_t n) noexcept nogil:
-    memcpy(p, s, n)
-    return p + n
-
-
-cdef inline char* _bulk_head(char* p, Py_ssize_t n) noexcept nogil:
-    p[0] = b'$'
-    p = digits(p + 1, <uint64_t>n, 1)
-    p[0] = b'\r'
-    p[1] = b'\n'
-    return p + 2
-
-
 cdef inline char* _bulk(char* p, View v) noexcept nogil:
-    p = _bulk_head(p, v.n)
-    memcpy(p, v.p, v.n)
-    p += v.n
-    p[0] = b'\r'
-    p[1] = b'\n'
-    return p + 2
+    return bulk(p, v.p, v.n)
 
 
 cdef int _view(object obj, View* out, str what, Py_ssize_t i) except -1:
@@ -224,26 +201,26 @@ def encode_commit(payloads, streams, event_ids, tenants, tables, txids, *,
         vid = _bview(_EVENT_ID)
         vik = _bview(_IDEM_KEY)
         # pass 1: size
-        total = vset.n + _bulk_len(key.n) + _bulk_len(value.n)
+        total = vset.n + bulk_len(key.n) + bulk_len(value.n)
         if exactly_once:
-            total += vmulti.n + vexec.n + vwatch.n + vget.n + 2 * _bulk_len(key.n)
+            total += vmulti.n + vexec.n + vwatch.n + vget.n + 2 * bulk_len(key.n)
         for i in range(n):
             s = _at(&cols[C_STREAM], i)
             pl = _at(&cols[C_PAYLOAD], i)
             ev = _at(&cols[C_ID], i)
             klen = _at(&cols[C_TENANT], i).n + _at(&cols[C_TABLE], i).n + _at(&cols[C_TXID], i).n + ev.n + 3
-            total += (vhead.n + _bulk_len(s.n) + vmid.n + _bulk_len(vpre.n + pl.n + vsuf.n) + vid.n
-                      + _bulk_len(ev.n) + vik.n + _bulk_len(klen))
+            total += (vhead.n + bulk_len(s.n) + vmid.n + bulk_len(vpre.n + pl.n + vsuf.n) + vid.n
+                      + bulk_len(ev.n) + vik.n + bulk_len(klen))
         for i in range(d):
-            total += (vx7.n + _bulk_len(_at(&cols[C_DSTREAM], i).n) + vsd.n
-                      + _bulk_len(_at(&cols[C_DPAYLOAD], i).n) + vid.n + _bulk_len(_at(&cols[C_DID], i).n))
+            total += (vx7.n + bulk_len(_at(&cols[C_DSTREAM], i).n) + vsd.n
+                      + bulk_len(_at(&cols[C_DPAYLOAD], i).n) + vid.n + bulk_len(_at(&cols[C_DID], i).n))
         out = PyBytes_FromStringAndSize(NULL, total)
         start = PyBytes_AS_STRING(out)
         p = start
         # pass 2: write, without the GIL (every view points into an object ``keep`` holds)
         with nogil:
             if exactly_once:
-                p = _put(p, vmulti.p, vmulti.n)
+                p = put(p, vmulti.p, vmulti.n)
             for i in range(n):
                 s = _at(&cols[C_STREAM], i)
                 pl = _at(&cols[C_PAYLOAD], i)
@@ -251,45 +228,41 @@ def encode_commit(payloads, streams, event_ids, tenants, tables, txids, *,
                 t = _at(&cols[C_TENANT], i)
                 tb = _at(&cols[C_TABLE], i)
                 tx = _at(&cols[C_TXID], i)
-                p = _put(p, vhead.p, vhead.n)
+                p = put(p, vhead.p, vhead.n)
                 p = _bulk(p, s)
-                p = _put(p, vmid.p, vmid.n)
-                p = _bulk_head(p, vpre.n + pl.n + vsuf.n)
-                p = _put(p, vpre.p, vpre.n)
-                p = _put(p, pl.p, pl.n)
-                p = _put(p, vsuf.p, vsuf.n)
-                p[0] = b'\r'
-                p[1] = b'\n'
-                p += 2
-                p = _put(p, vid.p, vid.n)
+                p = put(p, vmid.p, vmid.n)
+                p = bulk_head(p, vpre.n + pl.n + vsuf.n)
+                p = put(p, vpre.p, vpre.n)
+                p = put(p, pl.p, pl.n)
+                p = put(p, vsuf.p, vsuf.n)
+                p = crlf(p)
+                p = put(p, vid.p, vid.n)
                 p = _bulk(p, ev)
-                p = _put(p, vik.p, vik.n)
-                p = _bulk_head(p, t.n + tb.n + tx.n + ev.n + 3)
-                p = _put(p, t.p, t.n)
+                p = put(p, vik.p, vik.n)
+                p = bulk_head(p, t.n + tb.n + tx.n + ev.n + 3)
+                p = put(p, t.p, t.n)
                 p[0] = b'|'
-                p = _put(p + 1, tb.p, tb.n)
+                p = put(p + 1, tb.p, tb.n)
                 p[0] = b'|'
-                p = _put(p + 1, tx.p, tx.n)
+                p = put(p + 1, tx.p, tx.n)
                 p[0] = b'|'
-                p = _put(p + 1, ev.p, ev.n)
-                p[0] = b'\r'
-                p[1] = b'\n'
-                p += 2
+                p = put(p + 1, ev.p, ev.n)
+                p = crlf(p)
             for i in range(d):
-                p = _put(p, vx7.p, vx7.n)
+                p = put(p, vx7.p, vx7.n)
                 p = _bulk(p, _at(&cols[C_DSTREAM], i))
-                p = _put(p, vsd.p, vsd.n)
+                p = put(p, vsd.p, vsd.n)
                 p = _bulk(p, _at(&cols[C_DPAYLOAD], i))
-                p = _put(p, vid.p, vid.n)
+                p = put(p, vid.p, vid.n)
                 p = _bulk(p, _at(&cols[C_DID], i))
-            p = _put(p, vset.p, vset.n)
+            p = put(p, vset.p, vset.n)
             p = _bulk(p, key)
             p = _bulk(p, value)
             if exactly_once:
-                p = _put(p, vexec.p, vexec.n)
-                p = _put(p, vwatch.p, vwatch.n)
+                p = put(p, vexec.p, vexec.n)
+                p = put(p, vwatch.p, vwatch.n)
                 p = _bulk(p, key)
-                p = _put(p, vget.p, vget.n)
+                p = put(p, vget.p, vget.n)
                 p = _bulk(p, key)
         if p - start != total:  # the two passes disagree: a bug, never send a torn request
             raise AssertionError(f"streamcommit: sized {total} bytes, wrote {p - start}")
