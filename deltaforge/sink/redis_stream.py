@@ -492,7 +492,8 @@ class RedisStreamSink:
         self.dead_written += len(dead)
         if self.trimmer is not None:
             static = self.template.static
-            self.trimmer.after_commit([static] * len(events) if static is not None else streams, static)
+            self.trimmer.after_commit([static] * len(events) if static is not None else streams,
+                                      static)  # never raises
 
     def _encode(self, events: list[Event], dead: list[DeadLetter], end: Position,
                 commit: int) -> tuple[bytes, list[str], list[str], bytes]:
