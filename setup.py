@@ -49,17 +49,17 @@ def extensions() -> list[Extension]:
         Extension(
             "deltaforge._core." + name,
             [f"_core/{name}.pyx"],
-            depends=["_core/df_cursor.pxd", "_core/df_write.pxd"],  # rebuilds, and the sdist carries them
+            depends=["_core/df_cursor.pxd", "_core/df_write.pxd", "_core/df_resp.pxd"],  # rebuild + sdist
             define_macros=macros,
             extra_compile_args=args,
             extra_link_args=link_args,
         )
-        for name in ("resp", "rowdecode", "framing", "eventbuf")
+        for name in ("resp", "rowdecode", "framing", "eventbuf", "streamcommit")
     ]
     return cythonize(
         mods,
         language_level=3,
-        include_path=["_core"],  # the shared .pxd (df_cursor, df_write): cimport only
+        include_path=["_core"],  # the shared .pxd (df_cursor, df_write, df_resp): cimport only
         build_dir=f"build/cython-{variant}" if variant else None,
         annotate=DEBUG,
         compiler_directives={

@@ -141,12 +141,14 @@ cdef class BlockBuilder:
     cdef bytes _name, _tenant
     cdef bytearray _data
     cdef list _starts
-    cdef public list keys, tables, txids
-    cdef object _encode_into
+    cdef public list keys, tables, txids, tenants
+    cdef object _encode_into, _tenant_id
 
     def __init__(self, pipeline, tenant):
         self._name = _encode(pipeline)
         self._tenant = _encode(tenant)
+        self._tenant_id = tenant
+        self.tenants = []
         self._data = bytearray()
         self._starts = [0]
         self.keys = []
@@ -185,6 +187,8 @@ cdef class BlockBuilder:
         cdef char* w
         cdef object pair, k0 = key_head[0], k1 = key_head[1]
         cdef list starts = self._starts, keys = self.keys, tables = self.tables, txids = self.txids
+        cdef list tenants = self.tenants
+        cdef object tenant = self._tenant_id
         for pair in rows:
             seq = seq0 + k
             row = row0 + k
@@ -210,6 +214,7 @@ cdef class BlockBuilder:
             keys.append((k0, k1, seq, key_gtid))
             tables.append(table)
             txids.append(txid)
+            tenants.append(tenant)
         return len(rows)
 
     def mark_end(self, str txid):
@@ -226,10 +231,10 @@ cdef class BlockBuilder:
         cdef Py_ssize_t end = self._starts[n], size = PyByteArray_GET_SIZE(self._data)
         cdef char* base = PyByteArray_AS_STRING(self._data)
         block = EventBlock(PyBytes_FromStringAndSize(base, end), self._starts[:n + 1], self.tables[:n],
-                           self.txids[:n])
+                           self.txids[:n], self.tenants[:n])
         keys = self.keys[:n]
         memmove(base, base + end, size - end)
         PyByteArray_Resize(self._data, size - end)
         self._starts = [s - end for s in self._starts[n:]]
-        del self.keys[:n], self.tables[:n], self.txids[:n]
+        del self.keys[:n], self.tables[:n], self.txids[:n], self.tenants[:n]
         return block, keys

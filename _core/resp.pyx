@@ -6,15 +6,15 @@ Wire format (redis.io "RESP protocol spec"), per command::
     *<argc>\r\n  then per argument  $<len>\r\n<bytes>\r\n
 
 Arguments may be ``bytes``, ``str`` (UTF-8) or ``int``. Output is identical to
-``deltaforge.sink.resp_py`` (the pure-Python twin and test oracle). The digit writer is the
-shared one in ``df_write.pxd``.
+``deltaforge.sink.resp_py`` (the pure-Python twin and test oracle). The bulk-string and digit
+writers are the shared ones in ``df_resp.pxd`` and ``df_write.pxd``.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
 
+from df_resp cimport bulk, bulk_len, crlf
 from df_write cimport digits
 from df_write cimport ndigits as _ndigits
 
@@ -59,22 +59,16 @@ def encode_commands(list commands):
         total += 3 + _ndigits(argc)
         for arg in cmd:
             _arg_view(arg, &size, keep)
-            total += 5 + _ndigits(size) + size
+            total += bulk_len(size)
     out = PyBytes_FromStringAndSize(NULL, total)
     cdef char* p = PyBytes_AS_STRING(out)
     # pass 2: write
     for cmd in commands:
         p[0] = b'*'
-        p = _put_int(p + 1, len(cmd))
-        p[0] = b'\r'; p[1] = b'\n'; p += 2
+        p = crlf(_put_int(p + 1, len(cmd)))
         for arg in cmd:
             data = _arg_view(arg, &size, keep)
-            p[0] = b'$'
-            p = _put_int(p + 1, size)
-            p[0] = b'\r'; p[1] = b'\n'; p += 2
-            memcpy(p, data, size)
-            p += size
-            p[0] = b'\r'; p[1] = b'\n'; p += 2
+            p = bulk(p, data, size)
     return out
 
 

@@ -9,7 +9,8 @@ Each compiled module has a pure-Python twin with identical output. Environment s
   compile cannot pass as green on the twins. ``NO_EXT`` wins when both are set.
 
 ``IMPLEMENTATIONS`` maps each module to the one loaded (``"cython"`` or ``"python"``);
-``IMPLEMENTATION`` (the RESP encoder's) and ``ROWDECODE_IMPLEMENTATION`` are shorthands.
+``IMPLEMENTATION`` (the RESP encoder's) and ``ROWDECODE_IMPLEMENTATION`` are shorthands;
+``streamcommit`` is the sink's commit round trip (request in one buffer, reply scan).
 Which one loaded, and why a twin did, is logged once at debug level (``deltaforge.accel``).
 
 Hazard: callers bind the module object (``from deltaforge._accel import rowdecode``), so
@@ -73,12 +74,14 @@ MODULES: dict[str, str] = {
     "rowdecode": "deltaforge.source.rowdecode",
     "framing": "deltaforge.source.framing",
     "eventbuf": "deltaforge.source.eventbuf",
+    "streamcommit": "deltaforge.sink.streamcommit_py",
 }
 
 resp = _load("resp", "deltaforge._core.resp", MODULES["resp"])
 rowdecode = _load("rowdecode", "deltaforge._core.rowdecode", MODULES["rowdecode"])
 framing = _load("framing", "deltaforge._core.framing", MODULES["framing"])
 eventbuf = _load("eventbuf", "deltaforge._core.eventbuf", MODULES["eventbuf"])
+streamcommit = _load("streamcommit", "deltaforge._core.streamcommit", MODULES["streamcommit"])
 
 IMPLEMENTATIONS: dict[str, str] = {name: globals()[name].IMPLEMENTATION for name in MODULES}
 IMPLEMENTATION = IMPLEMENTATIONS["resp"]

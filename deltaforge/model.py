@@ -202,42 +202,47 @@ class EventBlock:
     """A batch's events as bytes, built once by the reader (or a processor), read by every stage.
 
     ``data`` is JSON lines: each event's native JSON (exactly ``msgspec.json.encode(Event)``)
-    followed by ``\\n``; event ``i`` is ``data[starts[i]:starts[i + 1] - 1]``. ``tables[i]``
-    and ``txids[i]`` are its ``table`` and ``transaction.id`` (what sinks need without parsing).
+    followed by ``\\n``; event ``i`` is ``data[starts[i]:starts[i + 1] - 1]``. ``tables[i]``,
+    ``txids[i]`` and ``tenants[i]`` are its ``table``, ``transaction.id`` and ``tenant_id``
+    (what sinks need without parsing).
 
     It is a read-only sequence of :class:`Event`: indexing or iterating decodes the events
     (once, then cached) for the stages that still work on objects (dead letters, stream
     templates, tests); the hot stages use the bytes. Slicing returns an EventBlock.
     """
 
-    __slots__ = ("_events", "data", "starts", "tables", "txids")
+    __slots__ = ("_events", "data", "starts", "tables", "tenants", "txids")
 
-    def __init__(self, data: bytes, starts: list[int], tables: list[str], txids: list[str]) -> None:
+    def __init__(self, data: bytes, starts: list[int], tables: list[str], txids: list[str],
+                 tenants: list[str | None]) -> None:
         self.data = data
         self.starts = starts
         self.tables = tables
         self.txids = txids
+        self.tenants = tenants
         self._events: list[Event] | None = None
 
     @classmethod
-    def from_lines(cls, lines: list[bytes], tables: list[str], txids: list[str]) -> EventBlock:
+    def from_lines(cls, lines: list[bytes], tables: list[str], txids: list[str],
+                   tenants: list[str | None]) -> EventBlock:
         """A block of these events' native JSON lines (no newline inside any: compact JSON)."""
         starts = [0]
         total = 0
         for line in lines:
             total += len(line) + 1
             starts.append(total)
-        return cls(b"\n".join(lines) + b"\n" if lines else b"", starts, tables, txids)
+        return cls(b"\n".join(lines) + b"\n" if lines else b"", starts, tables, txids, tenants)
 
     @classmethod
     def from_events(cls, events: list[Event]) -> EventBlock:
         """The block of Event objects (tests, dead-letter isolation, events built by stages)."""
         if not events:
-            return cls(b"", [0], [], [])
+            return cls(b"", [0], [], [], [])
         lines = _encoder.encode_lines(events).split(b"\n")
         lines.pop()
         block = cls.from_lines(lines, [e.table for e in events],
-                               [e.transaction.id if e.transaction is not None else "" for e in events])
+                               [e.transaction.id if e.transaction is not None else "" for e in events],
+                               [e.tenant_id for e in events])
         block._events = list(events)
         return block
 
@@ -258,6 +263,16 @@ class EventBlock:
         out = self.data.split(b"\n")
         out.pop()  # every line ends with "\n": the last piece is empty
         return out
+
+    def event_ids(self) -> list[bytes]:
+        """Every event's ``event_id`` (UTF-8), read off the JSON without decoding it."""
+        starts, data = self.starts, self.data
+        ids = [data[a + 13:a + 49] for a in starts[:-1]]
+        # the reader's and processors' ids are 36-character UUIDs right after '{"event_id":"'
+        if all(data[a + 49:a + 50] == b'"' for a in starts[:-1]) and all(
+                data[a:a + 13] == b'{"event_id":"' for a in starts[:-1]):
+            return ids
+        return [e.event_id.encode() for e in self.decoded()]
 
     def json_array(self) -> bytes:
         """``[e0,e1,...]``: the events as one JSON array (the processor's input)."""
@@ -282,7 +297,7 @@ class EventBlock:
             hi = max(lo, hi)
             a, b = self.starts[lo], self.starts[hi]
             return EventBlock(self.data[a:b], [s - a for s in self.starts[lo:hi + 1]], self.tables[lo:hi],
-                              self.txids[lo:hi])
+                              self.txids[lo:hi], self.tenants[lo:hi])
         if self._events is not None:
             return self._events[i]
         n = len(self)

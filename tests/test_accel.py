@@ -49,7 +49,7 @@ else:
     print(json.dumps({"impl": _accel.IMPLEMENTATIONS, "log": records}))
 '''
 
-RESP, ROWS = "deltaforge._core.resp", "deltaforge._core.rowdecode"
+RESP, ROWS, COMMIT = "deltaforge._core.resp", "deltaforge._core.rowdecode", "deltaforge._core.streamcommit"
 
 
 def _probe(mode: str, blocked: list[str], **env: str) -> dict:
@@ -98,7 +98,7 @@ def test_no_ext_wins_over_require_ext() -> None:
     assert all("DELTAFORGE_NO_EXT is set" in line for line in got["log"]) and len(got["log"]) == len(MODULES)
 
 
-@pytest.mark.parametrize("name", ["framing", "eventbuf"])
+@pytest.mark.parametrize("name", ["framing", "eventbuf", "streamcommit"])
 def test_the_new_compiled_modules_do_not_import_their_twins(name: str) -> None:
     got = _probe("missing", [MODULES[name]], DELTAFORGE_REQUIRE_EXT="1")
     assert got["impl"][name] == "cython"
@@ -108,7 +108,7 @@ def test_the_compiled_modules_do_not_import_their_twins() -> None:
     # with both twins unimportable, both compiled modules still load (the row decoder shares
     # its classification, rare types and messages with its twin through source/rowformat.py)
     got = _probe("missing", ["deltaforge.sink.resp_py", "deltaforge.source.rowdecode"], DELTAFORGE_REQUIRE_EXT="1")
-    assert got["impl"] == {"resp": "cython", "rowdecode": "cython"}, got
+    assert got["impl"]["resp"] == got["impl"]["rowdecode"] == "cython", got
 
 
 def test_the_twins_share_rowformat_and_not_each_other() -> None:
@@ -122,3 +122,10 @@ print(json.dumps({"compiled_loaded_twin": "deltaforge.source.rowdecode" in befor
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"compiled_loaded_twin": False, "shared": True}
+
+
+def test_a_missing_commit_encoder_falls_back_to_its_twin_or_is_fatal() -> None:
+    got = _probe("missing", [COMMIT])
+    assert got["impl"]["streamcommit"] == "python"
+    got = _probe("missing", [COMMIT], DELTAFORGE_REQUIRE_EXT="1")
+    assert got["type"] == "ExtensionMissing" and f"compiled module {COMMIT} does not load" in got["error"]

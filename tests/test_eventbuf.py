@@ -118,6 +118,8 @@ def _check(block: EventBlock, events: list[Event]) -> None:
     assert [block.line(i) for i in range(len(block))] == block.lines()
     assert block.tables == [e.table for e in events]
     assert block.txids == [e.transaction.id for e in events]  # type: ignore[union-attr]
+    assert block.tenants == [e.tenant_id for e in events]
+    assert block.event_ids() == [e.event_id.encode() for e in events]
     assert msgspec.json.decode(block.json_array(), type=list[Event]) == events
     assert list(block) == events and block == events
 
@@ -126,11 +128,12 @@ def test_event_block_slices_and_round_trips() -> None:
     events = [Event(event_id=f"id{i}", table="a.b", op="c", after={"i": i, "s": "x\ny"},
                     transaction=Transaction(id=f"t{i // 2}", seq=i % 2, end=bool(i % 2))) for i in range(7)]
     block = EventBlock.from_events(events)
-    again = EventBlock.from_lines(block.lines(), block.tables, block.txids)
+    again = EventBlock.from_lines(block.lines(), block.tables, block.txids, block.tenants)
     assert again.data == block.data and again.starts == block.starts and again == events
     part = again[2:5]
     assert isinstance(part, EventBlock) and part == events[2:5] and part.txids == ["t1", "t1", "t2"]
     assert again[-1] == events[-1] and again[3] == events[3]
+    assert again.event_ids() == [e.event_id.encode() for e in events]  # not UUIDs: read from the decoded events
     assert not EventBlock.from_events([]) and EventBlock.from_events([]).json_array() == b"[]"
     with pytest.raises(IndexError):
         again[7]

@@ -1,7 +1,8 @@
 """Redis Streams sink against a real Redis: wire layout, envelopes, exactly-once fencing, retries, policies.
 
-Every test runs with both RESP encoders (compiled and pure twin) through the
-``resp_impl`` fixture, which swaps the module the sink encodes with.
+Every test runs with both implementations (compiled and pure twin) of the RESP encoder and
+of the commit round trip (``streamcommit``: request encoder and reply scan) through the
+``resp_impl`` fixture, which swaps the modules the sink uses.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from deltaforge.config import CommitPolicy, EnvelopeSpec, RedisSinkConfig
 from deltaforge.dsn import parse_redis_uri
 from deltaforge.errors import ConfigError, FencedError, SinkError, SinkUnavailable
 from deltaforge.model import Batch, Event, Position, Source, Transaction, idempotency_key
-from deltaforge.sink import redis_stream, resp_py
+from deltaforge.sink import redis_stream, resp_py, streamcommit_py
 from deltaforge.sink.envelope import StreamTemplate, rfc3339_ms
 from deltaforge.sink.redis_conn import RedisConnection
 from deltaforge.sink.redis_stream import RedisStreamSink
@@ -41,7 +42,11 @@ def resp_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
     module = importlib.import_module("deltaforge._core.resp") if request.param == "cython" else resp_py
     monkeypatch.setattr(redis_stream, "resp", module)
+    commit = (importlib.import_module("deltaforge._core.streamcommit") if request.param == "cython"
+              else streamcommit_py)
+    monkeypatch.setattr(redis_stream, "streamcommit", commit)
     assert redis_stream.resp.IMPLEMENTATION == request.param
+    assert redis_stream.streamcommit.IMPLEMENTATION == request.param
     return str(request.param)
 
 
@@ -491,9 +496,39 @@ def test_wrongtype_inside_exec_reports_partial_commit(redis_server: RedisServer,
     sink.write(make_batch(1, 1))
     redis_client.delete("cdc:events")
     redis_client.set("cdc:events", "x")  # changed after the type check: Redis runs the rest of EXEC
-    with pytest.raises(SinkError, match=r"partial commit.*WRONGTYPE") as exc:
+    with pytest.raises(SinkError, match=r"partial commit, XADD to stream 'cdc:events' failed.*WRONGTYPE") as exc:
         sink.write(make_batch(1, 2))
     assert not exc.value.retriable
+    sink.close()
+
+
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
+def test_success_reply_is_checked_on_the_socket_bytes_and_the_rest_by_hiredis(
+        redis_server: RedisServer, redis_client: Any, monkeypatch: pytest.MonkeyPatch, delivery: str) -> None:
+    # A commit whose reply is the success shape creates no reply objects (read_replies is not
+    # called); a reply that deviates is parsed by hiredis and judged reply by reply.
+    parsed: list[int] = []
+    original = RedisConnection.read_replies
+
+    def counting(self: RedisConnection, n: int) -> list[Any]:
+        parsed.append(n)
+        return original(self, n)
+
+    monkeypatch.setattr(RedisConnection, "read_replies", counting)
+    sink = make_sink(cfg(redis_server, "cdc:${table}", delivery=delivery))
+    sink.open()
+    parsed.clear()
+    sink.write(make_batch(4, 1, tables=("app.users", "app.orders")))  # first sight: TYPE check, then commit
+    sink.write(make_batch(4, 2, tables=("app.users", "app.orders")))
+    assert parsed == [2]  # only the TYPE check of the two new streams
+    assert redis_client.xlen("cdc:app.users") == 4 and redis_client.xlen("cdc:app.orders") == 4
+    redis_client.delete("cdc:app.orders")
+    redis_client.set("cdc:app.orders", "x")
+    with pytest.raises(SinkError, match=r"XADD to stream 'cdc:app.orders' failed.*WRONGTYPE"):
+        sink.write(make_batch(4, 3, tables=("app.users", "app.orders")))
+    # exactly once: MULTI, 5 QUEUED, EXEC, WATCH, GET; at least once: 4 XADDs and the SET, then the
+    # one reply of the SET that puts the previous checkpoint back
+    assert parsed[1:] == ([4 + 5] if delivery == "exactly_once" else [4 + 1, 1])
     sink.close()
 
 

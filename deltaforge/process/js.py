@@ -500,6 +500,7 @@ class JsProcessor:
         keys: list[OrderKey] = []
         tables: list[str] = []
         txids: list[str] = []
+        tenants: list[str | None] = []
         created: dict[int, int] = {}
         join = b"".join
         for n, (i, before, after, tags) in enumerate(answer):
@@ -513,6 +514,7 @@ class JsProcessor:
                 keys.append(in_keys[i])
                 tables.append(block.tables[i])
                 txids.append(block.txids[i])
+                tenants.append(block.tenants[i])
                 continue
             p = -1 - i
             seq = created.get(p, 0)
@@ -527,7 +529,9 @@ class JsProcessor:
             keys.append(in_keys[p])
             tables.append(event.table)
             txids.append(event.transaction.id if event.transaction is not None else "")
-        return Batch(seq=batch.seq, events=EventBlock.from_lines(lines, tables, txids), keys=keys, end=batch.end,
+            tenants.append(event.tenant_id)
+        return Batch(seq=batch.seq, events=EventBlock.from_lines(lines, tables, txids, tenants), keys=keys,
+                     end=batch.end,
                      origin=batch.origin, dead=batch.dead, dead_keys=batch.dead_keys)
 
     def _created(self, o: _Out, n: int, parent: Event, seq: int, batch: Batch) -> Event:

@@ -29,7 +29,10 @@ Hot path: a batch's events arrive as an :class:`~deltaforge.model.EventBlock`, t
 JSON built once by the reader (or spliced by a processor): ``native`` and ``debezium`` use
 those bytes as they are. A list of Event objects is encoded by one ``Encoder.encode_lines``
 call, split on ``\\n`` (compact JSON escapes every newline inside strings, and UTF-8
-continuation bytes never equal 0x0A).
+continuation bytes never equal 0x0A). The sink does not build the debezium wrapper per event:
+it takes :meth:`Envelope.encode_body` (the native JSON) and writes ``prefix + body + suffix``
+straight into its request buffer (``_core/streamcommit.pyx``); :meth:`Envelope.encode` gives
+whole payloads.
 
 Stream templates: ``cdc:${source.db}.${source.table}`` — ``${path}`` over the
 event fields ``event_id, tenant_id, table, op, ts_ms, source.*, transaction.*``.
@@ -50,6 +53,9 @@ from deltaforge.errors import ConfigError
 from deltaforge.model import Event, EventBlock, Source, Transaction
 
 ENVELOPES = ("native", "debezium", "cloudevents")
+
+_DEBEZIUM_PREFIX = b'{"schema":null,"payload":'
+_DEBEZIUM_SUFFIX = b"}"
 
 CLOUDEVENT_TYPES = {"c": "insert", "u": "update", "d": "delete", "r": "snapshot"}
 
@@ -89,6 +95,10 @@ class Envelope:
         self.pipeline = pipeline
         self._enc = msgspec.json.Encoder()
         self.encode: Callable[[list[Event]], list[bytes]] = getattr(self, f"_encode_{kind}")
+        #: ``prefix + body + suffix`` is the payload of each event (only debezium wraps)
+        self.prefix, self.suffix = (_DEBEZIUM_PREFIX, _DEBEZIUM_SUFFIX) if kind == "debezium" else (b"", b"")
+        self.encode_body: Callable[[list[Event]], list[bytes]] = (
+            self._encode_cloudevents if kind == "cloudevents" else self._encode_native)
 
     def _encode_native(self, events: list[Event] | EventBlock) -> list[bytes]:
         if isinstance(events, EventBlock):
@@ -100,7 +110,7 @@ class Envelope:
         return lines
 
     def _encode_debezium(self, events: list[Event] | EventBlock) -> list[bytes]:
-        return [b'{"schema":null,"payload":' + p + b"}" for p in self._encode_native(events)]
+        return [_DEBEZIUM_PREFIX + p + _DEBEZIUM_SUFFIX for p in self._encode_native(events)]
 
     def _encode_cloudevents(self, events: list[Event]) -> list[bytes]:
         if not events:

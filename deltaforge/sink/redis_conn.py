@@ -4,7 +4,9 @@ Why not redis-py: the writer sends one buffer of RESP per batch (built by
 ``_core/resp.pyx`` in one call) and reads exactly ``n`` replies back; redis-py's
 pipeline re-packs every command and costs about 3x (PERF.md). This class does
 only what the sink needs: connect (TLS for ``rediss://``), AUTH, SELECT,
-CLIENT SETNAME, ``send(bytes)`` and ``read_replies(n)``.
+CLIENT SETNAME, ``send(bytes)``, ``read_replies(n)`` and ``read_checked(n, scan)`` (the
+commit round trip: its success reply is recognised in C on the raw socket bytes, and only
+a reply that deviates from it is parsed by hiredis into objects).
 
 Reply contract (hiredis.Reader): replies that are Redis errors come back as
 ``hiredis.ReplyError`` *values* in the list (a pipeline can mix successes and
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -207,30 +210,55 @@ class RedisConnection:
             while len(out) < n:
                 reply = gets()
                 if reply is False:
-                    data = sock.recv(1 << 18)
-                    if not data:
-                        self.close()
-                        raise SinkUnavailable(f"Redis at {self.where} closed the connection",
-                                              "DeltaForge reconnects and retries")
-                    reader.feed(data)
+                    reader.feed(self._recv(sock))
                     continue
                 append(reply)
-        except SinkUnavailable:  # a ConnectionError, hence an OSError: do not wrap it twice
-            raise
+        except hiredis.ProtocolError as e:
+            self.close()
+            raise SinkUnavailable(f"protocol error from {self.where}: {e}", "DeltaForge reconnects") from None
+        return out
+
+    def read_checked(self, n: int, scan: Callable[[bytes], int]) -> list[Any] | None:
+        """Read the ``n`` replies of a round trip whose success shape ``scan`` recognises.
+
+        ``scan(data)`` (``_core/streamcommit.pyx``) returns > 0 when ``data`` is exactly the
+        success reply, 0 when it is a prefix of it, -1 when it deviates. Success returns None
+        without a Python object per reply; anything else is parsed by hiredis from the first
+        byte and returned as :meth:`read_replies` does, for the caller to judge reply by reply.
+        """
+        sock = self._sock
+        reader = self._reader
+        if sock is None:
+            raise SinkUnavailable(f"not connected to Redis at {self.where}")
+        if reader.has_data():  # bytes left by an earlier read belong before ours: the exact path
+            return self.read_replies(n)
+        data = self._recv(sock)
+        while True:
+            verdict = scan(data)
+            if verdict > 0:
+                return None
+            if verdict < 0:
+                reader.feed(data)
+                return self.read_replies(n)
+            data += self._recv(sock)
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        try:
+            data = sock.recv(1 << 18)
         except TimeoutError:
             self.close()
             raise SinkUnavailable(
                 f"no reply from Redis at {self.where} within {self.socket_timeout:g}s",
                 "check the server's load, or raise ?socket_timeout= in the sink URI",
             ) from None
-        except hiredis.ProtocolError as e:
-            self.close()
-            raise SinkUnavailable(f"protocol error from {self.where}: {e}", "DeltaForge reconnects") from None
         except OSError as e:
             self.close()
             raise SinkUnavailable(f"lost the connection to Redis at {self.where}: {e}",
                                   "DeltaForge reconnects and retries") from None
-        return out
+        if not data:
+            self.close()
+            raise SinkUnavailable(f"Redis at {self.where} closed the connection", "DeltaForge reconnects and retries")
+        return data
 
     def call(self, *args: bytes | str | int, what: str | None = None) -> Any:
         """One command, one reply; an error reply raises (classified)."""

@@ -8,10 +8,17 @@ seed's worker reads ``fields[1]``::
 No MAXLEN on the XADD: ``max_len``/``max_len_hard`` trim in batches after commits, never past
 what a consumer group has not acknowledged (:mod:`deltaforge.sink.trim`).
 
-Exactly-once commit (DESIGN.md §5), ONE pipelined round trip per batch, encoded
-by one ``encode_commands`` call::
+Exactly-once commit (DESIGN.md §5), ONE pipelined round trip per batch, written
+into one buffer by ``_core/streamcommit.pyx`` (``encode_commit``: envelopes, stream
+names, idempotency keys and checkpoint, sized first; its header has the bytes)::
 
     MULTI, XADD ..., SET <ckpt> <value>, EXEC, WATCH <ckpt>, GET <ckpt>
+
+Its reply is checked on the raw socket bytes against the success shape (``OK``,
+``QUEUED``..., the EXEC array of entry ids and ``OK``, ``OK``, our value) without a
+Python object per reply; any other reply is parsed by hiredis and judged reply by
+reply below, so every error path (nil EXEC, an error inside EXEC, a foreign GET) is
+the exact one.
 
 Fencing: WATCH is per connection and EXEC always unwatches, so every round trip
 ends by re-arming ``WATCH <ckpt>`` for the *next* batch and reading the key.
@@ -75,6 +82,7 @@ none is lost).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -85,7 +93,7 @@ from typing import Any
 import hiredis
 import msgspec
 
-from deltaforge._accel import resp
+from deltaforge._accel import resp, streamcommit
 from deltaforge.dsn import parse_redis_uri
 from deltaforge.errors import (
     CheckpointRolledBack,
@@ -98,9 +106,9 @@ from deltaforge.model import (
     Batch,
     DeadLetter,
     Event,
+    EventBlock,
     Position,
     Source,
-    idempotency_key,
     position_le,
 )
 from deltaforge.sink.envelope import Envelope, StreamTemplate
@@ -470,34 +478,63 @@ class RedisStreamSink:
                 events = [e for e, h in zip(events, held, strict=True) if not h]
             dead = [d for d, k in zip(dead, batch.dead_keys, strict=True) if not ckpt.covers(k, server)]
             self._caught_up = True
-        payloads = self.envelope.encode(events)
-        streams = self.template.render_batch(events)
-        fresh = set(streams) - self._checked_streams if self.template.is_template else set()
-        dlq_streams = [self.dlq_template.render(_dead_event(d)) for d in dead]
-        fresh.update(set(dlq_streams) - self._checked_streams)
         commit = self._commit + 1
-        value = self._encode_value(batch.end, commit)
-        ckpt_key = self.checkpoint_key
-        cmds: list[tuple[Any, ...]] = [(b"MULTI",)] if self.exactly_once else []
-        cmds.extend(
-            (b"XADD", s, b"*", b"df-event", p, b"event_id", e.event_id,
-             b"idempotency_key", idempotency_key(e))
-            for s, p, e in zip(streams, payloads, events, strict=True)
-        )
-        cmds.extend((b"XADD", s, b"*", b"df-dlq", _dead_encoder.encode(d), b"event_id", d.event_id or "")
-                    for s, d in zip(dlq_streams, dead, strict=True))
-        cmds.append((b"SET", ckpt_key, value))
-        if self.exactly_once:
-            cmds += [(b"EXEC",), (b"WATCH", ckpt_key), (b"GET", ckpt_key)]
-        data = resp.encode_commands(cmds)
-        self._commit_with_retry(data, len(events) + len(dead), streams + dlq_streams, value, sorted(fresh))
+        data, streams, dlq_streams, value = self._encode(events, dead, batch.end, commit)
+        fresh: set[str] = set()
+        if self.template.is_template:
+            fresh.update(streams)
+        fresh.update(dlq_streams)
+        fresh -= self._checked_streams
+        self._commit_with_retry(data, len(events), len(dead), streams, dlq_streams, value, sorted(fresh))
         self._last_value = value
         self._commit = commit
         self._set_checkpoint(batch.end)
         self.entries_written += len(events)
         self.dead_written += len(dead)
         if self.trimmer is not None:
-            self.trimmer.after_commit(streams, self.template.static)  # never raises
+            static = self.template.static
+            self.trimmer.after_commit([static] * len(events) if static is not None else streams,
+                                      static)  # never raises
+
+    def _encode(self, events: list[Event] | EventBlock, dead: list[DeadLetter], end: Position,
+                commit: int) -> tuple[bytes, list[str], list[str], bytes]:
+        """The batch's whole commit request (``_core/streamcommit.pyx``), its per-event stream names
+        (empty for a fixed stream: nothing per event), its dead-letter streams and checkpoint value."""
+        template = self.template
+        streams = [] if template.static is not None else template.render_batch(events)
+        dlq_streams = [self.dlq_template.render(_dead_event(d)) for d in dead]
+        value = self._encode_value(end, commit)
+        envelope = self.envelope
+        if isinstance(events, EventBlock) and envelope.kind != "cloudevents":
+            # the reader's (or a processor's) bytes: nothing decoded, nothing encoded per event
+            ids: list[Any] = events.event_ids()
+            tenants: list[str | None] = events.tenants
+            tables: list[str] = events.tables
+            txids: list[str] = events.txids
+        else:
+            ids = [e.event_id for e in events]
+            tenants = [e.tenant_id for e in events]  # None renders as "" (model.idempotency_key)
+            tables = [e.table for e in events]
+            txids = [e.transaction.id if e.transaction is not None else "" for e in events]
+        data = streamcommit.encode_commit(
+            envelope.encode_body(events), template.static if template.static is not None else streams,
+            ids, tenants, tables, txids,
+            prefix=envelope.prefix,
+            suffix=envelope.suffix,
+            dlq_streams=dlq_streams,
+            dlq_payloads=[_dead_encoder.encode(d) for d in dead],
+            dlq_ids=[d.event_id for d in dead],
+            checkpoint_key=self.checkpoint_key,
+            checkpoint_value=value,
+            exactly_once=self.exactly_once,
+        )
+        return data, streams, dlq_streams, value
+
+    def _entry_stream(self, i: int, streams: list[str], dlq_streams: list[str], n: int) -> str:
+        """The stream of the ``i``-th XADD of a commit request (for messages)."""
+        if i >= n:
+            return dlq_streams[i - n]
+        return streams[i] if streams else str(self.template.static)
 
     def _backoff(self, err: SinkUnavailable, delay: float, deadline: float, doing: str) -> float:
         now = time.monotonic()
@@ -510,9 +547,13 @@ class RedisStreamSink:
         time.sleep(delay * (0.5 + random.random() / 2))  # jitter: instances must not retry in lockstep
         return min(delay * 2, self.retry_max)
 
-    def _commit_with_retry(self, data: bytes, n: int, streams: list[str], value: bytes, fresh: list[str]) -> None:
+    def _commit_with_retry(self, data: bytes, n: int, d: int, streams: list[str], dlq_streams: list[str],
+                           value: bytes, fresh: list[str]) -> None:
         deadline = time.monotonic() + self.retry_deadline
         delay = self.retry_initial
+        entries = n + d
+        scan = functools.partial(streamcommit.scan_commit_reply, entries=entries, expected=value,
+                                 exactly_once=self.exactly_once)
         while True:
             try:
                 conn = self._conn
@@ -525,9 +566,13 @@ class RedisStreamSink:
                     fresh = []
                 conn.send(data)
                 if self.exactly_once:
-                    self._check_transaction(conn.read_replies(n + 5), n, streams, value)
+                    replies = conn.read_checked(entries + 5, scan)
+                    if replies is not None:  # not the success shape: judge reply by reply
+                        self._check_transaction(replies, entries, n, streams, dlq_streams, value)
                 else:
-                    self._check_pipeline(conn, conn.read_replies(n + 1), streams)
+                    replies = conn.read_checked(entries + 1, scan)
+                    if replies is not None:
+                        self._check_pipeline(conn, replies, n, streams, dlq_streams)
                 return
             except SinkUnavailable as e:
                 self._drop_conn()
@@ -558,15 +603,17 @@ class RedisStreamSink:
             raise self._vanished()
         raise self._fence(f"found a value written by another owner {when}")
 
-    def _check_transaction(self, replies: list[Any], n: int, streams: list[str], value: bytes) -> None:
-        # replies: MULTI, n+1 QUEUED (XADDs, SET), EXEC, WATCH, GET
+    def _check_transaction(self, replies: list[Any], n: int, events: int, streams: list[str],
+                           dlq_streams: list[str], value: bytes) -> None:
+        # replies: MULTI, n+1 QUEUED (n XADDs of which ``events`` are the events', SET), EXEC, WATCH, GET
         if isinstance(replies[0], hiredis.ReplyError):
             raise classify(replies[0], f"MULTI on {self.uri.redacted()}")
         for i in range(1, n + 2):
             r = replies[i]
             if isinstance(r, hiredis.ReplyError):
                 # EXEC is aborted: nothing of the batch ran
-                what = f"XADD to stream {streams[i - 1]!r}" if i <= n else f"SET of checkpoint {self.checkpoint_key!r}"
+                what = (f"XADD to stream {self._entry_stream(i - 1, streams, dlq_streams, events)!r}" if i <= n
+                        else f"SET of checkpoint {self.checkpoint_key!r}")
                 raise classify(r, what)
         result = replies[n + 2]
         if result is None:
@@ -578,7 +625,8 @@ class RedisStreamSink:
             raise classify(result, f"EXEC on {self.uri.redacted()}")
         for i, r in enumerate(result):
             if isinstance(r, hiredis.ReplyError):
-                what = f"XADD to stream {streams[i]!r}" if i < n else f"SET of checkpoint {self.checkpoint_key!r}"
+                what = (f"XADD to stream {self._entry_stream(i, streams, dlq_streams, events)!r}" if i < n
+                        else f"SET of checkpoint {self.checkpoint_key!r}")
                 err = classify(r, what)
                 # Not retriable whatever the error: part of the transaction ran (no rollback in Redis).
                 raise SinkError(
@@ -590,11 +638,13 @@ class RedisStreamSink:
         if replies[n + 4] != value:
             raise self._fence("it was overwritten right after our commit")
 
-    def _check_pipeline(self, conn: RedisConnection, replies: list[Any], streams: list[str]) -> None:
+    def _check_pipeline(self, conn: RedisConnection, replies: list[Any], events: int, streams: list[str],
+                        dlq_streams: list[str]) -> None:
         first: SinkError | None = None
         for i, r in enumerate(replies):
             if isinstance(r, hiredis.ReplyError) and first is None:
-                what = f"XADD to stream {streams[i]!r}" if i < len(streams) else f"SET of checkpoint {self.checkpoint_key!r}"
+                what = (f"XADD to stream {self._entry_stream(i, streams, dlq_streams, events)!r}"
+                        if i < len(replies) - 1 else f"SET of checkpoint {self.checkpoint_key!r}")
                 first = classify(r, what)
         if first is None:
             return

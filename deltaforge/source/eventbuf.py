@@ -63,11 +63,13 @@ class BlockBuilder:
     def __init__(self, pipeline: str, tenant: str | None) -> None:
         self._name = _encode(pipeline)
         self._tenant = _encode(tenant)
+        self._tenant_id = tenant
         self._data = bytearray()
         self._starts: list[int] = [0]
         self.keys: list[OrderKey] = []
         self.tables: list[str] = []
         self.txids: list[str] = []
+        self.tenants: list[str | None] = []
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -114,6 +116,7 @@ class BlockBuilder:
             self.keys.append((key_head[0], key_head[1], seq, key_gtid))
             self.tables.append(table)
             self.txids.append(txid)
+            self.tenants.append(self._tenant_id)
         return len(rows)
 
     def mark_end(self, txid: str) -> bool:
@@ -131,9 +134,10 @@ class BlockBuilder:
     def take(self, n: int) -> tuple[EventBlock, list[OrderKey]]:
         """Cut the first ``n`` events off: their :class:`EventBlock` and their ordering keys."""
         end = self._starts[n]
-        block = EventBlock(bytes(self._data[:end]), self._starts[:n + 1], self.tables[:n], self.txids[:n])
+        block = EventBlock(bytes(self._data[:end]), self._starts[:n + 1], self.tables[:n], self.txids[:n],
+                           self.tenants[:n])
         keys = self.keys[:n]
         del self._data[:end]
         self._starts = [s - end for s in self._starts[n:]]
-        del self.keys[:n], self.tables[:n], self.txids[:n]
+        del self.keys[:n], self.tables[:n], self.txids[:n], self.tenants[:n]
         return block, keys
