@@ -269,8 +269,8 @@ class EventBlock:
         starts, data = self.starts, self.data
         ids = [data[a + 13:a + 49] for a in starts[:-1]]
         # the reader's and processors' ids are 36-character UUIDs right after '{"event_id":"'
-        if all(data[a + 49:a + 50] == b'"' for a in starts[:-1]) and all(
-                data[a:a + 13] == b'{"event_id":"' for a in starts[:-1]):
+        if all(data[a + 49:a + 63] == b'","tenant_id":' and data[a:a + 13] == b'{"event_id":"'
+               for a in starts[:-1]):
             return ids
         return [e.event_id.encode() for e in self.decoded()]
 

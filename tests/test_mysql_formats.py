@@ -223,9 +223,8 @@ def gtid_event(sid: uuid.UUID, gno: int, *, layout: str, flags: int = 1) -> byte
     return struct.pack("<IBIIIH", 1_700_000_000, GTID_LOG_EVENT, 1, 19 + len(body), 1234, 0) + body
 
 
-def parse_with_reader_framing(event: bytes) -> str:
-    """The GTID text the reader takes from a GTID_LOG_EVENT today (mysql-replication's wrapper, as
-    deltaforge/source/binlog.py builds it for the events of a transaction payload)."""
+def parse_with_mysql_replication(event: bytes) -> str:
+    """The GTID text mysql-replication's wrapper takes from a GTID_LOG_EVENT (the oracle)."""
     class Ctl:  # the control connection: the wrapper asks it only its charset and flavour here
         charset = "utf8mb4"
 
@@ -241,6 +240,20 @@ def parse_with_reader_framing(event: bytes) -> str:
     return str(wrapper.event.gtid)
 
 
+def parse_with_reader_framing(event: bytes) -> str:
+    """The GTID text the reader's own framing (both twins, which must agree) takes from the event."""
+    from deltaforge._core import framing as compiled
+    from deltaforge.source import framing as pure
+
+    texts = set()
+    for impl in (pure, compiled):
+        ev = impl.EventScanner(False).parse(event)
+        assert ev is not None and ev[0] == impl.GTID_MYSQL
+        texts.add(ev[5])
+    assert len(texts) == 1
+    return texts.pop()
+
+
 SID = uuid.UUID("3e11fa47-71ca-11e1-9e33-c80aa9429562")
 
 
@@ -250,7 +263,13 @@ SID = uuid.UUID("3e11fa47-71ca-11e1-9e33-c80aa9429562")
 @pytest.mark.parametrize("layout", ["5.7", "8.0", "8.0-relayed"])
 @pytest.mark.parametrize("gno", [1, 42, 2**31, 2**62])
 def test_mysql_gtid_events_read_as_uuid_colon_n(layout: str, gno: int) -> None:
-    assert parse_with_reader_framing(gtid_event(SID, gno, layout=layout)) == f"{SID}:{gno}"
+    event = gtid_event(SID, gno, layout=layout)
+    assert parse_with_reader_framing(event) == parse_with_mysql_replication(event) == f"{SID}:{gno}"
+
+
+@pytest.mark.parametrize("gno", [1, 2**62])
+def test_the_reader_framing_reads_the_56_layout_too(gno: int) -> None:
+    assert parse_with_reader_framing(gtid_event(SID, gno, layout="5.6")) == f"{SID}:{gno}"
 
 
 def test_gtids_fold_into_the_checkpointed_set() -> None:
