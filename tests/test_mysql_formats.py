@@ -243,6 +243,7 @@ def parse_with_mysql_replication(event: bytes) -> str:
 def parse_with_reader_framing(event: bytes) -> str:
     """The GTID text the reader's own framing (both twins, which must agree) takes from the event."""
     from deltaforge._core import framing as compiled
+
     from deltaforge.source import framing as pure
 
     texts = set()
