@@ -139,3 +139,18 @@ def test_gtid_event_ids_are_the_same_on_every_server() -> None:
     assert derive_gtid_event_id("0-1-42", 3) == derive_gtid_event_id("0-1-42", 3)
     assert derive_gtid_event_id("0-1-42", 3) != derive_gtid_event_id("0-1-42", 4)
     assert derive_gtid_event_id("0-1-42", 0) != derive_event_id("mariadb-1", "binlog.000001", 4, 0)
+
+
+def test_gtid_tracking_fast_paths_agree_with_the_general_rule() -> None:
+    from pymysqlreplication.gtid import Gtid, GtidSet
+
+    uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
+    for current, gtid in [(f"{uuid}:1-5", f"{uuid}:6"), (f"{uuid}:5", f"{uuid}:6"), (f"{uuid}:1-3:7-9", f"{uuid}:10"),
+                          (f"{uuid}:1-5", f"{uuid}:8"), (None, f"{uuid}:1"), (f"{uuid}:1-5,{uuid[:-1]}3:1-2", f"{uuid}:6")]:
+        general = GtidSet(current or "")
+        general += Gtid(gtid)
+        assert mysql_gtid_add(current, gtid) == str(general)
+    state = MariaGtidState("0-1-5")
+    assert state.apply("0-1-6") == str(state) == "0-1-6"
+    assert state.apply("1-2-3") == str(state) == "0-1-6,1-2-3"
+    assert state.apply("0-1-7") == str(state) == "0-1-7,1-2-3"

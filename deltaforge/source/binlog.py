@@ -355,6 +355,7 @@ class BinlogSource:
         # checkpoint would make a GTID resume re-read (or skip) history.
         self._gtid_known = gtid is not None
         self._gtid_state = MariaGtidState(gtid if self.flavor == "mariadb" else None)
+        self._gtid_text = str(self._gtid_state)
         self._mysql_gtid = gtid if self.flavor == "mysql" else None
         self._skip_rows = start.skip_rows
         self._skip_tx = start.tx
@@ -728,7 +729,7 @@ class BinlogSource:
                     continue
                 # ---- commit of `tx` (XID, COMMIT, or a standalone statement)
                 if tx is not None and tx.gtid and self.flavor == "mariadb":
-                    self._gtid_state = MariaGtidState(self._gtid_state.with_gtid(tx.gtid))
+                    self._gtid_text = self._gtid_state.apply(tx.gtid)
                 elif tx is not None and tx.gtid:
                     self._mysql_gtid = mysql_gtid_add(self._mysql_gtid, tx.gtid)
                 if tx is not None and events:
@@ -815,7 +816,7 @@ class BinlogSource:
         if not self._gtid_known:
             return None
         if self.flavor == "mariadb":
-            return str(self._gtid_state)
+            return self._gtid_text
         return self._mysql_gtid
 
 

@@ -175,6 +175,20 @@ class MariaGtidState:
             if part:
                 self.domains[part.split("-", 1)[0]] = part
 
+    def apply(self, gtid: str) -> str:
+        """Record ``gtid`` as applied (in place); returns the new position text.
+
+        Called once per transaction by the reader: with one domain (the usual topology) the
+        text is the GTID itself, no sorting or joining.
+        """
+        domain = gtid[:gtid.index("-")]
+        domains = self.domains
+        if len(domains) <= 1 and (not domains or domain in domains):
+            domains[domain] = gtid
+            return gtid
+        domains[domain] = gtid
+        return str(self)
+
     def with_gtid(self, gtid: str) -> str:
         merged = dict(self.domains)
         merged[gtid.split("-", 1)[0]] = gtid
@@ -186,6 +200,14 @@ class MariaGtidState:
 
 def mysql_gtid_add(gtid_set: str | None, gtid: str) -> str:
     """Add ``uuid:n`` to a MySQL GTID set string (interval arithmetic via mysql-replication's GtidSet)."""
+    if gtid_set and "," not in gtid_set:
+        # The reader's case, once per transaction: one server's set "uuid:1-N" growing by uuid:N+1.
+        sid, _, gno = gtid.rpartition(":")
+        if gtid_set.startswith(sid + ":") and gno.isdigit():
+            head, colon, last = gtid_set[len(sid) + 1:].rpartition(":")
+            first, dash, end = last.partition("-")
+            if (end or first).isdigit() and int(end or first) + 1 == int(gno):
+                return f"{sid}:{head}{colon}{first}-{gno}"
     from pymysqlreplication.gtid import Gtid, GtidSet
 
     current = GtidSet(gtid_set or "")
