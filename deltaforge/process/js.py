@@ -62,6 +62,7 @@ Poison events (``on_error: dlq``, docs/processors.md "Dead letters"):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import queue
 import re
@@ -73,7 +74,6 @@ from py_mini_racer import (
     JSFunction,
     JSParseException,
     JSTimeoutException,
-    JSUndefined,
     MiniRacer,
 )
 
@@ -182,8 +182,10 @@ _HARNESS = (
     return encode(res);
   }
   return function (processBatch) {
-    return function deltaforgeRun(input) {
-      const events = parse(input);
+    // The batch's JSON arrives as `this` (Python's direct call: no argument array to fill on
+    // every call) or as the argument (mini-racer's public call).
+    return function deltaforgeRun(arg) {
+      const events = parse(arg === undefined ? this : arg);
       const ids = new Map(), first = new Set();
       for (let i = 0; i < events.length; i++) {
         const id = events[i].event_id;
@@ -369,8 +371,8 @@ class JsProcessor:
 
     # -- the per-batch call --------------------------------------------------
 
-    def _call(self, payload: str, batch: Batch) -> str:
-        """Run processBatch on the JSON payload; returns the harness's result string."""
+    def _call(self, payload: bytes, batch: Batch) -> bytes:
+        """Run processBatch on the batch's JSON; returns the harness's answer (UTF-8)."""
         if self._closed:
             raise ProcessorError(f"{self._where}: process() called after close()")
         for attempt in (1, 2):
@@ -404,7 +406,9 @@ class JsProcessor:
                 if attempt == 2:
                     raise self._memory_error(f"on batch {_origin(batch)}")
                 continue
-            if not isinstance(result, str):  # pragma: no cover - the harness returns strings
+            if isinstance(result, str):  # mini-racer's public call
+                return result.encode()
+            if not isinstance(result, bytes):  # pragma: no cover - the harness returns strings
                 raise ProcessorError(f"{self._where}: internal: harness returned {type(result)}")
             return result
         raise AssertionError("unreachable")  # pragma: no cover
@@ -473,14 +477,14 @@ class JsProcessor:
         """
         inputs = batch.events
         block = inputs if isinstance(inputs, EventBlock) else EventBlock.from_events(inputs)
-        result = self._call(block.json_array().decode(), batch)
-        if result.startswith("!"):
+        result = self._call(block.json_array(), batch)
+        if result.startswith(b"!"):
             raise ProcessorError(
-                f"{self._where}: processBatch returned {result[1:]} on batch {_origin(batch)}",
+                f"{self._where}: processBatch returned {result[1:].decode()} on batch {_origin(batch)}",
                 "return an array of event objects, a single event object, or null to drop "
                 "every event",
             )
-        if result.startswith("?"):  # an invalid event: msgspec names it exactly
+        if result.startswith(b"?"):  # an invalid event: msgspec names it exactly
             try:
                 _decode_out(result[1:])
             except msgspec.ValidationError as exc:
@@ -700,13 +704,15 @@ class ProcessorChain:
 
 
 class _DirectCall:
-    """Call a JS function through mini-racer's C API from the calling thread.
+    """Call the harness through mini-racer's C API from the calling thread, bytes in and out.
 
-    ``JSFunction.__call__`` hops to mini-racer's asyncio thread, evaluates ``[]`` for
-    the argument array and waits on a future: ~250 µs per call on this project's
-    machine, 2.5 µs/event at the seed's batch of 100. Here one argument array is made
-    once, its element is replaced per call, and the result is taken from the
-    context's queue for uncancelable tasks, which the V8 thread fills directly.
+    ``JSFunction.__call__`` hops to mini-racer's asyncio thread, evaluates ``[]`` for the
+    argument array and waits on a future (~250 µs per call on this project's machine), and
+    converts the payload ``str`` -> UTF-8 and the answer UTF-8 -> ``str``. Here the batch's
+    bytes become a V8 string in one ``mr_alloc_string_val`` and are passed as ``this`` (no
+    argument array to fill: setting its element was a second round trip to the V8 thread),
+    the result is taken from the context's queue for uncancelable tasks, which the V8 thread
+    fills directly, and a string answer is copied out as bytes.
 
     Hazard: this uses mini-racer internals (pinned to 0.14.x in pyproject.toml). The
     results queue is shared with ``MiniRacer.eval``; the processor never calls both at
@@ -714,16 +720,18 @@ class _DirectCall:
     internals are not there.
     """
 
+    _STR_UTF8 = 5  # mini-racer's value type of a UTF-8 string
+
     def __init__(self, mr: MiniRacer, func: JSFunction) -> None:
         ctx: Any = mr._ctx  # private: see the class docstring
         self._ctx = ctx
         self._dll = ctx._dll
         self._raw = ctx._ctx
         self._func = ctx._python_to_value_handle(func)
-        self._this = ctx._python_to_value_handle(JSUndefined)
-        self._argv: Any = mr.eval("[null]")
-        self._argv_handle = ctx._python_to_value_handle(self._argv)
+        self._noargs = ctx._python_to_value_handle(mr.eval("[]"))
         self._results: queue.Queue[Any] = ctx._non_cancelable_mr_task_results_queue
+        self._alloc = self._dll.mr_alloc_string_val
+        self._wrap = ctx._wrap_raw_handle
 
     @classmethod
     def wrap(cls, mr: MiniRacer, func: JSFunction) -> Any:
@@ -732,9 +740,9 @@ class _DirectCall:
         except AttributeError:  # another mini-racer layout: the public (slower) call
             return func
 
-    def __call__(self, payload: str, timeout_sec: float | None = None) -> Any:
-        self._argv[0] = payload
-        task = self._dll.mr_call_function(self._raw, self._func.raw, self._this.raw, self._argv_handle.raw, 0)
+    def __call__(self, payload: bytes, timeout_sec: float | None = None) -> Any:
+        this = self._wrap(self._alloc(self._raw, payload, len(payload), self._STR_UTF8))
+        task = self._dll.mr_call_function(self._raw, self._func.raw, this.raw, self._noargs.raw, 0)
         try:
             handle = self._results.get(timeout=timeout_sec)
         except queue.Empty:
@@ -743,4 +751,7 @@ class _DirectCall:
             with contextlib.suppress(Exception):
                 self._ctx._value_handle_to_python(handle)
             raise JSTimeoutException from None
-        return self._ctx._value_handle_to_python(handle)
+        value = handle.raw.contents
+        if value.type == self._STR_UTF8:
+            return ctypes.string_at(value.value.bytes_val, value.len)
+        return self._ctx._value_handle_to_python(handle)  # raises the JS exception, if any
