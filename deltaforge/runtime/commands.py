@@ -67,4 +67,21 @@ def run_command(config: str, workers: int, skip_preflight: bool, metrics_port: i
                             metrics_port, "metrics")
         logging.getLogger("deltaforge.pipeline").info(
             "metrics on http://127.0.0.1:%d/metrics, health on /health", server.server_port)
+    _tune_gc()
     sys.exit(supervisor.run())
+
+
+def _tune_gc() -> None:
+    """Keep the cycle collector off the hot path.
+
+    The stages allocate many short-lived containers (row dicts, key tuples, batches) that
+    reference counting frees; at the default threshold (700 net new containers) the
+    collector ran every few batches and walked them, about 8% of the reader's time in a
+    profile. Everything loaded so far (modules, config, V8 wrappers) is frozen out of the
+    collector's view, and young collections run 30x less often. Cycles are still collected.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
