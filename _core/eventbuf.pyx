@@ -11,7 +11,7 @@ text), the digits, and the fixed JSON pieces; values are written by msgspec's
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove
 
 from df_write cimport digits, ndigits
 
@@ -238,3 +238,147 @@ cdef class BlockBuilder:
         self._starts = [s - end for s in self._starts[n:]]
         del self.keys[:n], self.tables[:n], self.txids[:n], self.tenants[:n]
         return block, keys
+
+
+# ----------------------------------------------------------------------------- processor answers
+#
+# A small scanner over compact JSON produced by V8's JSON.stringify or by us: it finds value
+# boundaries (strings with escapes, nesting) without building anything. Input lines have the
+# fixed native shape; anything unexpected raises ValueError (the caller reports it).
+
+cdef Py_ssize_t _skip_value(const unsigned char* s, Py_ssize_t p, Py_ssize_t end) except -1:
+    """Index just past the JSON value starting at ``p``."""
+    cdef unsigned char c
+    cdef int depth
+    if p >= end:
+        raise ValueError("JSON value expected")
+    c = s[p]
+    if c == b'"':
+        p += 1
+        while p < end:
+            c = s[p]
+            if c == b'\\':
+                p += 2
+            elif c == b'"':
+                return p + 1
+            else:
+                p += 1
+        raise ValueError("unterminated JSON string")
+    if c == b'{' or c == b'[':
+        depth = 0
+        while p < end:
+            c = s[p]
+            if c == b'"':
+                p = _skip_value(s, p, end)
+                continue
+            if c == b'{' or c == b'[':
+                depth += 1
+            elif c == b'}' or c == b']':
+                depth -= 1
+                if depth == 0:
+                    return p + 1
+            p += 1
+        raise ValueError("unterminated JSON container")
+    while p < end and s[p] != b',' and s[p] != b'}' and s[p] != b']':
+        p += 1
+    return p
+
+
+cdef inline bint _key_is(const unsigned char* s, Py_ssize_t a, Py_ssize_t b, const char* key, Py_ssize_t n) noexcept:
+    # s[a:b] is a key with its quotes
+    return b - a == n + 2 and memcmp(s + a + 1, key, n) == 0
+
+
+cdef int _spans(const unsigned char* s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* out) except -1:
+    """Value spans of before, after and tags in one native event line: out[0..5]."""
+    cdef Py_ssize_t p = start + 1, ka, kb, va, vb
+    cdef int found = 0
+    if end <= start or s[start] != b'{':
+        raise ValueError("an input event is not a JSON object")
+    while p < end and s[p] != b'}':
+        ka = p
+        kb = _skip_value(s, p, end)
+        if kb >= end or s[kb] != b':':
+            raise ValueError("malformed input event")
+        va = kb + 1
+        vb = _skip_value(s, va, end)
+        if _key_is(s, ka, kb, b"before", 6):
+            out[0] = va; out[1] = vb; found |= 1
+        elif _key_is(s, ka, kb, b"after", 5):
+            out[2] = va; out[3] = vb; found |= 2
+        elif _key_is(s, ka, kb, b"tags", 4):
+            out[4] = va; out[5] = vb; found |= 4
+        p = vb
+        if p < end and s[p] == b',':
+            p += 1
+    if found != 7:
+        raise ValueError("an input event lacks before, after or tags")
+    return 0
+
+
+cdef inline char* _put_span(char* w, const unsigned char* s, Py_ssize_t a, Py_ssize_t b) noexcept:
+    memcpy(w, s + a, b - a)
+    return w + (b - a)
+
+
+def splice_answer(block, list keys, bytes answer, created):
+    """The processor's output block from its harness answer (see the pure twin for the contract)."""
+    cdef const unsigned char* ans = <const unsigned char*>PyBytes_AS_STRING(answer)
+    cdef Py_ssize_t alen = PyBytes_GET_SIZE(answer), p = 0, q, k = 0, i, e0, e1
+    cdef Py_ssize_t ba, bb, aa, ab, ta, tb, n
+    cdef Py_ssize_t sp[6]
+    cdef bytes data = block.data
+    cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef list starts = block.starts, in_tables = block.tables, in_txids = block.txids, in_tenants = block.tenants
+    cdef bytearray out = bytearray()
+    cdef list out_starts = [0], out_keys = [], tables = [], txids = [], tenants = []
+    cdef char* w
+    if alen < 2 or ans[0] != b'[':
+        raise ValueError("the processor's answer is not a JSON array")
+    p = 1
+    while p < alen and ans[p] != b']':
+        if ans[p] != b'[':
+            raise ValueError("malformed processor answer")
+        q = _skip_value(ans, p + 1, alen)  # the index
+        i = int(PyBytes_FromStringAndSize(<const char*>ans + p + 1, q - p - 1))
+        ba = q + 1
+        bb = _skip_value(ans, ba, alen)
+        aa = bb + 1
+        ab = _skip_value(ans, aa, alen)
+        ta = ab + 1
+        tb = _skip_value(ans, ta, alen)
+        if tb >= alen or ans[tb] != b']':
+            raise ValueError("malformed processor answer")
+        p = tb + 1
+        if p < alen and ans[p] == b',':
+            p += 1
+        if i >= 0:
+            e0 = starts[i]
+            e1 = <Py_ssize_t>starts[i + 1] - 1
+            _spans(src, e0, e1, sp)
+            n = (sp[0] - e0) + (bb - ba) + (sp[2] - sp[1]) + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
+            w = _reserve(out, n)
+            w = _put_span(w, src, e0, sp[0])
+            w = _put_span(w, ans, ba, bb)
+            w = _put_span(w, src, sp[1], sp[2])
+            w = _put_span(w, ans, aa, ab)
+            w = _put_span(w, src, sp[3], sp[4])
+            w = _put_span(w, ans, ta, tb)
+            w = _put_span(w, src, sp[5], e1)
+            w[0] = b'\n'
+            out_keys.append(keys[i])
+            tables.append(in_tables[i])
+            txids.append(in_txids[i])
+            tenants.append(in_tenants[i])
+        else:
+            line, table, txid, tenant = created(k, -1 - i, PyBytes_FromStringAndSize(<const char*>ans + ba, bb - ba))
+            w = _reserve(out, PyBytes_GET_SIZE(line) + 1)
+            w = _put(w, line)
+            w[0] = b'\n'
+            out_keys.append(keys[-1 - i])
+            tables.append(table)
+            txids.append(txid)
+            tenants.append(tenant)
+        out_starts.append(PyByteArray_GET_SIZE(out))
+        k += 1
+    return EventBlock(bytes(out), out_starts, tables, txids, tenants), out_keys

@@ -137,3 +137,45 @@ def test_event_block_slices_and_round_trips() -> None:
     assert not EventBlock.from_events([]) and EventBlock.from_events([]).json_array() == b"[]"
     with pytest.raises(IndexError):
         again[7]
+
+
+def _answer_case(rnd: random.Random) -> tuple[EventBlock, list[Any], bytes]:
+    events = [Event(event_id=f"{i:08d}-0000-5000-8000-000000000000", tenant_id=rnd.choice([None, "t"]),
+                    table="a.b", op="u", before={"k": "x\\\"]}" * rnd.randrange(3)}, after={"n": [i, {"z": None}]},
+                    ts_ms=i, source=Source(connector="mysql", name="p", server_id=1, db="a", table="b",
+                                           file="f", pos=i, row=0, gtid=None, ts_ms=i),
+                    transaction=Transaction(id=f"tx{i}", seq=0, end=True), tags=rnd.choice([None, ["a", "b]"]]),
+                    synthetic=rnd.choice([msgspec.UNSET, "proc"])) for i in range(6)]
+    block = EventBlock.from_events(events)
+    block = EventBlock(block.data, block.starts, block.tables, block.txids, block.tenants)
+    items = []
+    for _ in range(rnd.randrange(0, 9)):
+        if rnd.random() < 0.8:
+            items.append([rnd.randrange(6), rnd.choice([None, {"é": "\u2028", "q": [1.5e300, -0.0]}]),
+                          rnd.choice([None, {}, {"a": {"b": "]["}}]), rnd.choice([None, [], ["x\"y"]])])
+        else:
+            items.append([-1 - rnd.randrange(6), {"table": "c.d", "op": "c", "after": {"v": "{"}}, 0, 0])
+    return block, [(1, i, 0, "") for i in range(6)], msgspec.json.encode(items)
+
+
+def test_processor_answers_splice_identically_in_both_twins() -> None:
+    rnd = random.Random(9)
+
+    def created(k: int, p: int, raw: bytes) -> tuple[bytes, str, str, str | None]:
+        return b'{"made":' + raw + b',"k":' + str(k).encode() + b"}", "c.d", f"p{p}", None
+
+    for _ in range(400):
+        block, keys, answer = _answer_case(rnd)
+        outs = [impl.splice_answer(block, keys, answer, created) for impl in (pure, compiled)]
+        (b1, k1), (b2, k2) = outs
+        assert b1.data == b2.data and b1.starts == b2.starts and k1 == k2
+        assert (b1.tables, b1.txids, b1.tenants) == (b2.tables, b2.txids, b2.tenants)
+        items = msgspec.json.decode(answer)
+        for n, (i, before, after, tags) in enumerate(items):
+            line = msgspec.json.decode(b1.line(n))
+            if i >= 0:
+                want = msgspec.json.decode(block.line(i))
+                want.update(before=before, after=after, tags=tags)
+                assert line == want and list(line) == list(want)  # the input's fields, in their order
+            else:
+                assert line["made"] == before and line["k"] == n

@@ -77,6 +77,7 @@ from py_mini_racer import (
     MiniRacer,
 )
 
+from deltaforge._accel import eventbuf
 from deltaforge.errors import ConfigError, ProcessorError, ProcessorLimitError
 from deltaforge.model import (
     OPS,
@@ -235,23 +236,8 @@ class _Out(msgspec.Struct):
     transaction: msgspec.Raw = msgspec.Raw()
 
 
-class _Fixed(msgspec.Struct):
-    """The fields of an input event a processor cannot change, as their raw JSON."""
-
-    event_id: msgspec.Raw
-    tenant_id: msgspec.Raw
-    table: msgspec.Raw
-    op: msgspec.Raw
-    ts_ms: msgspec.Raw
-    source: msgspec.Raw
-    transaction: msgspec.Raw
-    synthetic: msgspec.Raw = msgspec.Raw()
-
-
 _encode = msgspec.json.Encoder().encode
 _decode_out = msgspec.json.Decoder(list[_Out]).decode
-_decode_fixed = msgspec.json.Decoder(list[_Fixed]).decode
-_decode_answer = msgspec.json.Decoder(list[tuple[int, msgspec.Raw, msgspec.Raw, msgspec.Raw]]).decode
 _decode_created = msgspec.json.Decoder(_Out).decode
 _NULL = b"null"
 
@@ -495,48 +481,32 @@ class JsProcessor:
                     "event_id a string",
                 ) from exc
             raise ProcessorError(f"{self._where}: internal: the harness flagged a valid answer")  # pragma: no cover
-        return self._rebuild(batch, block, _decode_answer(result))
+        return self._rebuild(batch, block, result)
 
-    def _rebuild(self, batch: Batch, block: EventBlock, answer: list[tuple[int, Any, Any, Any]]) -> Batch:
-        in_keys = batch.keys
-        fixed = _decode_fixed(block.json_array()) if answer else []
-        lines: list[bytes] = []
-        keys: list[OrderKey] = []
-        tables: list[str] = []
-        txids: list[str] = []
-        tenants: list[str | None] = []
-        created: dict[int, int] = {}
-        join = b"".join
-        for n, (i, before, after, tags) in enumerate(answer):
-            if i >= 0:
-                f = fixed[i]
-                lines.append(join((
-                    b'{"event_id":', f.event_id, b',"tenant_id":', f.tenant_id, b',"table":', f.table,
-                    b',"op":', f.op, b',"before":', before, b',"after":', after, b',"ts_ms":', f.ts_ms,
-                    b',"source":', f.source, b',"transaction":', f.transaction, b',"tags":', tags,
-                    b',"synthetic":' + bytes(f.synthetic) + b"}" if len(f.synthetic) else b"}")))
-                keys.append(in_keys[i])
-                tables.append(block.tables[i])
-                txids.append(block.txids[i])
-                tenants.append(block.tenants[i])
-                continue
-            p = -1 - i
-            seq = created.get(p, 0)
-            created[p] = seq + 1
+    def _rebuild(self, batch: Batch, block: EventBlock, answer: bytes) -> Batch:
+        """The output batch: inputs' JSON with the processor's before/after/tags spliced in (C, no
+        Python object per event: ``eventbuf.splice_answer``), created events built here."""
+        seqs: dict[int, int] = {}
+
+        def created(n: int, p: int, raw: bytes) -> tuple[bytes, str, str, str | None]:
+            seq = seqs.get(p, 0)
+            seqs[p] = seq + 1
             try:
-                o = _decode_created(before)
+                o = _decode_created(raw)
             except msgspec.ValidationError as exc:  # pragma: no cover - the harness validated it
                 raise ProcessorError(f"{self._where}: processBatch returned an invalid event on batch "
                                      f"{_origin(batch)}: {exc}") from exc
             event = self._created(o, n, block[p], seq, batch)
-            lines.append(_encode(event))
-            keys.append(in_keys[p])
-            tables.append(event.table)
-            txids.append(event.transaction.id if event.transaction is not None else "")
-            tenants.append(event.tenant_id)
-        return Batch(seq=batch.seq, events=EventBlock.from_lines(lines, tables, txids, tenants), keys=keys,
-                     end=batch.end,
-                     origin=batch.origin, dead=batch.dead, dead_keys=batch.dead_keys)
+            tx = event.transaction.id if event.transaction is not None else ""
+            return _encode(event), event.table, tx, event.tenant_id
+
+        try:
+            events, keys = eventbuf.splice_answer(block, batch.keys, answer, created)
+        except ValueError as exc:  # pragma: no cover - the harness and the reader write what the splice reads
+            raise ProcessorError(f"{self._where}: internal: cannot splice the processor's answer on batch "
+                                 f"{_origin(batch)}: {exc}") from exc
+        return Batch(seq=batch.seq, events=events, keys=keys, end=batch.end, origin=batch.origin,
+                     dead=batch.dead, dead_keys=batch.dead_keys)
 
     def _created(self, o: _Out, n: int, parent: Event, seq: int, batch: Batch) -> Event:
         """Build an event the processor added; validate what it cannot inherit."""

@@ -141,3 +141,63 @@ class BlockBuilder:
         self._starts = [s - end for s in self._starts[n:]]
         del self.keys[:n], self.tables[:n], self.txids[:n], self.tenants[:n]
         return block, keys
+
+
+# ----------------------------------------------------------------------------- processor answers
+
+
+class _Fixed(msgspec.Struct):
+    """The fields of an input event a processor cannot change, as their raw JSON."""
+
+    event_id: msgspec.Raw
+    tenant_id: msgspec.Raw
+    table: msgspec.Raw
+    op: msgspec.Raw
+    ts_ms: msgspec.Raw
+    source: msgspec.Raw
+    transaction: msgspec.Raw
+    synthetic: msgspec.Raw = msgspec.Raw()
+
+
+_decode_fixed = msgspec.json.Decoder(list[_Fixed]).decode
+_decode_answer = msgspec.json.Decoder(list[tuple[int, msgspec.Raw, msgspec.Raw, msgspec.Raw]]).decode
+
+
+def splice_answer(block: EventBlock, keys: list[OrderKey], answer: bytes,
+                  created: Any) -> tuple[EventBlock, list[OrderKey]]:
+    """The processor's output block from its harness answer (deltaforge/process/js.py).
+
+    ``answer`` is a JSON array with one element per output event: ``[i, before, after, tags]``
+    for an event that kept input ``i``'s event_id (its JSON is input ``i``'s with those three
+    values put in: every other field restored as it came in), or ``[-1 - p, event, 0, 0]`` for
+    a created event whose parent is input ``p``: ``created(k, p, raw_event)`` returns its
+    ``(line, table, txid, tenant)``. Output keys are the input's (the parent's).
+    """
+    items = _decode_answer(answer)
+    fixed = _decode_fixed(block.json_array()) if any(i >= 0 for i, *_ in items) else []
+    lines: list[bytes] = []
+    out_keys: list[OrderKey] = []
+    tables: list[str] = []
+    txids: list[str] = []
+    tenants: list[str | None] = []
+    for k, (i, before, after, tags) in enumerate(items):
+        if i >= 0:
+            f = fixed[i]
+            lines.append(b"".join((
+                b'{"event_id":', f.event_id, b',"tenant_id":', f.tenant_id, b',"table":', f.table,
+                b',"op":', f.op, b',"before":', before, b',"after":', after, b',"ts_ms":', f.ts_ms,
+                b',"source":', f.source, b',"transaction":', f.transaction, b',"tags":', tags,
+                b',"synthetic":' + bytes(f.synthetic) + b"}" if len(f.synthetic) else b"}")))
+            out_keys.append(keys[i])
+            tables.append(block.tables[i])
+            txids.append(block.txids[i])
+            tenants.append(block.tenants[i])
+            continue
+        p = -1 - i
+        line, table, txid, tenant = created(k, p, bytes(before))
+        lines.append(line)
+        out_keys.append(keys[p])
+        tables.append(table)
+        txids.append(txid)
+        tenants.append(tenant)
+    return EventBlock.from_lines(lines, tables, txids, tenants), out_keys

@@ -205,7 +205,7 @@ def mysql_gtid_add(gtid_set: str | None, gtid: str) -> str:
         sid, _, gno = gtid.rpartition(":")
         if gtid_set.startswith(sid + ":") and gno.isdigit():
             head, colon, last = gtid_set[len(sid) + 1:].rpartition(":")
-            first, dash, end = last.partition("-")
+            first, _, end = last.partition("-")
             if (end or first).isdigit() and int(end or first) + 1 == int(gno):
                 return f"{sid}:{head}{colon}{first}-{gno}"
     from pymysqlreplication.gtid import Gtid, GtidSet
