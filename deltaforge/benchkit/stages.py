@@ -4,8 +4,8 @@
 
 * ``decode_rows_per_s``: ours, :class:`~deltaforge.source.binlog.BinlogSource` over
   ``[backlog.start, +rows)`` with the seed's config minus processors, no sink. It includes
-  transport and framing (mysql-replication), the table-map parse (cached), our row decoder
-  and the construction of :class:`~deltaforge.model.Event` objects and batches;
+  transport and framing (``_core/framing.pyx``), the table-map parse (once per distinct map),
+  our row decoder and each event's native JSON (``_core/eventbuf.pyx``) in the batches;
 * ``decode_rows_per_s_mysql_replication``: ``BinLogStreamReader`` over the same range with
   only the four tables' row events, touching ``ev.rows`` (the library's own row decoding
   into dicts; its table-map parse is not cached). The two are the same job, each with its
