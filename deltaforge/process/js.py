@@ -5,13 +5,18 @@ Contract (DESIGN.md §3, docs/processors.md):
 - Each processor owns one V8 isolate (``py_mini_racer.MiniRacer``); its code is
   loaded once and must define ``function processBatch(events)``. Several processors
   may each define their own ``processBatch``: isolates never share globals.
-- One JS call per processor per batch. The batch crosses as ONE JSON string
-  (``msgspec.json.encode(batch.events)``, the same JSON as the ``native``
-  envelope), is ``JSON.parse``d inside V8, handed to ``processBatch``, and the
-  result is ``JSON.stringify``d inside V8 and decoded with msgspec, which validates
-  the types (``before``/``after`` object|null, ``tags`` array of strings|null,
-  ``event_id`` string). Measured (PERF.md): a function handle called with a string
-  is the fast path (~200 µs fixed per call); ``MiniRacer.call`` is 2x slower.
+- One JS call per processor per batch. The batch crosses as ONE JSON string: the
+  EventBlock's bytes as the reader built them (``EventBlock.json_array()``, the
+  ``native`` JSON), handed to V8 as ``this`` without a Python ``str`` in between
+  (:class:`_DirectCall`), ``JSON.parse``d inside V8 and passed to ``processBatch``.
+- The harness validates the types (``before``/``after`` object|null, ``tags`` array
+  of strings|null, ``event_id`` string) and answers with one compact array: per
+  output ``[input index, before, after, tags]`` for an event that kept an input's
+  id, ``[-1 - parent, event, 0, 0]`` for a created one. The answer comes back as
+  bytes and ``eventbuf.splice_answer`` (C) writes each kept event as its input's JSON
+  with those three values put in: no Python object per event. Only created events
+  are decoded and built in Python; an invalid answer is re-sent in the old slim form
+  so that msgspec names the bad field exactly.
 - Return value: an array of event objects; ``null``/``undefined`` means no events;
   a single object means ``[that object]``. Anything else is a ProcessorError.
 - An output event whose ``event_id`` matches an input event gets every field but
