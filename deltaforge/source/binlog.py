@@ -47,6 +47,7 @@ from __future__ import annotations
 import base64
 import logging
 import select
+import ssl
 import struct
 import threading
 import time
@@ -829,8 +830,8 @@ def read_ahead(conn: Any) -> bytes:
     try:
         ahead = rfile.peek(1)
         return bytes(rfile.read(len(ahead))) if ahead else b""
-    except (BlockingIOError, TypeError, ValueError):
-        return b""
+    except (BlockingIOError, ssl.SSLWantReadError, TypeError, ValueError):
+        return b""  # nothing buffered (a TLS socket says so with SSLWantReadError)
     except OSError as e:
         raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
     finally:
