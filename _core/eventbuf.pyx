@@ -137,17 +137,35 @@ cdef inline char* _put(char* w, bytes b) noexcept:
     return w + n
 
 
+cdef tuple _OPS = (b"c", b"u", b"d")
+cdef bytes _TS = b',"ts_ms":'
+cdef bytes _ROW = b',"row":'
+cdef bytes _SEQ = b',"seq":'
+
+
 cdef class BlockBuilder:
     cdef bytes _name, _tenant
+    cdef str _server
     cdef bytearray _data
     cdef list _starts
     cdef public list keys, tables, txids, tenants
     cdef object _encode_into, _tenant_id
+    # per-table pieces, by id(schema): (schema, table, [head per op], db json, table json)
+    cdef dict _tables
+    # the source piece of the last (schema, server id, file)
+    cdef object _src_schema, _src_file
+    cdef long long _src_server
+    cdef bytes _src
+    # the transaction pieces of the last transaction object
+    cdef object _tx
+    cdef bytes _gtid_piece, _tx_piece, _prefix
+    cdef str _key_gtid
 
-    def __init__(self, pipeline, tenant):
+    def __init__(self, pipeline, tenant, server=""):
         self._name = _encode(pipeline)
         self._tenant = _encode(tenant)
         self._tenant_id = tenant
+        self._server = str(server)
         self.tenants = []
         self._data = bytearray()
         self._starts = [0]
@@ -155,6 +173,9 @@ cdef class BlockBuilder:
         self.tables = []
         self.txids = []
         self._encode_into = msgspec.json.Encoder().encode_into
+        self._tables = {}
+        self._src_schema = None
+        self._tx = None
 
     def __len__(self):
         return len(self.keys)
@@ -163,32 +184,57 @@ cdef class BlockBuilder:
     def nbytes(self):
         return PyByteArray_GET_SIZE(self._data)
 
-    def append_rows(self, list rows, str op, str table, str db, str tbl, long long ts_ms, long long server_id,
-                    str file, long long pos, gtid, str txid, bytes id_prefix, bint ids_by_seq, long long seq0,
-                    long long row0, long long skip, tuple key_head, str key_gtid):
-        cdef bytes head = (b'","tenant_id":' + self._tenant + b',"table":' + _encode(table) + b',"op":"'
-                           + op.encode() + b'","before":')
-        cdef bytes ts = str(ts_ms).encode()
-        cdef bytes src = (b',"ts_ms":' + ts + b',"source":{"connector":"mysql","name":' + self._name
-                          + b',"server_id":' + str(server_id).encode() + b',"db":' + _encode(db) + b',"table":'
-                          + _encode(tbl) + b',"file":' + _encode(file) + b',"pos":' + str(pos).encode()
-                          + b',"row":')
-        cdef bytes txh = (b',"gtid":' + _encode(gtid) + b',"ts_ms":' + ts + b'},"transaction":{"id":'
-                          + _encode(txid) + b',"seq":')
-        cdef bytes prefix = NAMESPACE_BYTES + id_prefix
+    cdef tuple _table(self, schema):
+        cdef tuple hit = self._tables.get(id(schema))
+        if hit is not None and hit[0] is schema:
+            return hit
+        table = f"{schema.db}.{schema.table}"
+        tj = _encode(table)
+        heads = [b'","tenant_id":' + self._tenant + b',"table":' + tj + b',"op":"' + op + b'","before":'
+                 for op in _OPS]
+        if len(self._tables) > 4096:
+            self._tables.clear()
+        hit = (schema, table, heads, _encode(schema.db), _encode(schema.table))
+        self._tables[id(schema)] = hit
+        return hit
+
+    def append_rows(self, list rows, int kind, schema, long long ts, long long server_id, str file,
+                    long long pos, tx, long long row0, long long skip):
+        cdef tuple t = self._table(schema)
+        cdef str table = <str>t[1]
+        cdef bytes head = <bytes>(<list>t[2])[kind]
+        if self._src_schema is not schema or self._src_server != server_id or self._src_file is not file:
+            self._src = (b',"source":{"connector":"mysql","name":' + self._name + b',"server_id":'
+                         + str(server_id).encode() + b',"db":' + <bytes>t[3] + b',"table":' + <bytes>t[4]
+                         + b',"file":' + _encode(file) + b',"pos":')
+            self._src_schema, self._src_server, self._src_file = schema, server_id, file
+        if self._tx is not tx:
+            self._gtid_piece = b',"gtid":' + _encode(tx.gtid) + _TS
+            self._tx_piece = b'},"transaction":{"id":' + _encode(tx.id) + _SEQ
+            self._prefix = NAMESPACE_BYTES + tx.id_prefix if tx.id_prefix is not None else None
+            self._key_gtid = tx.gtid or ""
+            self._tx = tx
+        cdef bint by_seq = self._prefix is not None
+        cdef bytes prefix = self._prefix if by_seq else NAMESPACE_BYTES + f"{self._server}|{file}|{pos}|".encode()
         if PyBytes_GET_SIZE(prefix) > 480:
             raise ValueError("event id prefix too long")
         cdef const uint8_t* pp = <const uint8_t*>PyBytes_AS_STRING(prefix)
         cdef Py_ssize_t plen = PyBytes_GET_SIZE(prefix)
+        cdef bytes src = self._src, gtid_piece = self._gtid_piece, tx_piece = self._tx_piece
+        cdef str txid = tx.id, key_gtid = self._key_gtid
+        cdef long long seq0 = tx.rows
+        cdef uint64_t ts_ms = <uint64_t>(ts * 1000)
+        cdef object key_head = tx.key_head
+        cdef object k0 = key_head[0], k1 = key_head[1]
         cdef bytearray data = self._data
         cdef object encode_into = self._encode_into
         cdef Py_ssize_t k = 0, n
         cdef long long seq, row
         cdef char* w
-        cdef object pair, k0 = key_head[0], k1 = key_head[1]
+        cdef object pair
+        cdef object tenant = self._tenant_id
         cdef list starts = self._starts, keys = self.keys, tables = self.tables, txids = self.txids
         cdef list tenants = self.tenants
-        cdef object tenant = self._tenant_id
         for pair in rows:
             seq = seq0 + k
             row = row0 + k
@@ -197,19 +243,26 @@ cdef class BlockBuilder:
                 continue
             w = _reserve(data, 13 + 36 + PyBytes_GET_SIZE(head))
             w = _put(w, _ID_HEAD)
-            w = _uuid_text(w, pp, plen, <uint64_t>(seq if ids_by_seq else row))
+            w = _uuid_text(w, pp, plen, <uint64_t>(seq if by_seq else row))
             _put(w, head)
             encode_into((<tuple>pair)[0], data, PyByteArray_GET_SIZE(data))
             _put(_reserve(data, 9), _AFTER)
             encode_into((<tuple>pair)[1], data, PyByteArray_GET_SIZE(data))
-            n = (PyBytes_GET_SIZE(src) + ndigits(<uint64_t>row) + PyBytes_GET_SIZE(txh) + ndigits(<uint64_t>seq)
-                 + PyBytes_GET_SIZE(_TAIL_OPEN))
+            n = (PyBytes_GET_SIZE(_TS) + 20 + PyBytes_GET_SIZE(src) + 20 + PyBytes_GET_SIZE(_ROW) + 20
+                 + PyBytes_GET_SIZE(gtid_piece) + 20 + PyBytes_GET_SIZE(tx_piece) + 20 + PyBytes_GET_SIZE(_TAIL_OPEN))
             w = _reserve(data, n)
+            w = _put(w, _TS)
+            w = digits(w, ts_ms, 1)
             w = _put(w, src)
+            w = digits(w, <uint64_t>pos, 1)
+            w = _put(w, _ROW)
             w = digits(w, <uint64_t>row, 1)
-            w = _put(w, txh)
+            w = _put(w, gtid_piece)
+            w = digits(w, ts_ms, 1)
+            w = _put(w, tx_piece)
             w = digits(w, <uint64_t>seq, 1)
-            _put(w, _TAIL_OPEN)
+            w = _put(w, _TAIL_OPEN)
+            PyByteArray_Resize(data, w - PyByteArray_AS_STRING(data))
             starts.append(PyByteArray_GET_SIZE(data))
             keys.append((k0, k1, seq, key_gtid))
             tables.append(table)

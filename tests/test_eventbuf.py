@@ -60,7 +60,7 @@ def _rows(rnd: random.Random, n: int) -> list[tuple[Any, Any]]:
 
 def _expected(pipeline: str, tenant: str | None, table: str, op: str, rows: list[tuple[Any, Any]], ts: int,
               server_id: int, file: str, pos: int, gtid: str | None, txid: str, seq0: int, row0: int,
-              skip: int) -> list[Event]:
+              skip: int, tx_pos: int) -> list[Event]:
     db, _, tbl = table.partition(".")
     hasher = gtid_event_id_hasher(gtid) if gtid else event_id_hasher("srv", file, pos)
     out = []
@@ -77,27 +77,44 @@ def _expected(pipeline: str, tenant: str | None, table: str, op: str, rows: list
     return out
 
 
+class _Tx:
+    """What the builder reads of the reader's transaction (binlog.py's _Tx)."""
+
+    def __init__(self, gtid: str | None, txid: str, pos: int) -> None:
+        self.gtid = gtid
+        self.id = txid
+        self.id_prefix = f"gtid|{gtid}|".encode() if gtid else None
+        self.key_head = (1, pos)
+        self.rows = 0
+
+
+class _Schema:
+    def __init__(self, db: str, table: str) -> None:
+        self.db, self.table = db, table
+
+
 @pytest.mark.parametrize("tenant", [None, "acme \"q\""])
 def test_blocks_are_the_event_encoding_in_both_twins(tenant: str | None) -> None:
     rnd = random.Random(7)
-    builders = [impl.BlockBuilder("pipe\\é", tenant) for impl in (pure, compiled)]
+    builders = [impl.BlockBuilder("pipe\\é", tenant, "srv") for impl in (pure, compiled)]
+    schema = _Schema("app", "t\"x")
+    tx = _Tx(None, "", 0)
     expected: list[Event] = []
-    seq = 0
     for step in range(60):
         rows, op = _rows(rnd, rnd.randrange(1, 6))
-        gtid = rnd.choice([None, f"0-1-{step}"])
-        txid = gtid or f"binlog.000001:{step * 100}"
         file, pos = "binlog.000001", step * 100 + 10
-        prefix = f"gtid|{gtid}|".encode() if gtid else f"srv|{file}|{pos}|".encode()
-        skip = rnd.choice([0, 0, 2])
-        args = (rows, op, "app.t\"x", "app", "t\"x", 1_700_000_000_000 + step, 7, file, pos, gtid, txid, prefix,
-                gtid is not None, seq, 0, skip, (1, pos), gtid or "")
+        if rnd.random() < 0.6:  # a new transaction (else more rows of the same one)
+            gtid = rnd.choice([None, f"0-1-{step}"])
+            tx = _Tx(gtid, gtid or f"binlog.000001:{step * 100}", pos)
+        seq, skip = tx.rows, rnd.choice([0, 0, 2])
+        args = (rows, "cud".index(op), schema, 1_700_000_000 + step, 7, file, pos, tx, 0, skip)
         counts = [b.append_rows(*args) for b in builders]
         assert counts == [len(rows)] * 2
-        expected += _expected("pipe\\é", tenant, "app.t\"x", op, rows, 1_700_000_000_000 + step, 7, file, pos,
-                              gtid, txid, seq, 0, skip)
+        tx.rows += len(rows)
+        expected += _expected("pipe\\é", tenant, "app.t\"x", op, rows, (1_700_000_000 + step) * 1000, 7, file,
+                              pos, tx.gtid, tx.id, seq, 0, skip, tx.key_head[1])
         if rnd.random() < 0.5:
-            marked = [b.mark_end(txid) for b in builders]
+            marked = [b.mark_end(tx.id) for b in builders]
             assert marked[0] == marked[1]
             if marked[0]:
                 expected[-1].transaction.end = True  # type: ignore[union-attr]

@@ -91,7 +91,6 @@ from deltaforge.source.tables import TableFilter
 
 log = logging.getLogger("deltaforge.source")
 
-_OP = {rowdecode.WRITE: "c", rowdecode.UPDATE: "u", rowdecode.DELETE: "d"}
 _ROWS, _XID, _QUERY, _TABLE_MAP = framing.ROWS, framing.XID, framing.QUERY, framing.TABLE_MAP
 _GTID_MARIADB, _GTID_MYSQL, _ROTATE, _OTHER = framing.GTID_MARIADB, framing.GTID_MYSQL, framing.ROTATE, framing.OTHER
 _Q_BEGIN, _Q_OTHER = framing.Q_BEGIN, framing.Q_OTHER
@@ -584,7 +583,7 @@ class BinlogSource:
         ), (binlog_file_number(tx.file), tx.pos, seq, tx.gtid or "")))
 
     def _batches(self) -> Iterator[Batch]:
-        events = eventbuf.BlockBuilder(self.pipeline, self.tenant)  # the events read, as bytes
+        events = eventbuf.BlockBuilder(self.pipeline, self.tenant, self.server_identity)  # the events, as bytes
         nbytes = 0
         started = time.monotonic()
         last_yield = time.monotonic()
@@ -664,13 +663,10 @@ class BinlogSource:
                     before_count = len(events)
                     # rows before seq `skip` were delivered before a restart in the middle of this transaction
                     tx.rows += events.append_rows(
-                        rows, _OP[kind], table, schema.db, schema.table, ev[3] * 1000, ev[4], file, start_pos,
-                        tx.gtid, tx.id, tx.id_prefix or f"{ident}|{file}|{start_pos}|".encode(),
-                        tx.id_prefix is not None, tx.rows,
+                        rows, kind, schema, ev[3], ev[4], file, start_pos, tx,
                         # a transaction payload's events share its position: number its rows across them
                         tx.rows if self._in_payload else 0,
-                        skip if skip_tx is None or skip_tx == tx.gtid else 0,
-                        tx.key_head, tx.gtid or "")
+                        skip if skip_tx is None or skip_tx == tx.gtid else 0)
                     nbytes += (len(body) // len(rows) + 1) * (len(events) - before_count)
                     if len(events) > self.max_events or nbytes > self.max_bytes:
                         if self.respect_tx and boundary_count and boundary is not None:

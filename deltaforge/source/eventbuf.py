@@ -57,13 +57,20 @@ def event_uuid(prefix: bytes, index: int) -> bytes:
     return x[:8] + b"-" + x[8:12] + b"-" + x[12:16] + b"-" + x[16:20] + b"-" + x[20:]
 
 
-class BlockBuilder:
-    """The events of the batch being read, as JSON lines plus their index (see the module docstring)."""
+_OPS = ("c", "u", "d")  # by rowdecode kind: WRITE, UPDATE, DELETE
 
-    def __init__(self, pipeline: str, tenant: str | None) -> None:
+
+class BlockBuilder:
+    """The events of the batch being read, as JSON lines plus their index (see the module docstring).
+
+    ``server`` is the identity event ids use without GTIDs (``<server>|<file>|<pos>|``).
+    """
+
+    def __init__(self, pipeline: str, tenant: str | None, server: str = "") -> None:
         self._name = _encode(pipeline)
         self._tenant = _encode(tenant)
         self._tenant_id = tenant
+        self._server = server
         self._data = bytearray()
         self._starts: list[int] = [0]
         self.keys: list[OrderKey] = []
@@ -78,23 +85,28 @@ class BlockBuilder:
     def nbytes(self) -> int:
         return len(self._data)
 
-    def append_rows(self, rows: list[tuple[Any, Any]], op: str, table: str, db: str, tbl: str, ts_ms: int,
-                    server_id: int, file: str, pos: int, gtid: str | None, txid: str, id_prefix: bytes,
-                    ids_by_seq: bool, seq0: int, row0: int, skip: int, key_head: tuple[int, int],
-                    key_gtid: str) -> int:
+    def append_rows(self, rows: list[tuple[Any, Any]], kind: int, schema: Any, ts: int, server_id: int,
+                    file: str, pos: int, tx: Any, row0: int, skip: int) -> int:
         """Append the events of one rows event; returns how many rows it consumed (all of ``rows``).
 
-        Row ``k`` of ``rows`` has transaction seq ``seq0 + k`` and event row ``row0 + k``; rows
-        whose seq is below ``skip`` were delivered before a restart and are not written.
-        Its id indexes ``id_prefix`` by seq (``ids_by_seq``, GTID transactions) or by event row.
+        ``tx`` is the reader's transaction (``gtid``, ``id``, ``id_prefix``, ``key_head``, and
+        ``rows``: the seq of the first row here). Row ``k`` has seq ``tx.rows + k`` and event
+        row ``row0 + k``; rows whose seq is below ``skip`` were delivered before a restart and
+        are not written. Ids index ``tx.id_prefix`` by seq (GTID transactions), else the rows
+        event's position prefix by event row. ``ts`` is the event's timestamp in seconds.
         """
+        table = f"{schema.db}.{schema.table}"
+        ts_ms = str(ts * 1000).encode()
         head = (b'","tenant_id":' + self._tenant + b',"table":' + _encode(table) + b',"op":"'
-                + op.encode() + b'","before":')
-        src = (b',"ts_ms":' + str(ts_ms).encode() + b',"source":{"connector":"mysql","name":' + self._name
-               + b',"server_id":' + str(server_id).encode() + b',"db":' + _encode(db) + b',"table":'
-               + _encode(tbl) + b',"file":' + _encode(file) + b',"pos":' + str(pos).encode() + b',"row":')
-        txh = (b',"gtid":' + _encode(gtid) + b',"ts_ms":' + str(ts_ms).encode() + b'},"transaction":{"id":'
-               + _encode(txid) + b',"seq":')
+                + _OPS[kind].encode() + b'","before":')
+        src = (b',"ts_ms":' + ts_ms + b',"source":{"connector":"mysql","name":' + self._name
+               + b',"server_id":' + str(server_id).encode() + b',"db":' + _encode(schema.db) + b',"table":'
+               + _encode(schema.table) + b',"file":' + _encode(file) + b',"pos":' + str(pos).encode() + b',"row":')
+        txh = (b',"gtid":' + _encode(tx.gtid) + b',"ts_ms":' + ts_ms + b'},"transaction":{"id":'
+               + _encode(tx.id) + b',"seq":')
+        by_seq = tx.id_prefix is not None
+        prefix = tx.id_prefix if by_seq else f"{self._server}|{file}|{pos}|".encode()
+        seq0, key_head, key_gtid, txid = tx.rows, tx.key_head, tx.gtid or "", tx.id
         data = self._data
         for k, (before, after) in enumerate(rows):
             seq = seq0 + k
@@ -102,7 +114,7 @@ class BlockBuilder:
                 continue
             row = row0 + k
             data += b'{"event_id":"'
-            data += event_uuid(id_prefix, seq if ids_by_seq else row)
+            data += event_uuid(prefix, seq if by_seq else row)
             data += head
             data += _encode(before)
             data += b',"after":'
