@@ -211,7 +211,7 @@ cdef class BlockBuilder:
         if self._tx is not tx:
             self._gtid_piece = b',"gtid":' + _encode(tx.gtid) + _TS
             self._tx_piece = b'},"transaction":{"id":' + _encode(tx.id) + _SEQ
-            self._prefix = NAMESPACE_BYTES + tx.id_prefix if tx.id_prefix is not None else None
+            self._prefix = NAMESPACE_BYTES + f"gtid|{tx.gtid}|".encode() if tx.gtid else None
             self._key_gtid = tx.gtid or ""
             self._tx = tx
         cdef bint by_seq = self._prefix is not None

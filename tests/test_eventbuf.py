@@ -83,7 +83,6 @@ class _Tx:
     def __init__(self, gtid: str | None, txid: str, pos: int) -> None:
         self.gtid = gtid
         self.id = txid
-        self.id_prefix = f"gtid|{gtid}|".encode() if gtid else None
         self.key_head = (1, pos)
         self.rows = 0
 

@@ -145,9 +145,10 @@ class _OneShotConnect:
 class _Tx:
     """State of the transaction being read."""
 
-    __slots__ = ("file", "gtid", "gtid_before", "id", "id_prefix", "key_head", "pos", "rows", "standalone")
+    __slots__ = ("file", "gtid", "gtid_before", "id", "key_head", "pos", "rows", "standalone")
 
-    def __init__(self, file: str, pos: int, gtid: str | None, gtid_before: str | None, standalone: bool) -> None:
+    def __init__(self, file: str, file_no: int, pos: int, gtid: str | None, gtid_before: str | None,
+                 standalone: bool) -> None:
         self.file = file
         self.pos = pos
         self.gtid = gtid
@@ -155,10 +156,8 @@ class _Tx:
         self.id = gtid or f"{file}:{pos}"
         self.rows = 0  # rows of this transaction read so far (captured tables only)
         self.standalone = standalone
-        #: event ids from (GTID, row index in the transaction): the same on every server (model.py)
-        self.id_prefix = f"gtid|{gtid}|".encode() if gtid else None
         #: the ordering key of its rows but their seq (model.py OrderKey)
-        self.key_head = (binlog_file_number(file), pos)
+        self.key_head = (file_no, pos)
 
 
 class BinlogSource:
@@ -372,6 +371,7 @@ class BinlogSource:
         self._sock = None
         self._pending.clear()
         self._file = start.file
+        self._file_no = binlog_file_number(start.file)
 
     def close(self) -> None:
         if self._stream is not None:
@@ -595,7 +595,7 @@ class BinlogSource:
         committed = self.start_position
         skip = self._skip_rows
         skip_tx = self._skip_tx  # the split transaction skip counts into (None: the first one read)
-        origin = ""
+        origin: tuple[TableSchema, str, int] | None = None
         ident = self.server_identity
 
         def take(n: int, end: Position) -> Batch:
@@ -603,7 +603,8 @@ class BinlogSource:
             self._seq += 1
             total = len(events)
             block, keys = events.take(n)
-            batch = Batch(seq=self._seq, events=block, keys=keys, end=end, origin=origin)
+            batch = Batch(seq=self._seq, events=block, keys=keys, end=end,
+                          origin=f"{origin[0].qualified} at {origin[1]}:{origin[2]}" if origin else "")
             nbytes = nbytes * (total - n) // total if total else 0
             boundary_count = max(0, boundary_count - n)
             started = last_yield = time.monotonic()
@@ -638,7 +639,7 @@ class BinlogSource:
                     start_pos = ev[1] - ev[2]
                     schema = ev[6]
                     if tx is None:  # rows outside any transaction marker: treat the event as its own transaction
-                        tx = _Tx(self._file, start_pos, None, self._gtid_or_none(), False)
+                        tx = _Tx(self._file, self._file_no, start_pos, None, self._gtid_or_none(), False)
                     kind = ev[5]
                     body = ev[9]
                     try:
@@ -655,11 +656,10 @@ class BinlogSource:
                             "report this with the table definition; nothing past this row was committed") from None
                     if not rows:
                         continue
-                    table = schema.qualified
                     file = self._file
                     if not events:
                         started = time.monotonic()
-                    origin = f"{table} at {file}:{start_pos}"
+                    origin = (schema, file, start_pos)  # formatted only when a batch is cut
                     before_count = len(events)
                     # rows before seq `skip` were delivered before a restart in the middle of this transaction
                     tx.rows += events.append_rows(
@@ -690,17 +690,17 @@ class BinlogSource:
                 if etype == _XID:
                     pass  # the commit of `tx`: handled below
                 elif etype == _GTID_MARIADB:
-                    tx = _Tx(self._file, ev[1] - ev[2], ev[5], self._gtid_or_none(),
+                    tx = _Tx(self._file, self._file_no, ev[1] - ev[2], ev[5], self._gtid_or_none(),
                              bool(ev[6] & _MARIADB_GTID_STANDALONE))
                     continue
                 elif etype == _GTID_MYSQL:
-                    tx = _Tx(self._file, ev[1] - ev[2], ev[5], self._gtid_or_none(), False)
+                    tx = _Tx(self._file, self._file_no, ev[1] - ev[2], ev[5], self._gtid_or_none(), False)
                     continue
                 elif etype == _QUERY:
                     qkind = ev[5]
                     if qkind == _Q_BEGIN:
                         if tx is None:
-                            tx = _Tx(self._file, ev[1] - ev[2], None, self._gtid_or_none(), False)
+                            tx = _Tx(self._file, self._file_no, ev[1] - ev[2], None, self._gtid_or_none(), False)
                         continue
                     if qkind == _Q_OTHER:
                         query = ev[7].strip().upper()
@@ -720,6 +720,7 @@ class BinlogSource:
                     continue
                 elif etype == _ROTATE:
                     self._file = ev[5]
+                    self._file_no = binlog_file_number(self._file)
                     continue
                 else:
                     self._other_event(ev, tx is not None)

@@ -89,11 +89,12 @@ class BlockBuilder:
                     file: str, pos: int, tx: Any, row0: int, skip: int) -> int:
         """Append the events of one rows event; returns how many rows it consumed (all of ``rows``).
 
-        ``tx`` is the reader's transaction (``gtid``, ``id``, ``id_prefix``, ``key_head``, and
-        ``rows``: the seq of the first row here). Row ``k`` has seq ``tx.rows + k`` and event
-        row ``row0 + k``; rows whose seq is below ``skip`` were delivered before a restart and
-        are not written. Ids index ``tx.id_prefix`` by seq (GTID transactions), else the rows
-        event's position prefix by event row. ``ts`` is the event's timestamp in seconds.
+        ``tx`` is the reader's transaction (``gtid``, ``id``, ``key_head``, and ``rows``: the
+        seq of the first row here). Row ``k`` has seq ``tx.rows + k`` and event row
+        ``row0 + k``; rows whose seq is below ``skip`` were delivered before a restart and are
+        not written. Ids are of the prefix ``gtid|<gtid>|`` indexed by seq (GTID transactions),
+        else of the rows event's position prefix by event row. ``ts`` is the event's timestamp
+        in seconds.
         """
         table = f"{schema.db}.{schema.table}"
         ts_ms = str(ts * 1000).encode()
@@ -104,8 +105,8 @@ class BlockBuilder:
                + _encode(schema.table) + b',"file":' + _encode(file) + b',"pos":' + str(pos).encode() + b',"row":')
         txh = (b',"gtid":' + _encode(tx.gtid) + b',"ts_ms":' + ts_ms + b'},"transaction":{"id":'
                + _encode(tx.id) + b',"seq":')
-        by_seq = tx.id_prefix is not None
-        prefix = tx.id_prefix if by_seq else f"{self._server}|{file}|{pos}|".encode()
+        by_seq = bool(tx.gtid)
+        prefix = f"gtid|{tx.gtid}|".encode() if by_seq else f"{self._server}|{file}|{pos}|".encode()
         seq0, key_head, key_gtid, txid = tx.rows, tx.key_head, tx.gtid or "", tx.id
         data = self._data
         for k, (before, after) in enumerate(rows):
