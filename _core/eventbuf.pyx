@@ -284,7 +284,7 @@ cdef class BlockBuilder:
         cdef Py_ssize_t end = self._starts[n], size = PyByteArray_GET_SIZE(self._data)
         cdef char* base = PyByteArray_AS_STRING(self._data)
         block = EventBlock(PyBytes_FromStringAndSize(base, end), self._starts[:n + 1], self.tables[:n],
-                           self.txids[:n], self.tenants[:n])
+                           self.txids[:n], self.tenants[:n], True)
         keys = self.keys[:n]
         memmove(base, base + end, size - end)
         PyByteArray_Resize(self._data, size - end)
@@ -434,4 +434,5 @@ def splice_answer(block, list keys, bytes answer, created):
             tenants.append(tenant)
         out_starts.append(PyByteArray_GET_SIZE(out))
         k += 1
-    return EventBlock(bytes(out), out_starts, tables, txids, tenants), out_keys
+    # kept events keep their input's id and created ones get a derived UUID: the input's shape holds
+    return EventBlock(bytes(out), out_starts, tables, txids, tenants, block.ids_are_uuids() or None), out_keys

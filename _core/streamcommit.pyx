@@ -46,6 +46,8 @@ from libc.string cimport memcmp
 
 from df_resp cimport bulk, bulk_head, bulk_len, crlf, put
 
+from deltaforge.model import EventBlock
+
 IMPLEMENTATION = "cython"
 
 # Constant pieces of the request (what sits between the variable bulk strings).
@@ -94,8 +96,38 @@ cdef int _view(object obj, View* out, str what, Py_ssize_t i) except -1:
     return 0
 
 
+cdef int _block_column(object block, Py_ssize_t count, Column* c, str what, list keep) except -1:
+    """Views into an EventBlock's bytes: each line (payloads), or the UUID at its offset 13 (event ids:
+    the caller checked the shape). Nothing is copied; the block's bytes and offsets are held in ``keep``."""
+    cdef bytes data = block.data
+    cdef tuple starts = tuple(block.starts)
+    cdef Py_ssize_t i, a, b
+    cdef bint ids = what == "event_ids"
+    if len(starts) - 1 != count:
+        raise ValueError(f"{what} has {len(starts) - 1} values for {count} entries")
+    keep.append(data)
+    c.v = <View*>PyMem_Malloc((count if count > 0 else 1) * sizeof(View))
+    if c.v == NULL:
+        raise MemoryError()
+    c.step = 1
+    for i in range(count):
+        a = starts[i]
+        b = starts[i + 1]
+        if ids:
+            if b - a < 50:
+                raise ValueError(f"event_ids[{i}]: the event is too short to hold an id")
+            c.v[i].p = PyBytes_AS_STRING(data) + a + 13
+            c.v[i].n = 36
+        else:
+            c.v[i].p = PyBytes_AS_STRING(data) + a
+            c.v[i].n = b - a - 1
+    return 0
+
+
 cdef int _column(object col, Py_ssize_t count, Column* c, str what, list keep) except -1:
     cdef Py_ssize_t i
+    if isinstance(col, EventBlock):
+        return _block_column(col, count, c, what, keep)
     if isinstance(col, (list, tuple)):
         if len(col) != count:
             raise ValueError(f"{what} has {len(col)} values for {count} entries")
@@ -148,7 +180,7 @@ def encode_commit(payloads, streams, event_ids, tenants, tables, txids, *,
                   dlq_streams=(), dlq_payloads=(), dlq_ids=(),
                   checkpoint_key, checkpoint_value, bint exactly_once=True):
     """The whole commit request of one batch as one ``bytes`` (module header: layout, columns)."""
-    if not isinstance(payloads, (list, tuple)):
+    if not isinstance(payloads, (list, tuple, EventBlock)):
         raise TypeError(f"payloads must be a list or tuple, not {type(payloads).__name__}")
     if not isinstance(dlq_payloads, (list, tuple)):
         raise TypeError(f"dlq_payloads must be a list or tuple, not {type(dlq_payloads).__name__}")

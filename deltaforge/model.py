@@ -211,27 +211,29 @@ class EventBlock:
     templates, tests); the hot stages use the bytes. Slicing returns an EventBlock.
     """
 
-    __slots__ = ("_events", "data", "starts", "tables", "tenants", "txids")
+    __slots__ = ("_events", "_uuid_ids", "data", "starts", "tables", "tenants", "txids")
 
     def __init__(self, data: bytes, starts: list[int], tables: list[str], txids: list[str],
-                 tenants: list[str | None]) -> None:
+                 tenants: list[str | None], uuid_ids: bool | None = None) -> None:
         self.data = data
         self.starts = starts
         self.tables = tables
         self.txids = txids
         self.tenants = tenants
         self._events: list[Event] | None = None
+        #: every event_id a 36-character UUID first in its line (None: not known yet)
+        self._uuid_ids = uuid_ids
 
     @classmethod
     def from_lines(cls, lines: list[bytes], tables: list[str], txids: list[str],
-                   tenants: list[str | None]) -> EventBlock:
+                   tenants: list[str | None], uuid_ids: bool | None = None) -> EventBlock:
         """A block of these events' native JSON lines (no newline inside any: compact JSON)."""
         starts = [0]
         total = 0
         for line in lines:
             total += len(line) + 1
             starts.append(total)
-        return cls(b"\n".join(lines) + b"\n" if lines else b"", starts, tables, txids, tenants)
+        return cls(b"\n".join(lines) + b"\n" if lines else b"", starts, tables, txids, tenants, uuid_ids)
 
     @classmethod
     def from_events(cls, events: list[Event]) -> EventBlock:
@@ -264,14 +266,21 @@ class EventBlock:
         out.pop()  # every line ends with "\n": the last piece is empty
         return out
 
+    def ids_are_uuids(self) -> bool:
+        """Does every event start ``{"event_id":"<36 characters>","tenant_id":``? The reader's and the
+        processors' ids are such UUIDs (they say so when they build the block); sinks then read the
+        ids at that offset without decoding."""
+        if self._uuid_ids is None:
+            data = self.data
+            self._uuid_ids = all(data[a + 49:a + 63] == b'","tenant_id":' and data[a:a + 13] == b'{"event_id":"'
+                                 for a in self.starts[:-1])
+        return self._uuid_ids
+
     def event_ids(self) -> list[bytes]:
-        """Every event's ``event_id`` (UTF-8), read off the JSON without decoding it."""
-        starts, data = self.starts, self.data
-        ids = [data[a + 13:a + 49] for a in starts[:-1]]
-        # the reader's and processors' ids are 36-character UUIDs right after '{"event_id":"'
-        if all(data[a + 49:a + 63] == b'","tenant_id":' and data[a:a + 13] == b'{"event_id":"'
-               for a in starts[:-1]):
-            return ids
+        """Every event's ``event_id`` (UTF-8), read off the JSON without decoding it where it can be."""
+        if self.ids_are_uuids():
+            data = self.data
+            return [data[a + 13:a + 49] for a in self.starts[:-1]]
         return [e.event_id.encode() for e in self.decoded()]
 
     def json_array(self) -> bytes:
@@ -297,7 +306,7 @@ class EventBlock:
             hi = max(lo, hi)
             a, b = self.starts[lo], self.starts[hi]
             return EventBlock(self.data[a:b], [s - a for s in self.starts[lo:hi + 1]], self.tables[lo:hi],
-                              self.txids[lo:hi], self.tenants[lo:hi])
+                              self.txids[lo:hi], self.tenants[lo:hi], self._uuid_ids)
         if self._events is not None:
             return self._events[i]
         n = len(self)

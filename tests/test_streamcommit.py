@@ -328,3 +328,22 @@ def test_accel_loads_the_expected_implementation() -> None:
     assert _accel.IMPLEMENTATIONS["streamcommit"] == expected
     assert compiled.IMPLEMENTATION == "cython"
     assert streamcommit_py.IMPLEMENTATION == "python"
+
+
+def test_an_event_block_passes_its_bytes_as_payloads_and_ids() -> None:
+    """Both twins take an EventBlock's lines and ids in place and write what the list form writes."""
+    from deltaforge.model import Event, EventBlock, Transaction
+    from deltaforge.sink import streamcommit_py
+
+    compiled = importlib.import_module("deltaforge._core.streamcommit")
+    events = [Event(event_id=f"{i:08d}-0000-5000-8000-00000000000{i % 10}", tenant_id="t", table="a.b", op="c",
+                    after={"v": "é" * i}, transaction=Transaction(id=f"x{i}", seq=0, end=True)) for i in range(7)]
+    block = EventBlock.from_events(events)
+    assert block.ids_are_uuids()
+    kw: dict[str, Any] = dict(checkpoint_key="k", checkpoint_value=b"v")
+    for impl in (streamcommit_py, compiled):
+        listed = impl.encode_commit(block.lines(), "s", [e.event_id for e in events], "t", block.tables, block.txids,
+                                    **kw)
+        assert impl.encode_commit(block, "s", block, "t", block.tables, block.txids, **kw) == listed
+        with pytest.raises(ValueError, match="values for"):
+            impl.encode_commit(block, "s", block[:3], "t", block.tables, block.txids, **kw)

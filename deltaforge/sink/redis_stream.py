@@ -505,19 +505,22 @@ class RedisStreamSink:
         dlq_streams = [self.dlq_template.render(_dead_event(d)) for d in dead]
         value = self._encode_value(end, commit)
         envelope = self.envelope
+        payloads: Any
         if isinstance(events, EventBlock) and envelope.kind != "cloudevents":
-            # the reader's (or a processor's) bytes: nothing decoded, nothing encoded per event
-            ids: list[Any] = events.event_ids()
+            # the reader's (or a processor's) bytes, passed as they are: nothing decoded or copied per event
+            payloads = events
+            ids: Any = events if events.ids_are_uuids() else events.event_ids()
             tenants: list[str | None] = events.tenants
             tables: list[str] = events.tables
             txids: list[str] = events.txids
         else:
+            payloads = envelope.encode_body(events)
             ids = [e.event_id for e in events]
             tenants = [e.tenant_id for e in events]  # None renders as "" (model.idempotency_key)
             tables = [e.table for e in events]
             txids = [e.transaction.id if e.transaction is not None else "" for e in events]
         data = streamcommit.encode_commit(
-            envelope.encode_body(events), template.static if template.static is not None else streams,
+            payloads, template.static if template.static is not None else streams,
             ids, tenants, tables, txids,
             prefix=envelope.prefix,
             suffix=envelope.suffix,

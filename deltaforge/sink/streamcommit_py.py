@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from deltaforge.model import EventBlock
+
 IMPLEMENTATION = "python"
 
 Value = bytes | str | None
@@ -39,6 +41,13 @@ def _value(obj: object, what: str, i: int) -> bytes:
 
 
 def _column(col: object, count: int, what: str) -> list[bytes]:
+    if isinstance(col, EventBlock):  # the reader's or a processor's bytes, as they are
+        if len(col) != count:
+            msg = f"{what} has {len(col)} values for {count} entries"
+            raise ValueError(msg)
+        lines = col.lines()
+        # event ids: the 36-character UUID after '{"event_id":"' (the caller checked the shape)
+        return [line[13:49] for line in lines] if what == "event_ids" else lines
     if isinstance(col, (list, tuple)):
         if len(col) != count:
             msg = f"{what} has {len(col)} values for {count} entries"
@@ -57,7 +66,7 @@ def encode_commit(payloads: Sequence[bytes], streams: Column, event_ids: Column,
                   dlq_ids: Column = (), checkpoint_key: bytes | str, checkpoint_value: bytes | str,
                   exactly_once: bool = True) -> bytes:
     """The whole commit request of one batch as one ``bytes`` (see the compiled module's header)."""
-    if not isinstance(payloads, (list, tuple)):
+    if not isinstance(payloads, (list, tuple, EventBlock)):
         msg = f"payloads must be a list or tuple, not {type(payloads).__name__}"
         raise TypeError(msg)
     if not isinstance(dlq_payloads, (list, tuple)):

@@ -148,7 +148,7 @@ class BlockBuilder:
         """Cut the first ``n`` events off: their :class:`EventBlock` and their ordering keys."""
         end = self._starts[n]
         block = EventBlock(bytes(self._data[:end]), self._starts[:n + 1], self.tables[:n], self.txids[:n],
-                           self.tenants[:n])
+                           self.tenants[:n], True)
         keys = self.keys[:n]
         del self._data[:end]
         self._starts = [s - end for s in self._starts[n:]]
@@ -213,4 +213,5 @@ def splice_answer(block: EventBlock, keys: list[OrderKey], answer: bytes,
         tables.append(table)
         txids.append(txid)
         tenants.append(tenant)
-    return EventBlock.from_lines(lines, tables, txids, tenants), out_keys
+    # kept events keep their input's id and created ones get a derived UUID: the input's shape holds
+    return EventBlock.from_lines(lines, tables, txids, tenants, block.ids_are_uuids() or None), out_keys
