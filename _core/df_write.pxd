@@ -69,3 +69,17 @@ cdef inline unsigned char* b64(unsigned char* o, const unsigned char* p, Py_ssiz
         o[3] = 61
         o += 4
     return o
+
+
+cdef inline char* uuid_text(char* w, const unsigned char* b) noexcept nogil:
+    """The 16 bytes at ``b`` as a lower-case 8-4-4-4-12 UUID: 36 characters at ``w``."""
+    cdef const char* hexdigits = b"0123456789abcdef"
+    cdef int i
+    for i in range(16):
+        if i == 4 or i == 6 or i == 8 or i == 10:
+            w[0] = b'-'
+            w += 1
+        w[0] = hexdigits[b[i] >> 4]
+        w[1] = hexdigits[b[i] & 15]
+        w += 2
+    return w

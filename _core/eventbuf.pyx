@@ -13,7 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove
 
-from df_write cimport digits, ndigits
+from df_write cimport digits, ndigits, uuid_text
 
 import msgspec
 
@@ -26,7 +26,6 @@ cdef bytes _TAIL_OPEN = b',"end":false},"tags":null}\n'
 cdef bytes _TAIL_END = b',"end":true},"tags":null}\n'
 cdef bytes _ID_HEAD = b'{"event_id":"'
 cdef bytes _AFTER = b',"after":'
-cdef const char* _HEXDIGITS = b"0123456789abcdef"
 
 
 # ----------------------------------------------------------------------------- SHA-1
@@ -96,20 +95,12 @@ cdef char* _uuid_text(char* w, const uint8_t* prefix, Py_ssize_t plen, uint64_t 
     cdef uint8_t msg[512]
     cdef uint8_t dig[20]
     cdef char* end
-    cdef int i, o = 0
     memcpy(msg, prefix, plen)
     end = digits(<char*>msg + plen, index, 1)
     _sha1(msg, end - <char*>msg, dig)
     dig[6] = (dig[6] & 0x0F) | 0x50
     dig[8] = (dig[8] & 0x3F) | 0x80
-    for i in range(16):
-        if i == 4 or i == 6 or i == 8 or i == 10:
-            w[o] = b'-'
-            o += 1
-        w[o] = _HEXDIGITS[dig[i] >> 4]
-        w[o + 1] = _HEXDIGITS[dig[i] & 15]
-        o += 2
-    return w + 36
+    return uuid_text(w, dig)
 
 
 def event_uuid(bytes prefix, index):

@@ -14,6 +14,7 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memmove
 
 from df_cursor cimport le
+from df_write cimport uuid_text
 
 from deltaforge.errors import DecodeError
 from deltaforge.source import compressed
@@ -43,7 +44,6 @@ cdef enum:
     _TABLES_MAX = 4096
     _IGNORABLE_F = 0x80
 
-cdef object _HEX = b"0123456789abcdef"
 
 
 cdef inline int _rows_kind(int etype) noexcept nogil:
@@ -425,15 +425,6 @@ cdef inline bint _word(const unsigned char* s, Py_ssize_t n, const char* upper, 
 
 
 cdef str _mysql_gtid(const unsigned char* sid, uint64_t gno):
-    cdef bytes hexed = PyBytes_FromStringAndSize(NULL, 36)
-    cdef char* w = PyBytes_AS_STRING(hexed)
-    cdef const char* digits = PyBytes_AS_STRING(_HEX)
-    cdef int i, o = 0
-    for i in range(16):
-        if i == 4 or i == 6 or i == 8 or i == 10:
-            w[o] = b'-'
-            o += 1
-        w[o] = digits[sid[i] >> 4]
-        w[o + 1] = digits[sid[i] & 15]
-        o += 2
-    return f"{hexed.decode('ascii')}:{gno}"
+    cdef char text[36]
+    uuid_text(text, sid)
+    return f"{PyBytes_FromStringAndSize(text, 36).decode('ascii')}:{gno}"
