@@ -427,3 +427,140 @@ def splice_answer(block, list keys, bytes answer, created):
         k += 1
     # kept events keep their input's id and created ones get a derived UUID: the input's shape holds
     return EventBlock(bytes(out), out_starts, tables, txids, tenants, block.ids_are_uuids() or None), out_keys
+
+
+# ----------------------------------------------------------------------------- CloudEvents
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct tm:
+        int tm_sec
+        int tm_min
+        int tm_hour
+        int tm_mday
+        int tm_mon
+        int tm_year
+    tm* gmtime_r(const time_t* t, tm* out)
+
+cdef dict _CE_TYPES = {b"c": b"insert", b"u": b"update", b"d": b"delete", b"r": b"snapshot"}
+
+
+cdef int _ce_spans(const unsigned char* s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* out) except -1:
+    """Value spans of event_id, op, before, after, ts_ms in one native line: out[0..9]."""
+    cdef Py_ssize_t p = start + 1, ka, kb, va, vb
+    cdef int found = 0
+    if end <= start or s[start] != b'{':
+        raise ValueError("an event is not a JSON object")
+    while p < end and s[p] != b'}':
+        ka = p
+        kb = _skip_value(s, p, end)
+        if kb >= end or s[kb] != b':':
+            raise ValueError("malformed event")
+        va = kb + 1
+        vb = _skip_value(s, va, end)
+        if _key_is(s, ka, kb, b"event_id", 8):
+            out[0] = va; out[1] = vb; found |= 1
+        elif _key_is(s, ka, kb, b"op", 2):
+            out[2] = va; out[3] = vb; found |= 2
+        elif _key_is(s, ka, kb, b"before", 6):
+            out[4] = va; out[5] = vb; found |= 4
+        elif _key_is(s, ka, kb, b"after", 5):
+            out[6] = va; out[7] = vb; found |= 8
+        elif _key_is(s, ka, kb, b"ts_ms", 5):
+            out[8] = va; out[9] = vb; found |= 16
+        p = vb
+        if p < end and s[p] == b',':
+            p += 1
+    if found != 31:
+        raise ValueError("an event lacks event_id, op, before, after or ts_ms")
+    return 0
+
+
+cdef char* _time_text(char* w, long long ts_ms) except NULL:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC) of a millisecond timestamp: 24 characters."""
+    cdef time_t secs = <time_t>(ts_ms // 1000)
+    cdef tm t
+    if gmtime_r(&secs, &t) == NULL:
+        raise ValueError(f"ts_ms {ts_ms} is out of range")
+    w = digits(w, <uint64_t>(t.tm_year + 1900), 4); w[0] = b'-'
+    w = digits(w + 1, <uint64_t>(t.tm_mon + 1), 2); w[0] = b'-'
+    w = digits(w + 1, <uint64_t>t.tm_mday, 2); w[0] = b'T'
+    w = digits(w + 1, <uint64_t>t.tm_hour, 2); w[0] = b':'
+    w = digits(w + 1, <uint64_t>t.tm_min, 2); w[0] = b':'
+    w = digits(w + 1, <uint64_t>t.tm_sec, 2); w[0] = b'.'
+    w = digits(w + 1, <uint64_t>(ts_ms % 1000), 3); w[0] = b'Z'
+    return w + 1
+
+
+def cloudevents_block(block, str pipeline):
+    """The CloudEvents 1.0 envelopes of a block's events (see the pure twin for the contract)."""
+    cdef bytes data = block.data
+    cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef list starts = block.starts, tables = block.tables, txids = block.txids, tenants = block.tenants
+    cdef Py_ssize_t n = len(starts) - 1, i, e0, e1
+    cdef Py_ssize_t sp[10]
+    cdef bytearray out = bytearray()
+    cdef list out_starts = [0]
+    cdef dict per_table = {}, per_tenant = {}
+    cdef tuple tj
+    cdef bytes opname, op_json, tenant_json, txid_json = b"", last_txid_json = b""
+    cdef object last_txid = None
+    cdef char* w
+    cdef long long ts
+    for i in range(n):
+        e0 = starts[i]
+        e1 = <Py_ssize_t>starts[i + 1] - 1
+        _ce_spans(src, e0, e1, sp)
+        table = tables[i]
+        tj = per_table.get(table)
+        if tj is None:
+            tj = (_encode(f"/deltaforge/{pipeline}/{table}"), _encode(table))
+            per_table[table] = tj
+        opname = None
+        if sp[3] - sp[2] >= 2 and src[sp[2]] == b'"':
+            opname = _CE_TYPES.get(PyBytes_FromStringAndSize(<const char*>src + sp[2] + 1, sp[3] - sp[2] - 2))
+        if opname is None:  # an op of no known type is used verbatim (envelope.py)
+            op_json = _encode(msgspec.json.decode(PyBytes_FromStringAndSize(<const char*>src + sp[2], sp[3] - sp[2]),
+                                                  type=str))
+            opname = op_json[1:PyBytes_GET_SIZE(op_json) - 1]
+        ts = int(PyBytes_FromStringAndSize(<const char*>src + sp[8], sp[9] - sp[8]))
+        tenant = tenants[i]
+        tenant_json = b""
+        if tenant is not None:
+            tenant_json = per_tenant.get(tenant)
+            if tenant_json is None:
+                tenant_json = b',"tenant":' + _encode(tenant)
+                per_tenant[tenant] = tenant_json
+        txid = txids[i]
+        if txid is not last_txid:
+            last_txid = txid
+            last_txid_json = b',"txid":' + _encode(txid) if txid else b""
+        txid_json = last_txid_json
+        w = _reserve(out, 26 + (sp[1] - sp[0]) + 10 + PyBytes_GET_SIZE(<bytes>tj[0]) + 31 + PyBytes_GET_SIZE(opname)
+                     + 13 + PyBytes_GET_SIZE(<bytes>tj[1]) + 9 + 24 + 56 + (sp[5] - sp[4]) + 9 + (sp[7] - sp[6])
+                     + 6 + (sp[3] - sp[2]) + 1 + PyBytes_GET_SIZE(tenant_json) + PyBytes_GET_SIZE(txid_json) + 2)
+        w = _put(w, b'{"specversion":"1.0","id":')
+        w = _put_span(w, src, sp[0], sp[1])
+        w = _put(w, b',"source":')
+        w = _put(w, <bytes>tj[0])
+        w = _put(w, b',"type":"io.deltaforge.change.')
+        w = _put(w, opname)
+        w = _put(w, b'","subject":')
+        w = _put(w, <bytes>tj[1])
+        w = _put(w, b',"time":"')
+        w = _time_text(w, ts)
+        w = _put(w, b'","datacontenttype":"application/json","data":{"before":')
+        w = _put_span(w, src, sp[4], sp[5])
+        w = _put(w, b',"after":')
+        w = _put_span(w, src, sp[6], sp[7])
+        w = _put(w, b',"op":')
+        w = _put_span(w, src, sp[2], sp[3])
+        w[0] = b'}'
+        w = _put(w + 1, tenant_json)
+        w = _put(w, txid_json)
+        w[0] = b'}'
+        w[1] = b'\n'
+        w += 2
+        PyByteArray_Resize(out, w - PyByteArray_AS_STRING(out))
+        out_starts.append(PyByteArray_GET_SIZE(out))
+    return EventBlock(bytes(out), out_starts, tables, txids, tenants)

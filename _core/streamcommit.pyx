@@ -16,7 +16,8 @@ through a raw pointer with the GIL released (the column views are taken under th
 from private tuples, so no other thread can free what is being copied). The envelope is
 ``prefix + payload + suffix`` written straight into the buffer: ``native`` has an empty
 prefix and suffix, ``debezium`` wraps the payload in ``{"schema":null,"payload":...}``;
-``cloudevents`` payloads are built by msgspec in Python and passed whole.
+``cloudevents`` payloads are built whole beforehand (from an EventBlock's bytes in C by
+``eventbuf.cloudevents_block``, from Event objects by msgspec).
 
 Inputs are *columns*: each is one value for every entry (``str``, ``bytes`` or ``None``
 for empty: a static stream name costs nothing per entry) or a list/tuple with one value

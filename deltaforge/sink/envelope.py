@@ -27,7 +27,8 @@ Envelopes (DESIGN.md §4), all compact UTF-8 JSON, encoded per *batch*:
 
 Hot path: a batch's events arrive as an :class:`~deltaforge.model.EventBlock`, their native
 JSON built once by the reader (or spliced by a processor): ``native`` and ``debezium`` use
-those bytes as they are. A list of Event objects is encoded by one ``Encoder.encode_lines``
+those bytes as they are, ``cloudevents`` envelopes are built from them in C
+(``eventbuf.cloudevents_block``: ``before``/``after``/``id`` copied, not re-encoded). A list of Event objects is encoded by one ``Encoder.encode_lines``
 call, split on ``\\n`` (compact JSON escapes every newline inside strings, and UTF-8
 continuation bytes never equal 0x0A). The sink does not build the debezium wrapper per event:
 it takes :meth:`Envelope.encode_body` (the native JSON) and writes ``prefix + body + suffix``
@@ -49,6 +50,7 @@ from typing import Any
 
 import msgspec
 
+from deltaforge._accel import eventbuf
 from deltaforge.errors import ConfigError
 from deltaforge.model import Event, EventBlock, Source, Transaction
 
@@ -112,7 +114,13 @@ class Envelope:
     def _encode_debezium(self, events: list[Event] | EventBlock) -> list[bytes]:
         return [_DEBEZIUM_PREFIX + p + _DEBEZIUM_SUFFIX for p in self._encode_native(events)]
 
-    def _encode_cloudevents(self, events: list[Event]) -> list[bytes]:
+    def cloudevents_block(self, events: EventBlock) -> EventBlock:
+        """The CloudEvents envelopes of a block, built in C from its bytes (``eventbuf``)."""
+        return eventbuf.cloudevents_block(events, self.pipeline)
+
+    def _encode_cloudevents(self, events: list[Event] | EventBlock) -> list[bytes]:
+        if isinstance(events, EventBlock):
+            return self.cloudevents_block(events).lines()
         if not events:
             return []
         prefix = f"/deltaforge/{self.pipeline}/"

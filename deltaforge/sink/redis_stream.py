@@ -506,9 +506,10 @@ class RedisStreamSink:
         value = self._encode_value(end, commit)
         envelope = self.envelope
         payloads: Any
-        if isinstance(events, EventBlock) and envelope.kind != "cloudevents":
+        if isinstance(events, EventBlock):
             # the reader's (or a processor's) bytes, passed as they are: nothing decoded or copied per event
-            payloads = events
+            # (CloudEvents envelopes are built from them in C)
+            payloads = envelope.cloudevents_block(events) if envelope.kind == "cloudevents" else events
             ids: Any = events if events.ids_are_uuids() else events.event_ids()
             tenants: list[str | None] = events.tenants
             tables: list[str] = events.tables

@@ -35,6 +35,7 @@ Hazards
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import msgspec
@@ -215,3 +216,50 @@ def splice_answer(block: EventBlock, keys: list[OrderKey], answer: bytes,
         tenants.append(tenant)
     # kept events keep their input's id and created ones get a derived UUID: the input's shape holds
     return EventBlock.from_lines(lines, tables, txids, tenants, block.ids_are_uuids() or None), out_keys
+
+
+# ----------------------------------------------------------------------------- CloudEvents
+
+_CE_TYPES = {b"c": b"insert", b"u": b"update", b"d": b"delete", b"r": b"snapshot"}
+
+
+class _CeFields(msgspec.Struct):
+    """What a CloudEvents envelope takes from a native event line, as raw JSON."""
+
+    event_id: msgspec.Raw
+    op: str
+    before: msgspec.Raw
+    after: msgspec.Raw
+    ts_ms: int
+
+
+_decode_ce = msgspec.json.Decoder(list[_CeFields]).decode
+
+
+def _rfc3339_ms(ts_ms: int) -> bytes:
+    secs, ms = divmod(ts_ms, 1000)
+    t = time.gmtime(secs)
+    return b"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, ms)
+
+
+def cloudevents_block(block: EventBlock, pipeline: str) -> EventBlock:
+    """The CloudEvents 1.0 envelopes of a block's events (envelope.py has the layout), built from the
+    events' own bytes: ``before``/``after``/``id`` copied as they are, not decoded and encoded again.
+    ``tenant`` and ``txid`` are left out when null (an empty transaction id counts as null)."""
+    fields = _decode_ce(block.json_array()) if len(block) else []
+    lines: list[bytes] = []
+    for i, f in enumerate(fields):
+        table = block.tables[i]
+        op = f.op.encode()
+        parts = [b'{"specversion":"1.0","id":', bytes(f.event_id), b',"source":',
+                 _encode(f"/deltaforge/{pipeline}/{table}"), b',"type":"io.deltaforge.change.',
+                 _encode(f.op)[1:-1] if op not in _CE_TYPES else _CE_TYPES[op], b'","subject":', _encode(table),
+                 b',"time":"', _rfc3339_ms(f.ts_ms), b'","datacontenttype":"application/json","data":{"before":',
+                 bytes(f.before), b',"after":', bytes(f.after), b',"op":', _encode(f.op), b"}"]
+        if block.tenants[i] is not None:
+            parts += [b',"tenant":', _encode(block.tenants[i])]
+        if block.txids[i]:
+            parts += [b',"txid":', _encode(block.txids[i])]
+        parts.append(b"}")
+        lines.append(b"".join(parts))
+    return EventBlock.from_lines(lines, block.tables, block.txids, block.tenants)
