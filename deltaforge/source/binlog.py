@@ -597,6 +597,8 @@ class BinlogSource:
         skip_tx = self._skip_tx  # the split transaction skip counts into (None: the first one read)
         origin: tuple[TableSchema, str, int] | None = None
         ident = self.server_identity
+        scanner = self._scanner  # None until the first fetch connects
+        pending = self._pending  # (the deque object itself: emptiness is checked per event)
 
         def take(n: int, end: Position) -> Batch:
             nonlocal nbytes, started, last_yield, committed, boundary_count
@@ -629,9 +631,16 @@ class BinlogSource:
                         break
                 elif self.stop.is_set():
                     break  # the open transaction is re-read after a restart; nothing partial is handed out
-                ev = self._fetch()
+                # the scanner's buffered events first, without a method call (the common case); the
+                # socket, pending expanded events and the connection's start go through _fetch
+                ev = scanner.next() if scanner is not None and not pending else None
                 if ev is None:
-                    continue
+                    ev = self._fetch()
+                    if ev is None:
+                        continue
+                    scanner = self._scanner
+                else:
+                    self._in_payload = False
                 etype = ev[0]
                 if etype == _ROWS:
                     # ---- a rows event of a captured table: (ROWS, next, size, ts, server, kind, schema,
@@ -722,6 +731,8 @@ class BinlogSource:
                     self._file = ev[5]
                     self._file_no = binlog_file_number(self._file)
                     continue
+                elif etype == _ERROR or etype == _END:
+                    self._dump_ended(ev)
                 else:
                     self._other_event(ev, tx is not None)
                     continue
