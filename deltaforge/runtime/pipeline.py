@@ -87,20 +87,30 @@ class AnyStop:
         self.events = events
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
-        if events and all(isinstance(e, WakeEvent) for e in events):
+        #: set once any event is (hooked events only: they call _wake; the reader asks per transaction)
+        self._flag = False
+        self._hooked = bool(events) and all(isinstance(e, WakeEvent) for e in events)
+        if self._hooked:
             self._wake_r, self._wake_w = socket.socketpair()
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
             for e in events:
                 e.add_hook(self._wake)  # type: ignore[attr-defined]
+            # (after the hooks: an event set in between is seen by one or the other)
+            self._flag = any(e.is_set() for e in events)
 
     def is_set(self) -> bool:
+        if self._flag:
+            return True
+        if self._hooked:
+            return False
         return any(e.is_set() for e in self.events)
 
     def wake_fileno(self) -> int | None:
         return self._wake_r.fileno() if self._wake_r is not None else None
 
     def _wake(self) -> None:
+        self._flag = True
         w = self._wake_w
         if w is not None:
             try:
