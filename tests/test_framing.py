@@ -393,3 +393,24 @@ def test_a_finished_batch_goes_out_when_only_skipped_events_follow(mariadb: Any,
         reader.join(30)
         src.close()
     assert sum(counts) == 3
+
+
+@pytest.mark.integration
+def test_an_error_packet_in_the_dump_is_one_line_naming_the_fix(mariadb: Any) -> None:
+    """The server refuses the dump (a binlog it does not have): error 1236 arrives as a packet
+    where an event was expected, and becomes the classified one-line SourceError."""
+    from deltaforge.errors import SourceError
+    from deltaforge.source.binlog import BinlogSource
+
+    src = BinlogSource(dsn=mariadb.dsn(), tables=["app.*"], pipeline="framing-error", tenant=None,
+                       start="binlog.000099:4")
+    src.open(None)
+    try:
+        with pytest.raises(SourceError) as err:
+            for _ in src.batches():
+                pass
+    finally:
+        src.close()
+    text = str(err.value)
+    assert "(1236)" in text and "requested position" in text and "\n" not in text
+    assert not err.value.retriable and "spec.source.config.start" in (err.value.hint or "")
