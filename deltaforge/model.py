@@ -6,6 +6,8 @@ envelope are the JSON encoding of :class:`Event`, fields in this order::
     event_id, tenant_id, table, op, before, after, ts_ms, source, transaction, tags
 
 ``synthetic`` is present only on events a processor created (UNSET is never encoded).
+On the hot path a batch's events are an :class:`EventBlock`: those JSON encodings, built
+once by the reader, as bytes (the stages pass them on without decoding them).
 
 Positions (DESIGN.md §5): a :class:`Position` is where reading resumes. For a
 committed transaction it is the binlog position right after its commit event
