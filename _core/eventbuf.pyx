@@ -333,31 +333,39 @@ cdef inline bint _key_is(const unsigned char* s, Py_ssize_t a, Py_ssize_t b, con
     return b - a == n + 2 and memcmp(s + a + 1, key, n) == 0
 
 
-cdef int _spans(const unsigned char* s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* out) except -1:
-    """Value spans of before, after and tags in one native event line: out[0..5]."""
-    cdef Py_ssize_t p = start + 1, ka, kb, va, vb
-    cdef int found = 0
+cdef int _field_spans(const unsigned char* s, Py_ssize_t start, Py_ssize_t end, tuple keys,
+                      Py_ssize_t* out) except -1:
+    """Value spans of the top-level ``keys`` (bytes, in any order) of one event line:
+    ``out[2k], out[2k + 1]`` for ``keys[k]``. Every key must be there."""
+    cdef Py_ssize_t p = start + 1, ka, kb, va, vb, k, nkeys = len(keys)
+    cdef unsigned int found = 0
+    cdef bytes key
     if end <= start or s[start] != b'{':
-        raise ValueError("an input event is not a JSON object")
+        raise ValueError("an event is not a JSON object")
     while p < end and s[p] != b'}':
         ka = p
         kb = _skip_value(s, p, end)
         if kb >= end or s[kb] != b':':
-            raise ValueError("malformed input event")
+            raise ValueError("malformed event")
         va = kb + 1
         vb = _skip_value(s, va, end)
-        if _key_is(s, ka, kb, b"before", 6):
-            out[0] = va; out[1] = vb; found |= 1
-        elif _key_is(s, ka, kb, b"after", 5):
-            out[2] = va; out[3] = vb; found |= 2
-        elif _key_is(s, ka, kb, b"tags", 4):
-            out[4] = va; out[5] = vb; found |= 4
+        for k in range(nkeys):
+            key = <bytes>keys[k]
+            if _key_is(s, ka, kb, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)):
+                out[2 * k] = va
+                out[2 * k + 1] = vb
+                found |= 1u << k
+                break
         p = vb
         if p < end and s[p] == b',':
             p += 1
-    if found != 7:
-        raise ValueError("an input event lacks before, after or tags")
+    if found != (1u << nkeys) - 1:
+        raise ValueError(f"an event lacks one of {b', '.join(keys).decode()}")
     return 0
+
+
+cdef tuple _SPLICE_KEYS = (b"before", b"after", b"tags")
+cdef tuple _CE_KEYS = (b"event_id", b"op", b"before", b"after", b"ts_ms")
 
 
 cdef inline char* _put_span(char* w, const unsigned char* s, Py_ssize_t a, Py_ssize_t b) noexcept:
@@ -399,7 +407,7 @@ def splice_answer(block, list keys, bytes answer, created):
         if i >= 0:
             e0 = starts[i]
             e1 = <Py_ssize_t>starts[i + 1] - 1
-            _spans(src, e0, e1, sp)
+            _field_spans(src, e0, e1, _SPLICE_KEYS, sp)
             n = (sp[0] - e0) + (bb - ba) + (sp[2] - sp[1]) + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
             w = _reserve(out, n)
             w = _put_span(w, src, e0, sp[0])
@@ -445,37 +453,6 @@ cdef extern from "<time.h>" nogil:
 cdef dict _CE_TYPES = {b"c": b"insert", b"u": b"update", b"d": b"delete", b"r": b"snapshot"}
 
 
-cdef int _ce_spans(const unsigned char* s, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* out) except -1:
-    """Value spans of event_id, op, before, after, ts_ms in one native line: out[0..9]."""
-    cdef Py_ssize_t p = start + 1, ka, kb, va, vb
-    cdef int found = 0
-    if end <= start or s[start] != b'{':
-        raise ValueError("an event is not a JSON object")
-    while p < end and s[p] != b'}':
-        ka = p
-        kb = _skip_value(s, p, end)
-        if kb >= end or s[kb] != b':':
-            raise ValueError("malformed event")
-        va = kb + 1
-        vb = _skip_value(s, va, end)
-        if _key_is(s, ka, kb, b"event_id", 8):
-            out[0] = va; out[1] = vb; found |= 1
-        elif _key_is(s, ka, kb, b"op", 2):
-            out[2] = va; out[3] = vb; found |= 2
-        elif _key_is(s, ka, kb, b"before", 6):
-            out[4] = va; out[5] = vb; found |= 4
-        elif _key_is(s, ka, kb, b"after", 5):
-            out[6] = va; out[7] = vb; found |= 8
-        elif _key_is(s, ka, kb, b"ts_ms", 5):
-            out[8] = va; out[9] = vb; found |= 16
-        p = vb
-        if p < end and s[p] == b',':
-            p += 1
-    if found != 31:
-        raise ValueError("an event lacks event_id, op, before, after or ts_ms")
-    return 0
-
-
 cdef char* _time_text(char* w, long long ts_ms) except NULL:
     """``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC) of a millisecond timestamp: 24 characters."""
     cdef time_t secs = <time_t>(ts_ms // 1000)
@@ -510,7 +487,7 @@ def cloudevents_block(block, str pipeline):
     for i in range(n):
         e0 = starts[i]
         e1 = <Py_ssize_t>starts[i + 1] - 1
-        _ce_spans(src, e0, e1, sp)
+        _field_spans(src, e0, e1, _CE_KEYS, sp)
         table = tables[i]
         tj = per_table.get(table)
         if tj is None:
