@@ -258,7 +258,8 @@ PYSPY_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("processor: V8 call + JSON in/out", ("deltaforge/process/",)),
     ("read: row decoding", ("rowdecode",)),
     ("read: event ids", ("derive_event_id",)),
-    ("read: binlog framing, table maps (mysql-replication, pymysql)", ("pymysqlreplication", "pymysql/")),
+    ("read: connection, first table maps (mysql-replication, pymysql)", ("pymysqlreplication", "pymysql/")),
+    ("read: socket and framing (_core/framing)", ("BinlogSource._fetch", "framing")),
     ("read: batching, events (deltaforge/source)", ("deltaforge/source/",)),
     ("supervisor, queues, stats", ("deltaforge/runtime/",)),
 ]
