@@ -49,7 +49,7 @@ def extensions() -> list[Extension]:
         Extension(
             "deltaforge._core." + name,
             [f"_core/{name}.pyx"],
-            depends=["_core/df_cursor.pxd", "_core/df_write.pxd", "_core/df_resp.pxd"],  # rebuild + sdist
+            depends=["_core/df_cursor.pxd", "_core/df_write.pxd", "_core/df_resp.pxd", "_core/rowvalues.pxi"],  # rebuild + sdist
             define_macros=macros,
             extra_compile_args=args,
             extra_link_args=link_args,

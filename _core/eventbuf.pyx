@@ -4,8 +4,13 @@
 Contract, layout and hazards: the pure-Python twin and oracle ``deltaforge.source.eventbuf``
 (identical output, tested both ways). Here the per-row work is C: the event id (SHA-1 of a
 prefix of at most a few blocks, our own implementation of FIPS 180-4, then the v5 UUID
-text), the digits, and the fixed JSON pieces; values are written by msgspec's
-``encode_into`` straight into the buffer (no intermediate bytes per image).
+text), the digits, the fixed JSON pieces, and (``add_rows``) the row images: the rows
+event's body is decoded straight into JSON by the value writers of ``rowvalues.pxi``, the
+same source as the object decoder (_core/rowdecode.pyx), so no dict, str or int is built
+per value. ``append_rows`` (already decoded rows) encodes them with msgspec.
+
+The buffer is a bytearray used as raw storage (``JOut``: our own length, its size is the
+capacity), so a write is a bounds check and a memcpy, not a resize.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
@@ -26,6 +31,8 @@ cdef bytes _TAIL_OPEN = b',"end":false},"tags":null}\n'
 cdef bytes _TAIL_END = b',"end":true},"tags":null}\n'
 cdef bytes _ID_HEAD = b'{"event_id":"'
 cdef bytes _AFTER = b',"after":'
+cdef bytes _NULL_AFTER = b'null,"after":'
+cdef bytes _AFTER_NULL = b',"after":null'
 
 
 # ----------------------------------------------------------------------------- SHA-1
@@ -115,6 +122,11 @@ def event_uuid(bytes prefix, index):
 
 # ----------------------------------------------------------------------------- builder
 
+cdef str _PLAN_CACHE = "_df_jplans"
+
+include "rowvalues.pxi"
+
+
 cdef inline char* _reserve(bytearray data, Py_ssize_t extra) except NULL:
     """Grow ``data`` by ``extra`` bytes; returns where they start."""
     cdef Py_ssize_t n = PyByteArray_GET_SIZE(data)
@@ -132,15 +144,39 @@ cdef tuple _OPS = (b"c", b"u", b"d")
 cdef bytes _TS = b',"ts_ms":'
 cdef bytes _ROW = b',"row":'
 cdef bytes _SEQ = b',"seq":'
+#: what the buffer keeps allocated after a take (a huge transaction's buffer is given back)
+cdef Py_ssize_t _KEEP = 4 << 20
+
+
+cdef class Tx:
+    """The transaction being read (the reader's state; see the twin)."""
+
+    cdef public str file, id
+    cdef public long long pos, rows
+    cdef public object gtid, gtid_before
+    cdef public bint standalone
+    cdef public tuple key_head
+
+    def __init__(self, str file, long long file_no, long long pos, gtid, gtid_before, bint standalone):
+        self.file = file
+        self.pos = pos
+        self.gtid = gtid
+        self.gtid_before = gtid_before
+        self.id = gtid if gtid else f"{file}:{pos}"
+        self.rows = 0
+        self.standalone = standalone
+        self.key_head = (file_no, pos)
 
 
 cdef class BlockBuilder:
     cdef bytes _name, _tenant
     cdef str _server
-    cdef bytearray _data
+    cdef bytearray _data          # raw storage of _out (its size is the capacity)
+    cdef JOut _out
     cdef list _starts
     cdef public list keys, tables, txids, tenants
-    cdef object _encode_into, _tenant_id
+    cdef public object origin
+    cdef object _tenant_id
     # per-table pieces, by id(schema): (schema, table, [head per op], db json, table json)
     cdef dict _tables
     # the source piece of the last (schema, server id, file)
@@ -159,11 +195,15 @@ cdef class BlockBuilder:
         self._server = str(server)
         self.tenants = []
         self._data = bytearray()
+        self._out.data = <void*>self._data
+        self._out.base = PyByteArray_AS_STRING(self._data)
+        self._out.len = 0
+        self._out.cap = 0
         self._starts = [0]
         self.keys = []
         self.tables = []
         self.txids = []
-        self._encode_into = msgspec.json.Encoder().encode_into
+        self.origin = None
         self._tables = {}
         self._src_schema = None
         self._tx = None
@@ -173,7 +213,7 @@ cdef class BlockBuilder:
 
     @property
     def nbytes(self):
-        return PyByteArray_GET_SIZE(self._data)
+        return self._out.len
 
     cdef tuple _table(self, schema):
         cdef tuple hit = self._tables.get(id(schema))
@@ -189,11 +229,8 @@ cdef class BlockBuilder:
         self._tables[id(schema)] = hit
         return hit
 
-    def append_rows(self, list rows, int kind, schema, long long ts, long long server_id, str file,
-                    long long pos, tx, long long row0, long long skip):
-        cdef tuple t = self._table(schema)
-        cdef str table = <str>t[1]
-        cdef bytes head = <bytes>(<list>t[2])[kind]
+    cdef int _pieces(self, schema, tuple t, long long server_id, str file, tx) except -1:
+        """The JSON pieces shared by the rows of one rows event (cached across events)."""
         if self._src_schema is not schema or self._src_server != server_id or self._src_file is not file:
             self._src = (b',"source":{"connector":"mysql","name":' + self._name + b',"server_id":'
                          + str(server_id).encode() + b',"db":' + <bytes>t[3] + b',"table":' + <bytes>t[4]
@@ -205,80 +242,179 @@ cdef class BlockBuilder:
             self._prefix = NAMESPACE_BYTES + f"gtid|{tx.gtid}|".encode() if tx.gtid else None
             self._key_gtid = tx.gtid or ""
             self._tx = tx
-        cdef bint by_seq = self._prefix is not None
-        cdef bytes prefix = self._prefix if by_seq else NAMESPACE_BYTES + f"{self._server}|{file}|{pos}|".encode()
+        return 0
+
+    cdef bytes _id_prefix(self, str file, long long pos):
+        cdef bytes prefix = self._prefix if self._prefix is not None else \
+            NAMESPACE_BYTES + f"{self._server}|{file}|{pos}|".encode()
         if PyBytes_GET_SIZE(prefix) > 480:
             raise ValueError("event id prefix too long")
-        cdef const uint8_t* pp = <const uint8_t*>PyBytes_AS_STRING(prefix)
-        cdef Py_ssize_t plen = PyBytes_GET_SIZE(prefix)
-        cdef bytes src = self._src, gtid_piece = self._gtid_piece, tx_piece = self._tx_piece
+        return prefix
+
+    cdef inline int _head(self, bytes prefix, bint by_seq, long long seq, long long row, bytes head) except -1:
+        """``{"event_id":"<id>","tenant_id":...,"before":`` of one row."""
+        cdef char* w = _jreserve(&self._out, 13 + 36 + PyBytes_GET_SIZE(head))
+        w = _put(w, _ID_HEAD)
+        w = _uuid_text(w, <const uint8_t*>PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix),
+                       <uint64_t>(seq if by_seq else row))
+        self._out.len = _put(w, head) - self._out.base
+        return 0
+
+    cdef inline int _tail(self, uint64_t ts_ms, long long pos, long long row, long long seq) except -1:
+        """``,"ts_ms":...,"source":{...},"transaction":{...},"tags":null}\\n`` of one row."""
+        cdef char* w = _jreserve(&self._out, PyBytes_GET_SIZE(_TS) + 20 + PyBytes_GET_SIZE(self._src) + 20
+                                 + PyBytes_GET_SIZE(_ROW) + 20 + PyBytes_GET_SIZE(self._gtid_piece) + 20
+                                 + PyBytes_GET_SIZE(self._tx_piece) + 20 + PyBytes_GET_SIZE(_TAIL_OPEN))
+        w = _put(w, _TS)
+        w = digits(w, ts_ms, 1)
+        w = _put(w, self._src)
+        w = digits(w, <uint64_t>pos, 1)
+        w = _put(w, _ROW)
+        w = digits(w, <uint64_t>row, 1)
+        w = _put(w, self._gtid_piece)
+        w = digits(w, ts_ms, 1)
+        w = _put(w, self._tx_piece)
+        w = digits(w, <uint64_t>seq, 1)
+        self._out.len = _put(w, _TAIL_OPEN) - self._out.base
+        return 0
+
+    cdef inline int _index(self, tuple key, str table, str txid) except -1:
+        self._starts.append(self._out.len)
+        self.keys.append(key)
+        self.tables.append(table)
+        self.txids.append(txid)
+        self.tenants.append(self._tenant_id)
+        return 0
+
+    cdef int _truncate(self, Py_ssize_t count, Py_ssize_t length) except -1:
+        """Back to ``count`` events of ``length`` bytes (a rows event that failed half-way)."""
+        self._out.len = length
+        del self._starts[count + 1:], self.keys[count:], self.tables[count:], self.txids[count:]
+        del self.tenants[count:]
+        return 0
+
+    def append_rows(self, list rows, int kind, schema, long long ts, long long server_id, str file,
+                    long long pos, tx, long long row0, long long skip):
+        cdef tuple t = self._table(schema)
+        cdef str table = <str>t[1]
+        cdef bytes head = <bytes>(<list>t[2])[kind]
+        self._pieces(schema, t, server_id, file, tx)
+        cdef bint by_seq = self._prefix is not None
+        cdef bytes prefix = self._id_prefix(file, pos)
         cdef str txid = tx.id, key_gtid = self._key_gtid
         cdef long long seq0 = tx.rows
         cdef uint64_t ts_ms = <uint64_t>(ts * 1000)
         cdef object key_head = tx.key_head
         cdef object k0 = key_head[0], k1 = key_head[1]
-        cdef bytearray data = self._data
-        cdef object encode_into = self._encode_into
-        cdef Py_ssize_t k = 0, n
+        cdef Py_ssize_t k = 0
         cdef long long seq, row
-        cdef char* w
         cdef object pair
-        cdef object tenant = self._tenant_id
-        cdef list starts = self._starts, keys = self.keys, tables = self.tables, txids = self.txids
-        cdef list tenants = self.tenants
         for pair in rows:
             seq = seq0 + k
             row = row0 + k
             k += 1
             if seq < skip:
                 continue
-            w = _reserve(data, 13 + 36 + PyBytes_GET_SIZE(head))
-            w = _put(w, _ID_HEAD)
-            w = _uuid_text(w, pp, plen, <uint64_t>(seq if by_seq else row))
-            _put(w, head)
-            encode_into((<tuple>pair)[0], data, PyByteArray_GET_SIZE(data))
-            _put(_reserve(data, 9), _AFTER)
-            encode_into((<tuple>pair)[1], data, PyByteArray_GET_SIZE(data))
-            n = (PyBytes_GET_SIZE(_TS) + 20 + PyBytes_GET_SIZE(src) + 20 + PyBytes_GET_SIZE(_ROW) + 20
-                 + PyBytes_GET_SIZE(gtid_piece) + 20 + PyBytes_GET_SIZE(tx_piece) + 20 + PyBytes_GET_SIZE(_TAIL_OPEN))
-            w = _reserve(data, n)
-            w = _put(w, _TS)
-            w = digits(w, ts_ms, 1)
-            w = _put(w, src)
-            w = digits(w, <uint64_t>pos, 1)
-            w = _put(w, _ROW)
-            w = digits(w, <uint64_t>row, 1)
-            w = _put(w, gtid_piece)
-            w = digits(w, ts_ms, 1)
-            w = _put(w, tx_piece)
-            w = digits(w, <uint64_t>seq, 1)
-            w = _put(w, _TAIL_OPEN)
-            PyByteArray_Resize(data, w - PyByteArray_AS_STRING(data))
-            starts.append(PyByteArray_GET_SIZE(data))
-            keys.append((k0, k1, seq, key_gtid))
-            tables.append(table)
-            txids.append(txid)
-            tenants.append(tenant)
+            self._head(prefix, by_seq, seq, row, head)
+            _jobject(&self._out, (<tuple>pair)[0])
+            _jbytes(&self._out, _AFTER)
+            _jobject(&self._out, (<tuple>pair)[1])
+            self._tail(ts_ms, pos, row, seq)
+            self._index((k0, k1, seq, key_gtid), table, txid)
         return len(rows)
 
+    def add_rows(self, tuple ev, Tx tx, str file, bint in_payload, long long skip):
+        """Decode one rows event of the scanner straight into event JSON (see the twin)."""
+        cdef int kind = ev[5]
+        schema = ev[6]
+        body = ev[9]
+        if kind != 0 and kind != 1 and kind != 2:
+            raise _F.unknown_kind(schema, kind)
+        cdef _Plan plan = _get_plan(schema, ev[7])
+        cdef _Plan plan_after = plan
+        if kind == 1:
+            plan_after = _get_plan(schema, ev[8] if ev[8] is not None else ev[7])
+        if type(body) is not bytes:
+            body = bytes(body)
+        cdef bytes data = body
+        cdef Cursor c
+        c.buf = <const unsigned char*>PyBytes_AS_STRING(data)
+        c.pos = 0
+        c.end = PyBytes_GET_SIZE(data)
+        if c.end == 0:
+            return 0
+        if plan.n == 0 and plan_after.n == 0:
+            raise _F.no_columns(schema, c.end)
+        cdef long long pos = <long long>ev[1] - <long long>ev[2]
+        cdef tuple t = self._table(schema)
+        cdef str table = <str>t[1]
+        cdef bytes head = <bytes>(<list>t[2])[kind]
+        self._pieces(schema, t, ev[4], file, tx)
+        cdef bint by_seq = self._prefix is not None
+        cdef bytes prefix = self._id_prefix(file, pos)
+        cdef str txid = tx.id, key_gtid = self._key_gtid
+        cdef long long seq0 = tx.rows, row0 = tx.rows if in_payload else 0
+        cdef uint64_t ts_ms = <uint64_t>(<long long>ev[3] * 1000)
+        cdef object k0 = tx.key_head[0], k1 = tx.key_head[1]
+        cdef Py_ssize_t count0 = len(self.keys), len0 = self._out.len, mark
+        cdef long long k = 0, seq, row
+        cdef JOut* o = &self._out
+        try:
+            while c.pos < c.end:
+                seq = seq0 + k
+                row = row0 + k
+                k += 1
+                mark = o.len
+                self._head(prefix, by_seq, seq, row, head)
+                if kind == 0:
+                    _jbytes(o, _NULL_AFTER)
+                    _image_json(o, &c, plan, data)
+                else:
+                    _image_json(o, &c, plan, data)
+                    if kind == 2:
+                        _jbytes(o, _AFTER_NULL)
+                    else:
+                        _jbytes(o, _AFTER)
+                        _image_json(o, &c, plan_after, data)
+                if seq < skip:  # delivered before a restart in the middle of this transaction
+                    o.len = mark
+                    continue
+                self._tail(ts_ms, pos, row, seq)
+                self._index((k0, k1, seq, key_gtid), table, txid)
+        except Exception:
+            self._truncate(count0, len0)
+            # the object decoder owns the error messages: it names table, column and byte
+            from deltaforge._core.rowdecode import decode_rows
+            decode_rows(schema, data, kind, ev[7], ev[8])
+            raise
+        tx.rows = seq0 + k
+        if len(self.keys) == count0:
+            return 0
+        self.origin = (schema, file, pos)
+        return (c.end // k + 1) * (len(self.keys) - count0)
+
     def mark_end(self, str txid):
-        cdef Py_ssize_t n = PyByteArray_GET_SIZE(self._data), t = PyBytes_GET_SIZE(_TAIL_OPEN)
+        cdef Py_ssize_t t = PyBytes_GET_SIZE(_TAIL_OPEN)
         cdef Py_ssize_t last = len(self.txids) - 1
         if last < 0 or self.txids[last] != txid:
             return False
-        PyByteArray_Resize(self._data, n - t)
-        _put(_reserve(self._data, PyBytes_GET_SIZE(_TAIL_END)), _TAIL_END)
-        self._starts[last + 1] = PyByteArray_GET_SIZE(self._data)
+        self._out.len -= t
+        _jbytes(&self._out, _TAIL_END)
+        self._starts[last + 1] = self._out.len
         return True
 
     def take(self, Py_ssize_t n):
-        cdef Py_ssize_t end = self._starts[n], size = PyByteArray_GET_SIZE(self._data)
-        cdef char* base = PyByteArray_AS_STRING(self._data)
+        cdef Py_ssize_t end = self._starts[n], size = self._out.len
+        cdef char* base = self._out.base
         block = EventBlock(PyBytes_FromStringAndSize(base, end), self._starts[:n + 1], self.tables[:n],
                            self.txids[:n], self.tenants[:n], True)
         keys = self.keys[:n]
         memmove(base, base + end, size - end)
-        PyByteArray_Resize(self._data, size - end)
+        self._out.len = size - end
+        if self._out.cap > _KEEP and self._out.len < _KEEP // 2:
+            PyByteArray_Resize(self._data, _KEEP)
+            self._out.base = PyByteArray_AS_STRING(self._data)
+            self._out.cap = _KEEP
         self._starts = [s - end for s in self._starts[n:]]
         del self.keys[:n], self.tables[:n], self.txids[:n], self.tenants[:n]
         return block, keys

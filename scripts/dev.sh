@@ -28,7 +28,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.deltaforge-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] || \
-   [ -n "$(find _core \( -name '*.pyx' -o -name '*.pxd' \) -newer "$stamp" 2>/dev/null)" ]; then
+   [ -n "$(find _core \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' \) -newer "$stamp" 2>/dev/null)" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   touch "$stamp"

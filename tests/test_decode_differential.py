@@ -8,7 +8,8 @@ GEOMETRY, in a table of 100+ columns (every type twice: a 15-byte NULL bitmap). 
 inserts its rows through the session MariaDB (TIMESTAMPs typed in a random session time zone),
 updates one and deletes one, then reads the binlog back and checks that
 
-- the compiled decoder (``deltaforge._core.rowdecode``),
+- the compiled decoder (``deltaforge._core.rowdecode``), and the reader's JSON path
+  (``deltaforge._core.eventbuf``'s ``add_rows``: byte for byte msgspec's encoding of it),
 - its pure-Python twin (``deltaforge.source.rowdecode``),
 - mysql-replication's own row decoding, normalised through the rendering table by
   ``mr_render`` below (written from the table, not from our decoder), and
@@ -46,6 +47,8 @@ from pymysqlreplication.row_event import (
 from deltaforge.source import rowdecode as pure
 from deltaforge.source.schema import schema_from_table_map
 from deltaforge.testing import REPL_PASSWORD, REPL_USER, MariaDBServer
+from tests.test_eventbuf import compiled as compiled_eventbuf
+from tests.test_eventbuf import encoded_images, json_images
 from tests.test_rowdecode import _render, _select_expr, _server_ids, master_position
 from tests.test_rowdecode_twins import _fresh, _norm, compiled
 
@@ -456,6 +459,9 @@ def test_compiled_twin_library_and_select_agree(mariadb: MariaDBServer, fresh_db
             twin = pure.decode_rows(_fresh(schema), body, kind, present, present2)
             ours = compiled.decode_rows(_fresh(schema), body, kind, present, present2)
             _assert_same(f"compiled vs twin, kind {kind}", ours, twin)
+            # the reader's JSON path (values written straight from the body) is the twin's encoding
+            as_json = json_images(compiled_eventbuf, _fresh(schema), body, kind, present, present2)
+            assert as_json == encoded_images(twin), f"JSON path vs twin, kind {kind}"
             _assert_same(f"twin vs SELECT, kind {kind}", twin, want)
             lib = _library_pairs(kind, lib_rows)
             theirs = _library_view(twin)

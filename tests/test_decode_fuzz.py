@@ -7,9 +7,11 @@ schemas covering every decoder (tests/test_rowdecode_twins.py's ``SYNTH``, subse
 random bytes, truncations, extensions, inserted and deleted bytes, duplicated slices, and bodies of
 random bytes and random length.
 
-For every body, the compiled decoder and its pure twin must
+For every body, the compiled decoder, its pure twin and the compiled JSON path (the reader's
+``BlockBuilder.add_rows``, which writes each value's JSON straight from the body) must
 
-- both return rows (the same ones, compared with types and float bits) or both raise;
+- all return rows (the same ones, compared with types and float bits; the JSON path's images
+  byte for byte msgspec's encoding of the twin's) or all raise;
 - raise nothing but :class:`DecodeError`, never another exception, a crash or a hang (a watchdog
   dumps the stacks and fails the run if the loop stops making progress);
 - give the same one-line message, which names the table and the byte position, and the column
@@ -34,6 +36,8 @@ from deltaforge.errors import DecodeError
 from deltaforge.source import rowdecode as pure
 from deltaforge.source import schema as S
 from deltaforge.source.schema import ColumnSpec, TableSchema
+from tests.test_eventbuf import compiled as compiled_eventbuf
+from tests.test_eventbuf import encoded_images, json_images
 from tests.test_rowdecode_twins import SYNTH, _norm, _row, _spec, compiled
 
 CI_BODIES = 100_000
@@ -142,10 +146,19 @@ def _mutate(body: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
+class JsonPath:
+    """The compiled reader's JSON path as a decoder: its images, or its error."""
+
+    @staticmethod
+    def decode_rows(schema: TableSchema, body: bytes, kind: int, present: bytes, present2: bytes | None) -> Any:
+        return json_images(compiled_eventbuf, schema, body, kind, present, present2)
+
+
 def _run(mod: Any, case: Case, body: bytes) -> tuple[str, Any]:
     schema, kind, present, present2, _, _ = case
     try:
-        return "ok", _norm(mod.decode_rows(schema, body, kind, present, present2))
+        rows = mod.decode_rows(schema, body, kind, present, present2)
+        return "ok", rows if mod is JsonPath else _norm(rows)
     except DecodeError as err:
         return "error", str(err)
     except BaseException as err:
@@ -180,10 +193,17 @@ def fuzz(n: int, seed: int) -> dict[str, int]:
             bad = _mutate(bad, rng)
         want = _run(pure, case, bad)
         got = _run(compiled, case, bad)
+        as_json = _run(JsonPath, case, bad)
         where = f"seed {seed}, body {k}, table {case[0].table}, kind {case[1]}, body {bad.hex()}"
         assert want[0] != "crash", f"pure twin: {want[1]} ({where})"
         assert got[0] != "crash", f"compiled: {got[1]} ({where})"
+        assert as_json[0] != "crash", f"JSON path: {as_json[1]} ({where})"
         assert got == want, f"{got} != {want} ({where})"
+        if want[0] == "ok":
+            images = encoded_images(pure.decode_rows(case[0], bad, case[1], case[2], case[3]))
+            assert as_json == ("ok", images), f"JSON path: {as_json} != {images} ({where})"
+        else:
+            assert as_json == want, f"JSON path: {as_json} != {want} ({where})"
         if want[0] == "error":
             _check_message(case, want[1])
             seen["column_errors"] += bool(_COLUMN_MSG.match(want[1]))

@@ -214,3 +214,106 @@ def test_cloudevents_envelopes_are_built_from_the_bytes_identically() -> None:
     assert built[1].lines() == Envelope("cloudevents", "pipe\"x").encode(events)
     assert Envelope("cloudevents", "pipe\"x").encode(block) == built[1].lines()
     assert compiled.cloudevents_block(EventBlock.from_events([]), "p").data == b""
+
+
+# ----------------------------------------------------------------------------- add_rows: the JSON path
+
+
+class _Images(msgspec.Struct):
+    before: msgspec.Raw
+    after: msgspec.Raw
+
+
+def json_images(impl: Any, schema: Any, body: bytes, kind: int, present: bytes,
+                present2: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The row images ``impl``'s BlockBuilder.add_rows writes for one rows event, as raw JSON."""
+    builder = impl.BlockBuilder("p", None, "srv")
+    tx = impl.Tx("binlog.000001", 1, 4, None, None, False)
+    ev = (-10, 500, 100, 1_700_000_000, 7, kind, schema, present, present2, body)
+    builder.add_rows(ev, tx, "binlog.000001", False, 0)
+    block, _ = builder.take(len(builder))
+    return [(bytes(x.before), bytes(x.after)) for x in msgspec.json.decode(block.json_array(), type=list[_Images])]
+
+
+def encoded_images(rows: list[tuple[Any, Any]]) -> list[tuple[bytes, bytes]]:
+    """What json_images must equal: msgspec's encoding of the object decoder's rows."""
+    return [(msgspec.json.encode(b), msgspec.json.encode(a)) for b, a in rows]
+
+
+def _synth_events(rnd: random.Random, n: int) -> list[tuple[Any, ...]]:
+    """Scanner-shaped rows events of the synthetic all-types table (WRITE, UPDATE, DELETE), each
+    one the decoder reads (the generator can draw values a column rejects: those are redrawn)."""
+    from deltaforge.errors import DecodeError
+    from deltaforge.source import rowdecode
+    from deltaforge.source.schema import TableSchema
+    from tests.test_rowdecode_twins import SYNTH, _row
+
+    schema = TableSchema(db="app", table="synth", columns=SYNTH, full_metadata=True)
+    present = b"\xff" * ((len(SYNTH) + 7) // 8)
+    out = []
+    while len(out) < n:
+        k, kind = len(out), rnd.randrange(3)
+        body = b"".join(_row(SYNTH, rnd) + (_row(SYNTH, rnd) if kind == 1 else b"")
+                        for _ in range(rnd.randint(1, 4)))
+        try:
+            rowdecode.decode_rows(schema, body, kind, present, present if kind == 1 else None)
+        except DecodeError:
+            continue
+        out.append((-10, 1000 + 100 * k, 100, 1_700_000_000 + k, 7, kind, schema, present,
+                    present if kind == 1 else None, body))
+    return out
+
+
+def test_add_rows_is_the_decoder_encoded_in_both_twins() -> None:
+    """add_rows (decode straight into JSON) == append_rows of the object decoder's rows, in both
+    twins, across transactions, restarts inside one (skip), payload numbering, commits and takes."""
+    from deltaforge.source import rowdecode
+
+    rnd = random.Random(11)
+    events = _synth_events(rnd, 120)
+    via_objects = pure.BlockBuilder("pipe", "t", "srv")
+    builders = [impl.BlockBuilder("pipe", "t", "srv") for impl in (pure, compiled)]
+    txs: list[Any] = []
+    for k, ev in enumerate(events):
+        if k % 5 == 0:
+            gtid = rnd.choice([None, f"0-1-{k}"])
+            txs = [impl.Tx("binlog.000003", 3, ev[1] - ev[2], gtid, None, False) for impl in (pure, compiled, pure)]
+        in_payload, skip = rnd.random() < 0.3, rnd.choice([0, 0, 3])
+        costs = [b.add_rows(ev, tx, "binlog.000003", in_payload, skip) for b, tx in zip(builders, txs[:2], strict=True)]
+        rows = rowdecode.decode_rows(ev[6], ev[9], ev[5], ev[7], ev[8])
+        tx = txs[2]
+        via_objects.append_rows(rows, ev[5], ev[6], ev[3], ev[4], "binlog.000003", ev[1] - ev[2], tx,
+                                tx.rows if in_payload else 0, skip)
+        tx.rows += len(rows)
+        assert costs[0] == costs[1] and txs[0].rows == txs[1].rows == tx.rows
+        assert (costs[0] > 0) == any(tx.rows - len(rows) + i >= skip for i in range(len(rows)))
+        assert builders[0].origin == builders[1].origin
+        if rnd.random() < 0.4:
+            assert len({b.mark_end(t.id) for b, t in zip([*builders, via_objects], txs, strict=True)}) == 1
+        if rnd.random() < 0.2:
+            n = rnd.randrange(len(via_objects) + 1)
+            blocks = [b.take(n) for b in [*builders, via_objects]]
+            assert blocks[0][0].data == blocks[1][0].data == blocks[2][0].data
+            assert blocks[0][1] == blocks[1][1] == blocks[2][1]
+    blocks = [b.take(len(b)) for b in [*builders, via_objects]]
+    assert blocks[0][0].data == blocks[1][0].data == blocks[2][0].data
+    msgspec.json.decode(blocks[1][0].json_array(), type=list[Event])  # and it is the Event shape
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_add_rows_that_fails_leaves_nothing_behind(impl: Any) -> None:
+    from deltaforge.errors import DecodeError
+
+    rnd = random.Random(12)
+    good, bad = _synth_events(rnd, 2)
+    builder = impl.BlockBuilder("pipe", None, "srv")
+    tx = impl.Tx("binlog.000003", 3, 4, "0-1-9", None, False)
+    builder.add_rows(good, tx, "binlog.000003", False, 0)
+    before, rows = builder.nbytes, tx.rows
+    cut = (*bad[:9], bad[9][:-3])  # the last value runs past the end of the body
+    with pytest.raises(DecodeError, match=r"^app\.synth\.\w+ \(.*byte \d+"):
+        builder.add_rows(cut, tx, "binlog.000003", False, 0)
+    assert builder.nbytes == before and tx.rows == rows and len(builder) == len(builder.tables) == len(builder.txids)
+    builder.add_rows(bad, tx, "binlog.000003", False, 0)  # and it goes on from there
+    block, _ = builder.take(len(builder))
+    assert len(msgspec.json.decode(block.json_array(), type=list[Event])) == len(block)

@@ -104,9 +104,11 @@ def test_the_loaded_implementation() -> None:
     assert _accel.IMPLEMENTATIONS["rowdecode"] == want
     assert _accel.rowdecode.IMPLEMENTATION == want
     assert _accel.rowdecode is (pure if forced else compiled)
-    # the engine decodes through the module _accel chose
+    # the engine decodes through the builder _accel chose (whose JSON path is rowdecode's, see
+    # test_eventbuf.py), and its error messages come from the matching decoder
     from deltaforge.source import binlog
-    assert binlog.rowdecode is _accel.rowdecode
+    assert binlog.eventbuf is _accel.eventbuf
+    assert _accel.eventbuf.IMPLEMENTATION == want
     assert compiled.IMPLEMENTATION == "cython" and pure.IMPLEMENTATION == "python"
     assert (compiled.WRITE, compiled.UPDATE, compiled.DELETE) == (pure.WRITE, pure.UPDATE, pure.DELETE)
 

@@ -6,8 +6,9 @@ dispatched by ``_core/framing.pyx`` (pure twin :mod:`deltaforge.source.framing`)
 harmless events, repeated table maps and rows of tables that are not captured never become
 Python objects. A table map seen for the first time is parsed once by mysql-replication (its
 column metadata parser) into our :class:`TableSchema`, cached by its raw bytes. Row bodies
-are decoded by ``_core/rowdecode.pyx`` (twin :mod:`deltaforge.source.rowdecode`), so values
-render exactly as DESIGN.md §3 says. :mod:`deltaforge._accel` picks compiled or twin.
+are decoded straight into event JSON by ``eventbuf.BlockBuilder.add_rows`` (the value
+writers are rowdecode's, ``_core/rowvalues.pxi``; twins :mod:`deltaforge.source.eventbuf`
+and :mod:`deltaforge.source.rowdecode`), so values render exactly as DESIGN.md §3 says. :mod:`deltaforge._accel` picks compiled or twin.
 
 Batching contract
 -----------------
@@ -61,7 +62,7 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import TableMapEvent
 
-from deltaforge._accel import eventbuf, framing, rowdecode
+from deltaforge._accel import eventbuf, framing
 from deltaforge.dsn import MySQLDSN, parse_mysql_dsn
 from deltaforge.errors import (
     DecodeError,
@@ -142,22 +143,7 @@ class _OneShotConnect:
             raise mysql_error(e, "connecting to MySQL", where=self.where, user=kwargs.get("user")) from None
 
 
-class _Tx:
-    """State of the transaction being read."""
-
-    __slots__ = ("file", "gtid", "gtid_before", "id", "key_head", "pos", "rows", "standalone")
-
-    def __init__(self, file: str, file_no: int, pos: int, gtid: str | None, gtid_before: str | None,
-                 standalone: bool) -> None:
-        self.file = file
-        self.pos = pos
-        self.gtid = gtid
-        self.gtid_before = gtid_before
-        self.id = gtid or f"{file}:{pos}"
-        self.rows = 0  # rows of this transaction read so far (captured tables only)
-        self.standalone = standalone
-        #: the ordering key of its rows but their seq (model.py OrderKey)
-        self.key_head = (file_no, pos)
+Tx = eventbuf.Tx
 
 
 class BinlogSource:
@@ -571,7 +557,7 @@ class BinlogSource:
         batch.dead_keys.extend(k for (_, k), h in zip(self._dead, held, strict=True) if h)
         self._dead = [dk for dk, h in zip(self._dead, held, strict=True) if not h]
 
-    def _dead_rows(self, table: str, tx: _Tx, pos: int, body: bytes, err: Exception, skip: int,
+    def _dead_rows(self, table: str, tx: Tx, pos: int, body: bytes, err: Exception, skip: int,
                    ts: int) -> None:
         seq = tx.rows
         tx.rows += 1
@@ -587,7 +573,7 @@ class BinlogSource:
         nbytes = 0
         started = time.monotonic()
         last_yield = time.monotonic()
-        tx: _Tx | None = None
+        tx: Tx | None = None
         #: end of the last complete transaction read (where a batch of everything so far would end)
         boundary: Position | None = None
         #: how many of `events` belong to complete transactions
@@ -595,7 +581,6 @@ class BinlogSource:
         committed = self.start_position
         skip = self._skip_rows
         skip_tx = self._skip_tx  # the split transaction skip counts into (None: the first one read)
-        origin: tuple[TableSchema, str, int] | None = None
         ident = self.server_identity
         scanner = self._scanner  # None until the first fetch connects
         pending = self._pending  # (the deque object itself: emptiness is checked per event)
@@ -605,6 +590,7 @@ class BinlogSource:
             self._seq += 1
             total = len(events)
             block, keys = events.take(n)
+            origin = events.origin  # the newest rows event read (formatted only here, when a batch is cut)
             batch = Batch(seq=self._seq, events=block, keys=keys, end=end,
                           origin=f"{origin[0].qualified} at {origin[1]}:{origin[2]}" if origin else "")
             nbytes = nbytes * (total - n) // total if total else 0
@@ -648,14 +634,17 @@ class BinlogSource:
                     start_pos = ev[1] - ev[2]
                     schema = ev[6]
                     if tx is None:  # rows outside any transaction marker: treat the event as its own transaction
-                        tx = _Tx(self._file, self._file_no, start_pos, None, self._gtid_or_none(), False)
-                    kind = ev[5]
-                    body = ev[9]
+                        tx = Tx(self._file, self._file_no, start_pos, None, self._gtid_or_none(), False)
+                    was_empty = not events
                     try:
-                        rows = rowdecode.decode_rows(schema, body, kind, ev[7], ev[8])
+                        # rows before seq `skip` were delivered before a restart in the middle of this
+                        # transaction; a transaction payload's events share its position, so their rows
+                        # are numbered across them
+                        cost = events.add_rows(ev, tx, self._file, self._in_payload,
+                                               skip if skip_tx is None or skip_tx == tx.gtid else 0)
                     except Exception as e:  # any decoder failure is a poison row: name it (or dead-letter it)
                         if self.on_decode_error == "dlq":
-                            self._dead_rows(f"{schema.db}.{schema.table}", tx, start_pos, body, e,
+                            self._dead_rows(f"{schema.db}.{schema.table}", tx, start_pos, ev[9], e,
                                             skip if skip_tx is None or skip_tx == tx.gtid else 0, ev[3])
                             continue
                         if isinstance(e, DecodeError):
@@ -663,20 +652,11 @@ class BinlogSource:
                         raise DecodeError(
                             f"{schema.db}.{schema.table} at {self._file}:{start_pos}: cannot decode row: {e}",
                             "report this with the table definition; nothing past this row was committed") from None
-                    if not rows:
+                    if not cost:
                         continue
-                    file = self._file
-                    if not events:
+                    if was_empty:
                         started = time.monotonic()
-                    origin = (schema, file, start_pos)  # formatted only when a batch is cut
-                    before_count = len(events)
-                    # rows before seq `skip` were delivered before a restart in the middle of this transaction
-                    tx.rows += events.append_rows(
-                        rows, kind, schema, ev[3], ev[4], file, start_pos, tx,
-                        # a transaction payload's events share its position: number its rows across them
-                        tx.rows if self._in_payload else 0,
-                        skip if skip_tx is None or skip_tx == tx.gtid else 0)
-                    nbytes += (len(body) // len(rows) + 1) * (len(events) - before_count)
+                    nbytes += cost
                     if len(events) > self.max_events or nbytes > self.max_bytes:
                         if self.respect_tx and boundary_count and boundary is not None:
                             yield take(boundary_count, boundary)  # the complete transactions first
@@ -699,17 +679,17 @@ class BinlogSource:
                 if etype == _XID:
                     pass  # the commit of `tx`: handled below
                 elif etype == _GTID_MARIADB:
-                    tx = _Tx(self._file, self._file_no, ev[1] - ev[2], ev[5], self._gtid_or_none(),
+                    tx = Tx(self._file, self._file_no, ev[1] - ev[2], ev[5], self._gtid_or_none(),
                              bool(ev[6] & _MARIADB_GTID_STANDALONE))
                     continue
                 elif etype == _GTID_MYSQL:
-                    tx = _Tx(self._file, self._file_no, ev[1] - ev[2], ev[5], self._gtid_or_none(), False)
+                    tx = Tx(self._file, self._file_no, ev[1] - ev[2], ev[5], self._gtid_or_none(), False)
                     continue
                 elif etype == _QUERY:
                     qkind = ev[5]
                     if qkind == _Q_BEGIN:
                         if tx is None:
-                            tx = _Tx(self._file, self._file_no, ev[1] - ev[2], None, self._gtid_or_none(), False)
+                            tx = Tx(self._file, self._file_no, ev[1] - ev[2], None, self._gtid_or_none(), False)
                         continue
                     if qkind == _Q_OTHER:
                         query = ev[7].strip().upper()

@@ -25,9 +25,10 @@ row until its commit, see binlog.py).
 
 Hazards
 -------
-* Values (``before``/``after``) are encoded by msgspec from the decoder's dicts: the rendering
-  rules stay the decoder's (DESIGN.md §3); floats, big integers and strings come out exactly
-  as the Event encoding always did.
+* Values (``before``/``after``) are msgspec's encoding of the decoder's dicts: the rendering
+  rules stay the decoder's (DESIGN.md §3). The compiled twin writes the JSON of each value
+  straight from the binlog bytes (``add_rows``) and must equal this byte for byte; it falls
+  back to this very encoding for what it does not render itself.
 * The per-rows-event strings (table, db, pipeline name, tenant, file, GTID) are JSON-escaped
   once per rows event, not per row.
 """
@@ -41,6 +42,7 @@ from typing import Any
 import msgspec
 
 from deltaforge.model import NAMESPACE_BYTES, EventBlock, OrderKey
+from deltaforge.source import rowdecode
 
 IMPLEMENTATION = "python"
 
@@ -61,6 +63,26 @@ def event_uuid(prefix: bytes, index: int) -> bytes:
 _OPS = ("c", "u", "d")  # by rowdecode kind: WRITE, UPDATE, DELETE
 
 
+class Tx:
+    """The transaction being read: where it starts, its GTID (and the GTID set before it), its id
+    (the GTID, else ``<file>:<pos>``), how many rows of captured tables it has had so far, whether
+    it is a standalone statement (DDL), and the ordering key of its rows but their seq
+    (model.py OrderKey)."""
+
+    __slots__ = ("file", "gtid", "gtid_before", "id", "key_head", "pos", "rows", "standalone")
+
+    def __init__(self, file: str, file_no: int, pos: int, gtid: str | None, gtid_before: str | None,
+                 standalone: bool) -> None:
+        self.file = file
+        self.pos = pos
+        self.gtid = gtid
+        self.gtid_before = gtid_before
+        self.id = gtid or f"{file}:{pos}"
+        self.rows = 0
+        self.standalone = standalone
+        self.key_head = (file_no, pos)
+
+
 class BlockBuilder:
     """The events of the batch being read, as JSON lines plus their index (see the module docstring).
 
@@ -78,6 +100,8 @@ class BlockBuilder:
         self.tables: list[str] = []
         self.txids: list[str] = []
         self.tenants: list[str | None] = []
+        #: (schema, file, pos) of the newest rows event that added events (names a batch's origin)
+        self.origin: tuple[Any, str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -132,6 +156,32 @@ class BlockBuilder:
             self.txids.append(txid)
             self.tenants.append(self._tenant_id)
         return len(rows)
+
+    def add_rows(self, ev: tuple[Any, ...], tx: Tx, file: str, in_payload: bool, skip: int) -> int:
+        """Append the events of one rows event of the scanner (framing.py: ``(ROWS, next, size, ts,
+        server_id, kind, schema, present, present_after, body)``), decoding its body here.
+
+        Rows are numbered from ``tx.rows`` (seq) and, inside a transaction payload
+        (``in_payload``: its events share one position), from ``tx.rows`` too (event row), else
+        from 0; ``tx.rows`` is advanced past every row of the event, skipped ones included. Rows
+        whose seq is below ``skip`` are decoded but not written. On a decode failure nothing of
+        the event stays and the decoder's DecodeError (table, column, byte) is raised. Returns the
+        batch-size cost of what was added (the body's bytes per row, times the rows added), 0 when
+        nothing was; ``origin`` then names this event.
+        """
+        kind, schema, body = ev[5], ev[6], ev[9]
+        rows = rowdecode.decode_rows(schema, body, kind, ev[7], ev[8])
+        if not rows:
+            return 0
+        before = len(self.keys)
+        pos = ev[1] - ev[2]
+        self.append_rows(rows, kind, schema, ev[3], ev[4], file, pos, tx, tx.rows if in_payload else 0, skip)
+        tx.rows += len(rows)
+        added = len(self.keys) - before
+        if not added:
+            return 0
+        self.origin = (schema, file, pos)
+        return (len(body) // len(rows) + 1) * added
 
     def mark_end(self, txid: str) -> bool:
         """Set ``transaction.end`` on the newest event if it belongs to ``txid``; True if it did."""
