@@ -15,6 +15,7 @@ capacity), so a write is a bounds check and a memcpy, not a resize.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove
 
@@ -25,6 +26,9 @@ import msgspec
 from deltaforge.model import NAMESPACE_BYTES, EventBlock
 
 IMPLEMENTATION = "cython"
+
+if len(NAMESPACE_BYTES) != 16:
+    raise ImportError("deltaforge.model.NAMESPACE_BYTES must be a UUID's 16 bytes")
 
 cdef object _encode = msgspec.json.Encoder().encode
 cdef bytes _TAIL_OPEN = b',"end":false},"tags":null}\n'
@@ -144,6 +148,8 @@ cdef tuple _OPS = (b"c", b"u", b"d")
 cdef bytes _TS = b',"ts_ms":'
 cdef bytes _ROW = b',"row":'
 cdef bytes _SEQ = b',"seq":'
+cdef bytes _GTID = b',"gtid":'
+cdef bytes _TXID = b'},"transaction":{"id":'
 #: what the buffer keeps allocated after a take (a huge transaction's buffer is given back)
 cdef Py_ssize_t _KEEP = 4 << 20
 
@@ -177,15 +183,17 @@ cdef class BlockBuilder:
     cdef public list keys, tables, txids, tenants
     cdef public object origin
     cdef object _tenant_id
-    # per-table pieces, by id(schema): (schema, table, [head per op], db json, table json)
+    # per-table pieces, by id(schema): [schema, table, [head per op], db json, table json,
+    # server id, file, source piece of that server id and file]
     cdef dict _tables
-    # the source piece of the last (schema, server id, file)
-    cdef object _src_schema, _src_file
-    cdef long long _src_server
-    cdef bytes _src
-    # the transaction pieces of the last transaction object
+    cdef bytes _src               # the source piece of the current rows event
+    # the transaction pieces of the last transaction object: its GTID and id as JSON, and the
+    # event-id prefix (namespace + "gtid|<gtid>|", or per rows event namespace + "<server>|<file>|<pos>|")
     cdef object _tx
-    cdef bytes _gtid_piece, _tx_piece, _prefix
+    cdef bytes _gtid_json, _txid_json
+    cdef bint _by_seq
+    cdef Py_ssize_t _pfx_len, _pfx_tx
+    cdef uint8_t _pfx[512]
     cdef str _key_gtid
 
     def __init__(self, pipeline, tenant, server=""):
@@ -205,8 +213,9 @@ cdef class BlockBuilder:
         self.txids = []
         self.origin = None
         self._tables = {}
-        self._src_schema = None
         self._tx = None
+        memcpy(self._pfx, PyBytes_AS_STRING(NAMESPACE_BYTES), PyBytes_GET_SIZE(NAMESPACE_BYTES))
+        self._pfx_tx = self._pfx_len = PyBytes_GET_SIZE(NAMESPACE_BYTES)
 
     def __len__(self):
         return len(self.keys)
@@ -215,8 +224,8 @@ cdef class BlockBuilder:
     def nbytes(self):
         return self._out.len
 
-    cdef tuple _table(self, schema):
-        cdef tuple hit = self._tables.get(id(schema))
+    cdef list _table(self, schema):
+        cdef list hit = self._tables.get(id(schema))
         if hit is not None and hit[0] is schema:
             return hit
         table = f"{schema.db}.{schema.table}"
@@ -225,55 +234,80 @@ cdef class BlockBuilder:
                  for op in _OPS]
         if len(self._tables) > 4096:
             self._tables.clear()
-        hit = (schema, table, heads, _encode(schema.db), _encode(schema.table))
+        hit = [schema, table, heads, _encode(schema.db), _encode(schema.table), None, None, None]
         self._tables[id(schema)] = hit
         return hit
 
-    cdef int _pieces(self, schema, tuple t, long long server_id, str file, tx) except -1:
-        """The JSON pieces shared by the rows of one rows event (cached across events)."""
-        if self._src_schema is not schema or self._src_server != server_id or self._src_file is not file:
-            self._src = (b',"source":{"connector":"mysql","name":' + self._name + b',"server_id":'
-                         + str(server_id).encode() + b',"db":' + <bytes>t[3] + b',"table":' + <bytes>t[4]
-                         + b',"file":' + _encode(file) + b',"pos":')
-            self._src_schema, self._src_server, self._src_file = schema, server_id, file
-        if self._tx is not tx:
-            self._gtid_piece = b',"gtid":' + _encode(tx.gtid) + _TS
-            self._tx_piece = b'},"transaction":{"id":' + _encode(tx.id) + _SEQ
-            self._prefix = NAMESPACE_BYTES + f"gtid|{tx.gtid}|".encode() if tx.gtid else None
-            self._key_gtid = tx.gtid or ""
-            self._tx = tx
+    cdef int _pfx_add(self, Py_ssize_t at, str text) except -1:
+        """Append ``text`` + "|" to the id prefix at byte ``at``."""
+        cdef Py_ssize_t n
+        cdef const char* p = PyUnicode_AsUTF8AndSize(text, &n)
+        if at + n + 1 > 480:
+            raise ValueError("event id prefix too long")
+        memcpy(self._pfx + at, p, n)
+        self._pfx[at + n] = 124
+        self._pfx_len = at + n + 1
         return 0
 
-    cdef bytes _id_prefix(self, str file, long long pos):
-        cdef bytes prefix = self._prefix if self._prefix is not None else \
-            NAMESPACE_BYTES + f"{self._server}|{file}|{pos}|".encode()
-        if PyBytes_GET_SIZE(prefix) > 480:
-            raise ValueError("event id prefix too long")
-        return prefix
+    cdef int _pieces(self, schema, list t, long long server_id, str file, tx, long long pos) except -1:
+        """The JSON pieces and the id prefix shared by the rows of one rows event (cached)."""
+        cdef char tmp[24]
+        cdef char* e
+        if t[5] is None or <long long>t[5] != server_id or t[6] is not file:
+            t[7] = (b',"source":{"connector":"mysql","name":' + self._name + b',"server_id":'
+                    + str(server_id).encode() + b',"db":' + <bytes>t[3] + b',"table":' + <bytes>t[4]
+                    + b',"file":' + _encode(file) + b',"pos":')
+            t[5], t[6] = server_id, file
+        self._src = <bytes>t[7]
+        if self._tx is not tx:
+            self._gtid_json = _encode(tx.gtid)
+            self._txid_json = _encode(tx.id)
+            self._by_seq = bool(tx.gtid)
+            self._key_gtid = tx.gtid or ""
+            if self._by_seq:
+                memcpy(self._pfx + 16, b"gtid|", 5)
+                self._pfx_add(21, tx.gtid)
+                self._pfx_tx = self._pfx_len
+            self._tx = tx
+        if self._by_seq:
+            self._pfx_len = self._pfx_tx
+        else:
+            self._pfx_add(16, self._server)
+            self._pfx_add(self._pfx_len, file)
+            e = digits(tmp, <uint64_t>pos, 1)
+            memcpy(self._pfx + self._pfx_len, tmp, e - tmp)
+            self._pfx[self._pfx_len + (e - tmp)] = 124
+            self._pfx_len += (e - tmp) + 1
+            if self._pfx_len > 480:
+                raise ValueError("event id prefix too long")
+        return 0
 
-    cdef inline int _head(self, bytes prefix, bint by_seq, long long seq, long long row, bytes head) except -1:
+    cdef inline int _head(self, long long seq, long long row, bytes head) except -1:
         """``{"event_id":"<id>","tenant_id":...,"before":`` of one row."""
         cdef char* w = _jreserve(&self._out, 13 + 36 + PyBytes_GET_SIZE(head))
         w = _put(w, _ID_HEAD)
-        w = _uuid_text(w, <const uint8_t*>PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix),
-                       <uint64_t>(seq if by_seq else row))
+        w = _uuid_text(w, self._pfx, self._pfx_len, <uint64_t>(seq if self._by_seq else row))
         self._out.len = _put(w, head) - self._out.base
         return 0
 
     cdef inline int _tail(self, uint64_t ts_ms, long long pos, long long row, long long seq) except -1:
         """``,"ts_ms":...,"source":{...},"transaction":{...},"tags":null}\\n`` of one row."""
         cdef char* w = _jreserve(&self._out, PyBytes_GET_SIZE(_TS) + 20 + PyBytes_GET_SIZE(self._src) + 20
-                                 + PyBytes_GET_SIZE(_ROW) + 20 + PyBytes_GET_SIZE(self._gtid_piece) + 20
-                                 + PyBytes_GET_SIZE(self._tx_piece) + 20 + PyBytes_GET_SIZE(_TAIL_OPEN))
+                                 + PyBytes_GET_SIZE(_ROW) + 20 + PyBytes_GET_SIZE(self._gtid_json) + 36
+                                 + PyBytes_GET_SIZE(self._txid_json) + 20 + PyBytes_GET_SIZE(_TAIL_OPEN))
         w = _put(w, _TS)
         w = digits(w, ts_ms, 1)
         w = _put(w, self._src)
         w = digits(w, <uint64_t>pos, 1)
         w = _put(w, _ROW)
         w = digits(w, <uint64_t>row, 1)
-        w = _put(w, self._gtid_piece)
+        w = _put(w, _GTID)
+        w = _put(w, self._gtid_json)
+        w = _put(w, _TS)
         w = digits(w, ts_ms, 1)
-        w = _put(w, self._tx_piece)
+        w = _put(w, _TXID)
+        w = _put(w, self._txid_json)
+        w = _put(w, _SEQ)
         w = digits(w, <uint64_t>seq, 1)
         self._out.len = _put(w, _TAIL_OPEN) - self._out.base
         return 0
@@ -295,12 +329,10 @@ cdef class BlockBuilder:
 
     def append_rows(self, list rows, int kind, schema, long long ts, long long server_id, str file,
                     long long pos, tx, long long row0, long long skip):
-        cdef tuple t = self._table(schema)
+        cdef list t = self._table(schema)
         cdef str table = <str>t[1]
         cdef bytes head = <bytes>(<list>t[2])[kind]
-        self._pieces(schema, t, server_id, file, tx)
-        cdef bint by_seq = self._prefix is not None
-        cdef bytes prefix = self._id_prefix(file, pos)
+        self._pieces(schema, t, server_id, file, tx, pos)
         cdef str txid = tx.id, key_gtid = self._key_gtid
         cdef long long seq0 = tx.rows
         cdef uint64_t ts_ms = <uint64_t>(ts * 1000)
@@ -315,7 +347,7 @@ cdef class BlockBuilder:
             k += 1
             if seq < skip:
                 continue
-            self._head(prefix, by_seq, seq, row, head)
+            self._head(seq, row, head)
             _jobject(&self._out, (<tuple>pair)[0])
             _jbytes(&self._out, _AFTER)
             _jobject(&self._out, (<tuple>pair)[1])
@@ -346,12 +378,10 @@ cdef class BlockBuilder:
         if plan.n == 0 and plan_after.n == 0:
             raise _F.no_columns(schema, c.end)
         cdef long long pos = <long long>ev[1] - <long long>ev[2]
-        cdef tuple t = self._table(schema)
+        cdef list t = self._table(schema)
         cdef str table = <str>t[1]
         cdef bytes head = <bytes>(<list>t[2])[kind]
-        self._pieces(schema, t, ev[4], file, tx)
-        cdef bint by_seq = self._prefix is not None
-        cdef bytes prefix = self._id_prefix(file, pos)
+        self._pieces(schema, t, ev[4], file, tx, pos)
         cdef str txid = tx.id, key_gtid = self._key_gtid
         cdef long long seq0 = tx.rows, row0 = tx.rows if in_payload else 0
         cdef uint64_t ts_ms = <uint64_t>(<long long>ev[3] * 1000)
@@ -365,7 +395,7 @@ cdef class BlockBuilder:
                 row = row0 + k
                 k += 1
                 mark = o.len
-                self._head(prefix, by_seq, seq, row, head)
+                self._head(seq, row, head)
                 if kind == 0:
                     _jbytes(o, _NULL_AFTER)
                     _image_json(o, &c, plan, data)

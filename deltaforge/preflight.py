@@ -389,10 +389,11 @@ def _connect(dsn: Any, results: list[CheckResult], where: str = _DSN_PATH) -> tu
     """
     import pymysql
 
+    from deltaforge.source.mysql_connect import Connection
     from deltaforge.source.mysql_errors import TRANSIENT, classify, error_code, mysql_error
 
     name = "mysql"
-    conn = pymysql.Connection(
+    conn = Connection(
         host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=QUERY_TIMEOUT_S,
         write_timeout=QUERY_TIMEOUT_S, charset="utf8mb4", autocommit=True, defer_connect=True,
     )

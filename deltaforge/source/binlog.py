@@ -78,7 +78,7 @@ from deltaforge.model import (
     binlog_file_number,
     position_le,
 )
-from deltaforge.source import compressed
+from deltaforge.source import compressed, mysql_connect
 from deltaforge.source.grammar import parse_start  # re-exported: the start grammar lives there
 from deltaforge.source.gtid import MariaGtidState, mysql_gtid_add, parse_gtid_set
 from deltaforge.source.mysql_errors import DSN_PATH, dsn_location, mysql_error
@@ -138,7 +138,7 @@ class _OneShotConnect:
         if "db" in kwargs:
             kwargs["database"] = kwargs.pop("db")
         try:
-            return pymysql.connect(**kwargs)
+            return mysql_connect.connect(**kwargs)
         except (pymysql.err.MySQLError, OSError, RuntimeError) as e:
             raise mysql_error(e, "connecting to MySQL", where=self.where, user=kwargs.get("user")) from None
 
