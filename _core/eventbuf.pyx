@@ -16,7 +16,7 @@ capacity), so a write is a bounds check and a memcpy, not a resize.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove
 
 from df_write cimport digits, ndigits, uuid_text
@@ -179,6 +179,9 @@ cdef class BlockBuilder:
     cdef str _server
     cdef bytearray _data          # raw storage of _out (its size is the capacity)
     cdef JOut _out
+    cdef bytearray _spdata        # raw storage of _sp: two int32 per event (EventBlock.spans)
+    cdef JOut _sp
+    cdef Py_ssize_t _line, _before_at
     cdef list _starts
     cdef public list keys, tables, txids, tenants
     cdef public object origin
@@ -207,6 +210,11 @@ cdef class BlockBuilder:
         self._out.base = PyByteArray_AS_STRING(self._data)
         self._out.len = 0
         self._out.cap = 0
+        self._spdata = bytearray()
+        self._sp.data = <void*>self._spdata
+        self._sp.base = PyByteArray_AS_STRING(self._spdata)
+        self._sp.len = 0
+        self._sp.cap = 0
         self._starts = [0]
         self.keys = []
         self.tables = []
@@ -285,13 +293,19 @@ cdef class BlockBuilder:
     cdef inline int _head(self, long long seq, long long row, bytes head) except -1:
         """``{"event_id":"<id>","tenant_id":...,"before":`` of one row."""
         cdef char* w = _jreserve(&self._out, 13 + 36 + PyBytes_GET_SIZE(head))
+        self._line = self._out.len
         w = _put(w, _ID_HEAD)
         w = _uuid_text(w, self._pfx, self._pfx_len, <uint64_t>(seq if self._by_seq else row))
         self._out.len = _put(w, head) - self._out.base
+        self._before_at = self._out.len - self._line
         return 0
 
     cdef inline int _tail(self, uint64_t ts_ms, long long pos, long long row, long long seq) except -1:
         """``,"ts_ms":...,"source":{...},"transaction":{...},"tags":null}\\n`` of one row."""
+        cdef int32_t* sp = <int32_t*>_jreserve(&self._sp, 8)
+        sp[0] = <int32_t>self._before_at
+        sp[1] = <int32_t>(self._out.len - self._line)
+        self._sp.len += 8
         cdef char* w = _jreserve(&self._out, PyBytes_GET_SIZE(_TS) + 20 + PyBytes_GET_SIZE(self._src) + 20
                                  + PyBytes_GET_SIZE(_ROW) + 20 + PyBytes_GET_SIZE(self._gtid_json) + 36
                                  + PyBytes_GET_SIZE(self._txid_json) + 20 + PyBytes_GET_SIZE(_TAIL_OPEN))
@@ -323,6 +337,7 @@ cdef class BlockBuilder:
     cdef int _truncate(self, Py_ssize_t count, Py_ssize_t length) except -1:
         """Back to ``count`` events of ``length`` bytes (a rows event that failed half-way)."""
         self._out.len = length
+        self._sp.len = 8 * count
         del self._starts[count + 1:], self.keys[count:], self.tables[count:], self.txids[count:]
         del self.tenants[count:]
         return 0
@@ -437,7 +452,9 @@ cdef class BlockBuilder:
         cdef Py_ssize_t end = self._starts[n], size = self._out.len
         cdef char* base = self._out.base
         block = EventBlock(PyBytes_FromStringAndSize(base, end), self._starts[:n + 1], self.tables[:n],
-                           self.txids[:n], self.tenants[:n], True)
+                           self.txids[:n], self.tenants[:n], True, PyBytes_FromStringAndSize(self._sp.base, 8 * n))
+        memmove(self._sp.base, self._sp.base + 8 * n, self._sp.len - 8 * n)
+        self._sp.len -= 8 * n
         keys = self.keys[:n]
         memmove(base, base + end, size - end)
         self._out.len = size - end
@@ -551,6 +568,8 @@ def splice_answer(block, list keys, bytes answer, created):
     cdef bytearray out = bytearray()
     cdef list out_starts = [0], out_keys = [], tables = [], txids = [], tenants = []
     cdef char* w
+    cdef object spans = block.spans
+    cdef const int32_t* known = <const int32_t*>PyBytes_AS_STRING(spans) if spans is not None else NULL
     if alen < 2 or ans[0] != b'[':
         raise ValueError("the processor's answer is not a JSON array")
     p = 1
@@ -573,6 +592,32 @@ def splice_answer(block, list keys, bytes answer, created):
         if i >= 0:
             e0 = starts[i]
             e1 = <Py_ssize_t>starts[i + 1] - 1
+            if known != NULL and e1 - e0 > 14 and memcmp(src + e1 - 13, b',"tags":null}', 13) == 0:
+                # the reader's line: `before` at a known offset, `,"after":` right after it (its end is
+                # not needed: both values are replaced), `after` ends at `,"ts_ms":`, tags are last
+                sp[0] = e0 + known[2 * i]
+                sp[1] = sp[0]
+                sp[2] = sp[1]
+                sp[3] = e0 + known[2 * i + 1]
+                sp[4] = e1 - 5
+                sp[5] = e1 - 1
+                n = (sp[0] - e0) + (bb - ba) + 9 + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
+                w = _reserve(out, n)
+                w = _put_span(w, src, e0, sp[0])
+                w = _put_span(w, ans, ba, bb)
+                w = _put(w, _AFTER)
+                w = _put_span(w, ans, aa, ab)
+                w = _put_span(w, src, sp[3], sp[4])
+                w = _put_span(w, ans, ta, tb)
+                w = _put_span(w, src, sp[5], e1)
+                w[0] = b'\n'
+                out_keys.append(keys[i])
+                tables.append(in_tables[i])
+                txids.append(in_txids[i])
+                tenants.append(in_tenants[i])
+                out_starts.append(PyByteArray_GET_SIZE(out))
+                k += 1
+                continue
             _field_spans(src, e0, e1, _SPLICE_KEYS, sp)
             n = (sp[0] - e0) + (bb - ba) + (sp[2] - sp[1]) + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
             w = _reserve(out, n)

@@ -213,10 +213,10 @@ class EventBlock:
     templates, tests); the hot stages use the bytes. Slicing returns an EventBlock.
     """
 
-    __slots__ = ("_events", "_uuid_ids", "data", "starts", "tables", "tenants", "txids")
+    __slots__ = ("_events", "_uuid_ids", "data", "spans", "starts", "tables", "tenants", "txids")
 
     def __init__(self, data: bytes, starts: list[int], tables: list[str], txids: list[str],
-                 tenants: list[str | None], uuid_ids: bool | None = None) -> None:
+                 tenants: list[str | None], uuid_ids: bool | None = None, spans: bytes | None = None) -> None:
         self.data = data
         self.starts = starts
         self.tables = tables
@@ -225,6 +225,10 @@ class EventBlock:
         self._events: list[Event] | None = None
         #: every event_id a 36-character UUID first in its line (None: not known yet)
         self._uuid_ids = uuid_ids
+        #: the reader's blocks only: per event two native int32, where in its line the ``before``
+        #: value starts and where ``,"ts_ms":`` (the end of ``after``) starts, so a processor's
+        #: answer is spliced in without scanning the line (eventbuf.splice_answer); None elsewhere
+        self.spans = spans
 
     @classmethod
     def from_lines(cls, lines: list[bytes], tables: list[str], txids: list[str],
@@ -308,7 +312,8 @@ class EventBlock:
             hi = max(lo, hi)
             a, b = self.starts[lo], self.starts[hi]
             return EventBlock(self.data[a:b], [s - a for s in self.starts[lo:hi + 1]], self.tables[lo:hi],
-                              self.txids[lo:hi], self.tenants[lo:hi], self._uuid_ids)
+                              self.txids[lo:hi], self.tenants[lo:hi], self._uuid_ids,
+                              self.spans[8 * lo:8 * hi] if self.spans is not None else None)
         if self._events is not None:
             return self._events[i]
         n = len(self)

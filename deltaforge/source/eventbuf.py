@@ -36,6 +36,7 @@ Hazards
 from __future__ import annotations
 
 import hashlib
+import struct
 import time
 from typing import Any
 
@@ -61,6 +62,7 @@ def event_uuid(prefix: bytes, index: int) -> bytes:
 
 
 _OPS = ("c", "u", "d")  # by rowdecode kind: WRITE, UPDATE, DELETE
+_SPAN = struct.Struct("=ii")
 
 
 class Tx:
@@ -96,6 +98,7 @@ class BlockBuilder:
         self._server = server
         self._data = bytearray()
         self._starts: list[int] = [0]
+        self._spans = bytearray()  # per event: native int32 offsets of `before` and of `,"ts_ms":` in its line
         self.keys: list[OrderKey] = []
         self.tables: list[str] = []
         self.txids: list[str] = []
@@ -139,12 +142,15 @@ class BlockBuilder:
             if seq < skip:
                 continue
             row = row0 + k
+            line = len(data)
             data += b'{"event_id":"'
             data += event_uuid(prefix, seq if by_seq else row)
             data += head
+            before_at = len(data) - line
             data += _encode(before)
             data += b',"after":'
             data += _encode(after)
+            self._spans += _SPAN.pack(before_at, len(data) - line)
             data += src
             data += str(row).encode()
             data += txh
@@ -199,7 +205,8 @@ class BlockBuilder:
         """Cut the first ``n`` events off: their :class:`EventBlock` and their ordering keys."""
         end = self._starts[n]
         block = EventBlock(bytes(self._data[:end]), self._starts[:n + 1], self.tables[:n], self.txids[:n],
-                           self.tenants[:n], True)
+                           self.tenants[:n], True, bytes(self._spans[:8 * n]))
+        del self._spans[:8 * n]
         keys = self.keys[:n]
         del self._data[:end]
         self._starts = [s - end for s in self._starts[n:]]
