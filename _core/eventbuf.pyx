@@ -566,12 +566,17 @@ def splice_answer(block, list keys, bytes answer, created):
     cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef list starts = block.starts, in_tables = block.tables, in_txids = block.txids, in_tenants = block.tenants
     cdef bytearray out = bytearray()
+    cdef JOut o                   # `out` as raw storage, sized once for the usual case
+    o.data = <void*>out
+    o.base = PyByteArray_AS_STRING(out)
+    o.len = o.cap = 0
     cdef list out_starts = [0], out_keys = [], tables = [], txids = [], tenants = []
     cdef char* w
     cdef object spans = block.spans
     cdef const int32_t* known = <const int32_t*>PyBytes_AS_STRING(spans) if spans is not None else NULL
     if alen < 2 or ans[0] != b'[':
         raise ValueError("the processor's answer is not a JSON array")
+    _jreserve(&o, PyBytes_GET_SIZE(data) + alen)
     p = 1
     while p < alen and ans[p] != b']':
         if ans[p] != b'[':
@@ -602,7 +607,7 @@ def splice_answer(block, list keys, bytes answer, created):
                 sp[4] = e1 - 5
                 sp[5] = e1 - 1
                 n = (sp[0] - e0) + (bb - ba) + 9 + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
-                w = _reserve(out, n)
+                w = _jreserve(&o, n)
                 w = _put_span(w, src, e0, sp[0])
                 w = _put_span(w, ans, ba, bb)
                 w = _put(w, _AFTER)
@@ -611,16 +616,17 @@ def splice_answer(block, list keys, bytes answer, created):
                 w = _put_span(w, ans, ta, tb)
                 w = _put_span(w, src, sp[5], e1)
                 w[0] = b'\n'
+                o.len = w + 1 - o.base
                 out_keys.append(keys[i])
                 tables.append(in_tables[i])
                 txids.append(in_txids[i])
                 tenants.append(in_tenants[i])
-                out_starts.append(PyByteArray_GET_SIZE(out))
+                out_starts.append(o.len)
                 k += 1
                 continue
             _field_spans(src, e0, e1, _SPLICE_KEYS, sp)
             n = (sp[0] - e0) + (bb - ba) + (sp[2] - sp[1]) + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
-            w = _reserve(out, n)
+            w = _jreserve(&o, n)
             w = _put_span(w, src, e0, sp[0])
             w = _put_span(w, ans, ba, bb)
             w = _put_span(w, src, sp[1], sp[2])
@@ -629,23 +635,25 @@ def splice_answer(block, list keys, bytes answer, created):
             w = _put_span(w, ans, ta, tb)
             w = _put_span(w, src, sp[5], e1)
             w[0] = b'\n'
+            o.len = w + 1 - o.base
             out_keys.append(keys[i])
             tables.append(in_tables[i])
             txids.append(in_txids[i])
             tenants.append(in_tenants[i])
         else:
             line, table, txid, tenant = created(k, -1 - i, PyBytes_FromStringAndSize(<const char*>ans + ba, bb - ba))
-            w = _reserve(out, PyBytes_GET_SIZE(line) + 1)
+            w = _jreserve(&o, PyBytes_GET_SIZE(line) + 1)
             w = _put(w, line)
             w[0] = b'\n'
+            o.len = w + 1 - o.base
             out_keys.append(keys[-1 - i])
             tables.append(table)
             txids.append(txid)
             tenants.append(tenant)
-        out_starts.append(PyByteArray_GET_SIZE(out))
+        out_starts.append(o.len)
         k += 1
     # kept events keep their input's id and created ones get a derived UUID: the input's shape holds
-    return EventBlock(bytes(out), out_starts, tables, txids, tenants, block.ids_are_uuids() or None), out_keys
+    return EventBlock(PyBytes_FromStringAndSize(o.base, o.len), out_starts, tables, txids, tenants, block.ids_are_uuids() or None), out_keys
 
 
 # ----------------------------------------------------------------------------- CloudEvents
