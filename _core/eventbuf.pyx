@@ -562,6 +562,8 @@ def splice_answer(block, list keys, bytes answer, created):
     cdef Py_ssize_t alen = PyBytes_GET_SIZE(answer), p = 0, q, k = 0, i, e0, e1
     cdef Py_ssize_t ba, bb, aa, ab, ta, tb, n
     cdef Py_ssize_t sp[6]
+    cdef const unsigned char* mid
+    cdef Py_ssize_t mid_n
     cdef bytes data = block.data
     cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef list starts = block.starts, in_tables = block.tables, in_txids = block.txids, in_tenants = block.tenants
@@ -598,38 +600,24 @@ def splice_answer(block, list keys, bytes answer, created):
             e0 = starts[i]
             e1 = <Py_ssize_t>starts[i + 1] - 1
             if known != NULL and e1 - e0 > 14 and memcmp(src + e1 - 13, b',"tags":null}', 13) == 0:
-                # the reader's line: `before` at a known offset, `,"after":` right after it (its end is
-                # not needed: both values are replaced), `after` ends at `,"ts_ms":`, tags are last
+                # the reader's line: `before` at a known offset and `,"after":` right after it (where
+                # `before` ends is not needed: both values are replaced), `after` ends at `,"ts_ms":`,
+                # tags are last
                 sp[0] = e0 + known[2 * i]
-                sp[1] = sp[0]
-                sp[2] = sp[1]
                 sp[3] = e0 + known[2 * i + 1]
                 sp[4] = e1 - 5
                 sp[5] = e1 - 1
-                n = (sp[0] - e0) + (bb - ba) + 9 + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
-                w = _jreserve(&o, n)
-                w = _put_span(w, src, e0, sp[0])
-                w = _put_span(w, ans, ba, bb)
-                w = _put(w, _AFTER)
-                w = _put_span(w, ans, aa, ab)
-                w = _put_span(w, src, sp[3], sp[4])
-                w = _put_span(w, ans, ta, tb)
-                w = _put_span(w, src, sp[5], e1)
-                w[0] = b'\n'
-                o.len = w + 1 - o.base
-                out_keys.append(keys[i])
-                tables.append(in_tables[i])
-                txids.append(in_txids[i])
-                tenants.append(in_tenants[i])
-                out_starts.append(o.len)
-                k += 1
-                continue
-            _field_spans(src, e0, e1, _SPLICE_KEYS, sp)
-            n = (sp[0] - e0) + (bb - ba) + (sp[2] - sp[1]) + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
+                mid = <const unsigned char*>PyBytes_AS_STRING(_AFTER)
+                mid_n = PyBytes_GET_SIZE(_AFTER)
+            else:
+                _field_spans(src, e0, e1, _SPLICE_KEYS, sp)
+                mid = src + sp[1]
+                mid_n = sp[2] - sp[1]
+            n = (sp[0] - e0) + (bb - ba) + mid_n + (ab - aa) + (sp[4] - sp[3]) + (tb - ta) + (e1 - sp[5]) + 1
             w = _jreserve(&o, n)
             w = _put_span(w, src, e0, sp[0])
             w = _put_span(w, ans, ba, bb)
-            w = _put_span(w, src, sp[1], sp[2])
+            w = _put_span(w, mid, 0, mid_n)
             w = _put_span(w, ans, aa, ab)
             w = _put_span(w, src, sp[3], sp[4])
             w = _put_span(w, ans, ta, tb)

@@ -274,7 +274,7 @@ class JsProcessor:
         self._where = f"spec.processors[{index}] ({self.id})"
         self._lines = self.code.splitlines()
         self._mr: MiniRacer | None = None
-        self._run: JSFunction | None = None
+        self._run: Any = None  # _DirectCall, or the JSFunction itself (see _DirectCall.wrap)
         self._closed = False
         if not self.code.strip():
             raise ProcessorError(

@@ -44,7 +44,7 @@ only uses table-level fields the rendered name is cached per (tenant, table).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -245,7 +245,7 @@ class StreamTemplate:
     def _render(self, event: Event) -> str:
         return "".join(p if isinstance(p, str) else _render_value(p(event)) for p in self._pieces)
 
-    def render_batch(self, events: list[Event]) -> list[str]:
+    def render_batch(self, events: Sequence[Event]) -> list[str]:
         if self.static is not None:
             return [self.static] * len(events)
         render = self.render

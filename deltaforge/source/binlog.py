@@ -55,7 +55,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
@@ -143,7 +143,9 @@ class _OneShotConnect:
             raise mysql_error(e, "connecting to MySQL", where=self.where, user=kwargs.get("user")) from None
 
 
-Tx = eventbuf.Tx
+Tx = eventbuf.Tx  # the transaction being read (its state lives in C with the batch buffer)
+if TYPE_CHECKING:
+    from deltaforge.source.eventbuf import Tx as TxState
 
 
 class BinlogSource:
@@ -557,7 +559,7 @@ class BinlogSource:
         batch.dead_keys.extend(k for (_, k), h in zip(self._dead, held, strict=True) if h)
         self._dead = [dk for dk, h in zip(self._dead, held, strict=True) if not h]
 
-    def _dead_rows(self, table: str, tx: Tx, pos: int, body: bytes, err: Exception, skip: int,
+    def _dead_rows(self, table: str, tx: TxState, pos: int, body: bytes, err: Exception, skip: int,
                    ts: int) -> None:
         seq = tx.rows
         tx.rows += 1
@@ -573,7 +575,7 @@ class BinlogSource:
         nbytes = 0
         started = time.monotonic()
         last_yield = time.monotonic()
-        tx: Tx | None = None
+        tx: TxState | None = None
         #: end of the last complete transaction read (where a batch of everything so far would end)
         boundary: Position | None = None
         #: how many of `events` belong to complete transactions
