@@ -8,7 +8,8 @@ Python objects. A table map seen for the first time is parsed once by mysql-repl
 column metadata parser) into our :class:`TableSchema`, cached by its raw bytes. Row bodies
 are decoded straight into event JSON by ``eventbuf.BlockBuilder.add_rows`` (the value
 writers are rowdecode's, ``_core/rowvalues.pxi``; twins :mod:`deltaforge.source.eventbuf`
-and :mod:`deltaforge.source.rowdecode`), so values render exactly as DESIGN.md §3 says. :mod:`deltaforge._accel` picks compiled or twin.
+and :mod:`deltaforge.source.rowdecode`), so values render exactly as DESIGN.md §3 says.
+:mod:`deltaforge._accel` picks compiled or twin.
 
 Batching contract
 -----------------
