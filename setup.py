@@ -54,7 +54,7 @@ def extensions() -> list[Extension]:
             extra_compile_args=args,
             extra_link_args=link_args,
         )
-        for name in ("resp", "rowdecode", "framing", "eventbuf", "streamcommit")
+        for name in ("resp", "rowdecode", "framing", "eventbuf", "streamcommit", "ring")
     ]
     return cythonize(
         mods,

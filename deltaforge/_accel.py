@@ -10,7 +10,8 @@ Each compiled module has a pure-Python twin with identical output. Environment s
 
 ``IMPLEMENTATIONS`` maps each module to the one loaded (``"cython"`` or ``"python"``);
 ``IMPLEMENTATION`` (the RESP encoder's) and ``ROWDECODE_IMPLEMENTATION`` are shorthands;
-``streamcommit`` is the sink's commit round trip (request in one buffer, reply scan).
+``streamcommit`` is the sink's commit round trip (request in one buffer, reply scan);
+``ring`` the shared-memory ring between the engine's processes.
 Which one loaded, and why a twin did, is logged once at debug level (``deltaforge.accel``).
 
 Hazard: callers bind the module object (``from deltaforge._accel import rowdecode``), so
@@ -75,6 +76,7 @@ MODULES: dict[str, str] = {
     "framing": "deltaforge.source.framing",
     "eventbuf": "deltaforge.source.eventbuf",
     "streamcommit": "deltaforge.sink.streamcommit_py",
+    "ring": "deltaforge.runtime.ring",
 }
 
 resp = _load("resp", "deltaforge._core.resp", MODULES["resp"])
@@ -82,6 +84,7 @@ rowdecode = _load("rowdecode", "deltaforge._core.rowdecode", MODULES["rowdecode"
 framing = _load("framing", "deltaforge._core.framing", MODULES["framing"])
 eventbuf = _load("eventbuf", "deltaforge._core.eventbuf", MODULES["eventbuf"])
 streamcommit = _load("streamcommit", "deltaforge._core.streamcommit", MODULES["streamcommit"])
+ring = _load("ring", "deltaforge._core.ring", MODULES["ring"])
 
 IMPLEMENTATIONS: dict[str, str] = {name: globals()[name].IMPLEMENTATION for name in MODULES}
 IMPLEMENTATION = IMPLEMENTATIONS["resp"]
