@@ -59,8 +59,8 @@ IMPLEMENTATION = "python"
 class Ring:
     """One end (or both, in tests) of a ring; see the module docstring."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
-        self._shm: shared_memory.SharedMemory | None = shm
+    def __init__(self, shm: Any, owner: bool) -> None:
+        self._shm: Any = shm
         self._owner = owner
         buf = shm.buf
         assert buf is not None

@@ -29,7 +29,7 @@ always complete once the consumer catches up.
 from __future__ import annotations
 
 import struct
-from multiprocessing import shared_memory
+from typing import Any
 
 from deltaforge.errors import DeltaForgeError
 
@@ -53,17 +53,43 @@ class RecordTooLarge(DeltaForgeError):
     """A record larger than half the ring."""
 
 
-def attach_segment(name: str) -> shared_memory.SharedMemory:
-    """Open an existing segment without adopting it: on Python < 3.13 an attaching process's
-    resource tracker would unlink the creator's segment when that process exits."""
-    from multiprocessing import resource_tracker
+class AttachedSegment:
+    """An existing segment mapped by name, without the resource tracker: on Python < 3.13
+    ``SharedMemory(name)`` registers it there, so the tracker of a process that only attached
+    would unlink the creator's segment at exit, and unregistering instead would strip a spawned
+    child's shared tracker of the creator's entry (a crashed creator would then leak it)."""
 
-    shm = shared_memory.SharedMemory(name=name)
-    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    return shm
+    def __init__(self, name: str) -> None:
+        import _posixshmem
+        import mmap
+        import os
+
+        self.name = name
+        fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
+        try:
+            self._mmap: Any = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        self.buf: Any = memoryview(self._mmap)
+
+    def close(self) -> None:
+        if self.buf is not None:
+            self.buf.release()
+            self.buf = None
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
+
+    def unlink(self) -> None:  # pragma: no cover - an attached side never owns the segment
+        raise AssertionError("an attached ring segment is not its owner's to unlink")
 
 
-def close_segment(shm: shared_memory.SharedMemory, owner: bool) -> None:
+def attach_segment(name: str) -> AttachedSegment:
+    """Map an existing ring segment by name (see :class:`AttachedSegment`)."""
+    return AttachedSegment(name)
+
+
+def close_segment(shm: Any, owner: bool) -> None:
     """Unmap ``shm`` (left to the garbage collector while a caller still holds a view of it) and,
     for its creator, unlink it: the name goes at once, whatever views remain."""
     try:
