@@ -43,7 +43,7 @@ from typing import Any
 import click
 
 from deltaforge.benchkit.env import BenchEnv, BenchError
-from deltaforge.cli import friendly_errors
+from deltaforge.cli_errors import friendly_errors
 
 PHASES = ("drain", "stages", "latency", "memory")
 DEFAULT_TOLERANCE = 0.25

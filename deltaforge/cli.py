@@ -6,42 +6,11 @@ error's exit code; a traceback is printed only with ``--debug``.
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
 
 import click
 
-from deltaforge.errors import DeltaForgeError
-from deltaforge.log import scrub, setup_logging
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
-        try:
-            return func(*args, **kwargs)
-        except DeltaForgeError as e:
-            if debug:
-                raise
-            click.echo(f"error: {scrub(str(e))}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
-        except Exception as e:
-            if debug:
-                raise
-            click.echo(f"error: internal error {type(e).__name__}: {scrub(str(e))} "
-                       "(fix: this is a DeltaForge bug; rerun with --debug and report the traceback)", err=True)
-            sys.exit(70)
-
-    return wrapper  # type: ignore[return-value]
+from deltaforge.log import setup_logging
 
 
 class _LazyGroup(click.Group):

@@ -20,7 +20,7 @@ from typing import Any
 import click
 import orjson
 
-from deltaforge.cli import friendly_errors
+from deltaforge.cli_errors import friendly_errors
 
 SCHEMA = [
     "CREATE DATABASE IF NOT EXISTS app",
@@ -116,7 +116,7 @@ def _tail_stream(client: Any, stream: str, stop: threading.Event) -> None:
 def demo_command(config_path: str | None, keep_running: bool) -> None:
     """Run the seed's cache-invalidation pipeline end to end on throwaway servers."""
     from deltaforge.config import load_config
-    from deltaforge.runtime.pipeline import Supervisor
+    from deltaforge.runtime.supervisor import Supervisor
     from deltaforge.testing import MariaDBServer, RedisServer
     from deltaforge.worker import InvalidationWorker
 

@@ -15,6 +15,15 @@ User-facing errors carry ``detail`` (what happened, where) and ``hint`` (the fix
 
 from __future__ import annotations
 
+#: the exit code and the fix of an error that is not a DeltaForgeError: a bug
+INTERNAL_EXIT_CODE = 70
+INTERNAL_HINT = "this is a DeltaForge bug; rerun with --debug and report the traceback"
+
+
+def internal_error_text(e: BaseException) -> str:
+    """What an unexpected exception says (without the fix)."""
+    return f"internal error {type(e).__name__}: {e}"
+
 
 class DeltaForgeError(Exception):
     retriable: bool = False

@@ -18,7 +18,7 @@ import pytest
 from deltaforge.errors import ConfigError, ProcessorError, SinkError
 from deltaforge.model import Batch, DeadLetter, Event, Position
 from deltaforge.process.js import JsProcessor, ProcessorChain
-from deltaforge.runtime.pipeline import Stats
+from deltaforge.runtime.stats import Stats
 from tests import test_sink as ts
 from tests.test_config import MINIMAL, error, load
 from tests.test_processor import FILE, make_batch, make_event

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deltaforge.config import load_config
-from deltaforge.runtime.pipeline import Supervisor
+from deltaforge.runtime.supervisor import Supervisor
 from deltaforge.testing import MariaDBServer, RedisServer
 from tests.e2e import binlog_end, start_engine, stop_engine, stream_events, wait_for, write_config
 

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 
 from deltaforge.config import load_config
-from deltaforge.runtime.pipeline import _HALTED, AnyStop, Supervisor, WakeEvent, _Channel
+from deltaforge.runtime.channels import HALTED, AnyStop, Channel, WakeEvent
+from deltaforge.runtime.supervisor import Supervisor
 from deltaforge.testing import MariaDBServer, RedisServer
 from tests.e2e import binlog_end, start_engine, stop_engine, wait_for, write_config
 
 
 def test_channel_blocks_until_an_item_or_the_halt() -> None:
     halt = WakeEvent()
-    ch = _Channel(1, halt)
+    ch = Channel(1, halt)
     got: list[object] = []
 
     def consume() -> None:
@@ -39,10 +40,10 @@ def test_channel_blocks_until_an_item_or_the_halt() -> None:
     assert ch.wakeups <= 1  # nobody polls
     halt.set()
     t.join(5)
-    assert got == ["a", _HALTED]
-    # halt discards nothing: items put before it are still handed out, then _HALTED
+    assert got == ["a", HALTED]
+    # halt discards nothing: items put before it are still handed out, then HALTED
     assert ch.put("b") and not ch.put("c")  # room for one; full and halted: dropped
-    assert ch.get() == "b" and ch.get() is _HALTED
+    assert ch.get() == "b" and ch.get() is HALTED
 
 
 def test_anystop_wake_fd_turns_readable_on_any_event() -> None:

@@ -22,7 +22,8 @@ import pytest
 
 from deltaforge.config import RedisSinkConfig, load_config
 from deltaforge.model import Batch
-from deltaforge.runtime.pipeline import Stats, Supervisor
+from deltaforge.runtime.stats import Stats
+from deltaforge.runtime.supervisor import Supervisor
 from deltaforge.sink.redis_stream import RedisStreamSink
 from deltaforge.sink.trim import GAP_FIELD, TRIM_METRICS
 from deltaforge.testing import MariaDBServer, RedisServer

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from deltaforge.cli import friendly_errors
+from deltaforge.cli_errors import friendly_errors
 
 
 def _load(config: str):  # type: ignore[no-untyped-def]
@@ -39,7 +39,7 @@ def check_command(config: str) -> None:
 def run_command(config: str, workers: int, skip_preflight: bool, metrics_port: int | None) -> None:
     """Run the pipeline in CONFIG until SIGINT/SIGTERM."""
     from deltaforge.errors import ConfigError
-    from deltaforge.runtime.pipeline import Supervisor
+    from deltaforge.runtime.supervisor import Supervisor
 
     # Signals first: a SIGTERM during start-up must still mean "stop cleanly".
     supervisor = Supervisor(None)

@@ -31,7 +31,12 @@ from typing import Any
 
 import msgspec
 
-from deltaforge.errors import DeltaForgeError
+from deltaforge.errors import (
+    INTERNAL_EXIT_CODE,
+    INTERNAL_HINT,
+    DeltaForgeError,
+    internal_error_text,
+)
 from deltaforge.model import Batch, DeadLetter, EventBlock, Position
 
 __all__ = ["ErrorRecord", "Kind", "RemoteError", "decode_batch", "decode_error", "encode_batch", "encode_error"]
@@ -109,9 +114,8 @@ def encode_error(err: BaseException) -> bytes:
         rec = ErrorRecord(type(err).__module__, type(err).__qualname__, err.detail, err.hint,
                           bool(err.retriable), int(err.exit_code))
     else:
-        rec = ErrorRecord(type(err).__module__, type(err).__qualname__,
-                          f"internal error {type(err).__name__}: {err}",
-                          "this is a DeltaForge bug; rerun with --debug and report the traceback", False, 70)
+        rec = ErrorRecord(type(err).__module__, type(err).__qualname__, internal_error_text(err), INTERNAL_HINT,
+                          False, INTERNAL_EXIT_CODE)
     return _encode_error(rec)
 
 
