@@ -500,3 +500,68 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ----------------------------------------------------------------------------- list-based stages
+
+
+class ListSource:
+    """A reader over given batches, for topology tests without servers (Pipeline's ``open_source``).
+
+    It hands out the batches not covered by ``resume`` (what a restart from the checkpoint would
+    re-read), then raises ``fail_with`` if given, else waits for ``stop`` like a caught-up reader.
+    """
+
+    def __init__(self, batches: list[Any], stop: Any, resume: Any, fail_with: BaseException | None = None) -> None:
+        from deltaforge.model import position_le
+
+        self.start_position = resume
+        self._stop = stop
+        self._batches = [b for b in batches if resume is None or not position_le(b.end, resume)]
+        self._fail_with = fail_with
+
+    def batches(self) -> Any:
+        for batch in self._batches:
+            if self._stop.is_set():
+                return
+            yield batch
+        if self._fail_with is not None:
+            raise self._fail_with
+        while not self._stop.is_set():
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        pass
+
+
+class ListSinks:
+    """Sinks that keep what they commit in a list (Pipeline's ``open_sinks``), shared across the
+    supervisor's restarts; ``fail`` maps a write number (1-based, over the object's life) to the
+    error that write raises instead of committing."""
+
+    id = "list"
+
+    def __init__(self, fail: dict[int, BaseException] | None = None) -> None:
+        self.committed: list[Any] = []
+        self.position: Any = None
+        self.last_value: bytes | None = None
+        self.sinks = [self]
+        self.writes = 0
+        self._fail = dict(fail or {})
+
+    def open(self, expect: Any = None) -> Any:
+        return self.position
+
+    def persist_start(self, start: Any) -> None:
+        self.position = self.position or start
+
+    def write(self, batch: Any) -> None:
+        self.writes += 1
+        err = self._fail.pop(self.writes, None)
+        if err is not None:
+            raise err
+        self.committed.append(batch)
+        self.position = batch.end
+
+    def close(self) -> None:
+        pass

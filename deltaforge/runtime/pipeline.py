@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from deltaforge.runtime.channels import END, HALTED, READ_AHEAD, AnyStop, Channel, WakeEvent
@@ -26,27 +27,26 @@ log = logging.getLogger("deltaforge.pipeline")
 class Pipeline:
     """One run of the stages, from the checkpoint until stop or an error."""
 
-    def __init__(self, cfg: Any, stop: threading.Event, stats: Stats | None = None) -> None:
+    def __init__(self, cfg: Any, stop: threading.Event, stats: Stats | None = None, *,
+                 open_source: Callable[..., Any] | None = None, open_sinks: Callable[[Any], Any] | None = None,
+                 open_chain: Callable[[Any], Any] | None = None) -> None:
+        """``open_source(cfg, stop, resume)``, ``open_sinks(cfg)`` and ``open_chain(cfg)`` build the
+        stages (default: the binlog reader, the Redis sinks, the JavaScript chain or None); tests
+        pass :mod:`deltaforge.testing`'s list-based fakes to exercise the topology without servers."""
         self.cfg = cfg
         self.stop = stop
         self.stats = stats or Stats()
+        self._open_source = open_source or _open_binlog
+        self._open_sinks = open_sinks or _open_redis_sinks
+        self._open_chain = open_chain or _open_js_chain
         #: this run's reader and stage channels (for tests and introspection)
         self.source: Any = None
         self.channels: tuple[Channel, ...] = ()
 
     def run(self) -> None:
-        from deltaforge.process.js import ProcessorChain
-        from deltaforge.sink.redis_stream import RedisStreamSink
-        from deltaforge.sink.sinkset import SinkSet
-        from deltaforge.source.binlog import open_source
-
         cfg = self.cfg
         name = cfg.metadata.name
-        sinks = SinkSet(
-            [RedisStreamSink(s.config, name, cfg.metadata.tenant, f"spec.sinks[{i}]")
-             for i, s in enumerate(cfg.spec.sinks)],
-            cfg.spec.commit_policy,
-        )
+        sinks = self._open_sinks(cfg)
         chain = None
         source = None
         reader: threading.Thread | None = None
@@ -55,8 +55,8 @@ class Pipeline:
         stopper = AnyStop(self.stop, halt)
         try:
             resume = sinks.open(self.stats.sink_values)
-            chain = ProcessorChain(list(cfg.spec.processors), name) if cfg.spec.processors else None
-            source = open_source(cfg, stopper, resume)  # type: ignore[arg-type]
+            chain = self._open_chain(cfg)
+            source = self._open_source(cfg, stopper, resume)
             self.source = source
             if source.start_position is not None:
                 sinks.persist_start(source.start_position)
@@ -108,6 +108,26 @@ class Pipeline:
             if chain is not None:
                 chain.close()
             sinks.close()
+
+
+def _open_binlog(cfg: Any, stop: Any, resume: Any) -> Any:
+    from deltaforge.source.binlog import open_source
+
+    return open_source(cfg, stop, resume)
+
+
+def _open_redis_sinks(cfg: Any) -> Any:
+    from deltaforge.sink.redis_stream import RedisStreamSink
+    from deltaforge.sink.sinkset import SinkSet
+
+    return SinkSet([RedisStreamSink(s.config, cfg.metadata.name, cfg.metadata.tenant, f"spec.sinks[{i}]")
+                    for i, s in enumerate(cfg.spec.sinks)], cfg.spec.commit_policy)
+
+
+def _open_js_chain(cfg: Any) -> Any:
+    from deltaforge.process.js import ProcessorChain
+
+    return ProcessorChain(list(cfg.spec.processors), cfg.metadata.name) if cfg.spec.processors else None
 
 
 def _read_batches(source: Any, handoff: Channel) -> None:

@@ -29,8 +29,11 @@ log = logging.getLogger("deltaforge.pipeline")
 class Supervisor:
     """Owns the pipeline's lifecycle: signals, restarts with backoff, exit status."""
 
-    def __init__(self, cfg: Any, *, max_restarts: int = 8, backoff_max_s: float = 30.0) -> None:
+    def __init__(self, cfg: Any, *, max_restarts: int = 8, backoff_max_s: float = 30.0,
+                 **stages: Any) -> None:
+        """``stages``: :class:`Pipeline`'s ``open_source``/``open_sinks``/``open_chain`` (tests)."""
         self.cfg = cfg
+        self._stages = stages
         #: set by SIGINT/SIGTERM (or by an embedding caller); wakes the reader's select at once
         self.stop: threading.Event = WakeEvent()
         self.stats = Stats()
@@ -58,7 +61,7 @@ class Supervisor:
         while not self.stop.is_set():
             before = self.stats.events_in, self.stats.batches
             try:
-                self.pipeline = Pipeline(self.cfg, self.stop, self.stats)
+                self.pipeline = Pipeline(self.cfg, self.stop, self.stats, **self._stages)
                 self.pipeline.run()
                 if self.stop.is_set():
                     break
