@@ -245,7 +245,7 @@ class StreamTemplate:
     def _render(self, event: Event) -> str:
         return "".join(p if isinstance(p, str) else _render_value(p(event)) for p in self._pieces)
 
-    def render_batch(self, events: Sequence[Event]) -> list[str]:
+    def render_batch(self, events: Sequence[Event] | EventBlock) -> list[str]:
         if self.static is not None:
             return [self.static] * len(events)
         render = self.render
