@@ -16,7 +16,23 @@ from tests.e2e import binlog_end, start_engine, stop_engine, stream_events, wait
 
 pytestmark = pytest.mark.integration
 
-TOPOLOGIES = ["0"]  # --workers values; the multi-process topology adds its own
+TOPOLOGIES = ["0", "1", "3"]  # --workers values: in-process, and the multi-process topology
+
+
+#: a processor that tags every event and holds one batch in five back for 30 ms
+_SLOW_SOME = """  processors:
+    - type: javascript
+      id: slow-some
+      inline: |
+        function processBatch(events) {
+          if (events.length && events[0].after && events[0].after.id % 5 === 0) {
+            const until = Date.now() + 30;
+            while (Date.now() < until) {}
+          }
+          for (const e of events) e.tags = ['seen'];
+          return events;
+        }
+"""
 
 
 def _make_items(mariadb: MariaDBServer, db: str) -> None:
@@ -60,7 +76,10 @@ def test_rows_arrive_in_binlog_order_with_tx_markers(tmp_path: Path, mariadb: Ma
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_exactly_once_across_kills(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
                                    redis_client, fresh_db: str, sig: int, workers: str) -> None:
-    """Stop the engine at several points mid-stream; every row lands exactly once, in binlog order."""
+    """Stop the engine at several points mid-stream; every row lands exactly once, in binlog order.
+
+    The processor holds some batches back (a busy wait on one batch in five), so with several
+    workers later batches finish first: the writer must still commit in binlog order."""
     _make_items(mariadb, fresh_db)
     start = binlog_end(mariadb)
     # 60 transactions of 1..40 rows, one of 700 rows (bigger than max_events) in the middle
@@ -77,7 +96,7 @@ def test_exactly_once_across_kills(tmp_path: Path, mariadb: MariaDBServer, redis
         expected.extend(ids)
     mariadb.execute(*statements)
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=start,
-                       batch="  batch:\n    max_events: 97\n    max_ms: 5\n")
+                       batch="  batch:\n    max_events: 97\n    max_ms: 5\n", processors=_SLOW_SOME)
     stream = "cdc:e2e"
     for round_ in range(6):
         proc = start_engine(cfg, "--workers", workers)
@@ -97,9 +116,11 @@ def test_exactly_once_across_kills(tmp_path: Path, mariadb: MariaDBServer, redis
     finally:
         code, out = stop_engine(proc, signal.SIGTERM)
     assert code == 0, out
-    ids = [e["after"]["id"] for e in stream_events(redis_client, stream)]
+    events = stream_events(redis_client, stream)
+    ids = [e["after"]["id"] for e in events]
     assert len(ids) == len(set(ids)), "duplicates in the stream"
     assert ids == expected
+    assert all(e["tags"] == ["seen"] for e in events)
 
 
 def test_split_transaction_resumes_exactly(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
@@ -176,8 +197,9 @@ def test_second_instance_is_fenced(tmp_path: Path, mariadb: MariaDBServer, redis
     assert len(ids) == len(set(ids))
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_js_error_stops_without_commit(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                       redis_client, fresh_db: str) -> None:
+                                       redis_client, fresh_db: str, workers: str) -> None:
     _make_items(mariadb, fresh_db)
     processors = """  processors:
     - type: javascript
@@ -194,7 +216,7 @@ def test_js_error_stops_without_commit(tmp_path: Path, mariadb: MariaDBServer, r
                        processors=processors)
     mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (1,'ok',1)")
     mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (2,'poison',2)")
-    code, out = start_engine(cfg, ready=False).wait(60)
+    code, out = start_engine(cfg, "--workers", workers, ready=False).wait(60)
     assert code not in (0, None), out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: ") and "boom" in last and "poison row" in last and "line 3" in last, out

@@ -147,6 +147,11 @@ def run_engine(env: BenchEnv, backlog: Backlog, *, processors: bool = True, work
                 for p in per_process]
             result["cpu_us_per_event"] = round(sum(p["cpu_s"] - first[1].get(p["pid"], 0.0)
                                                    for p in per_process) / streamed * 1e6, 1)
+        elif entries:
+            # drained before the first sample saw it streaming (a tiny backlog): start-up included
+            result["cpu_per_process"] = [{**p, "cpu_us_per_event": round(p["cpu_s"] / entries * 1e6, 1)}
+                                         for p in per_process]
+            result["cpu_includes_startup"] = True
         if pyspy_out:
             result["pyspy"] = pyspy_shares(pyspy_out)
     finally:

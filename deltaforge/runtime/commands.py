@@ -8,6 +8,10 @@ import click
 
 from deltaforge.cli_errors import friendly_errors
 
+#: the --workers values the bench measures (and the e2e tests run): in-process, and the
+#: multi-process topology with one and two processor workers
+TOPOLOGIES = ("0", "1", "2")
+
 
 def _load(config: str):  # type: ignore[no-untyped-def]
     from deltaforge.config import load_config
@@ -30,15 +34,15 @@ def check_command(config: str) -> None:
 
 @click.command("run")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--workers", type=int, default=0, show_default=True,
-              help="Processor worker processes; 0 runs every stage in this process.")
+@click.option("--workers", default="0", show_default=True,
+              help="Processor worker processes (reader, workers and writer then run as separate processes); "
+                   "0 runs every stage in this process; auto = cores - 1, at least 1.")
 @click.option("--skip-preflight", is_flag=True, help="Start without checking the servers first.")
 @click.option("--metrics-port", type=int, default=None,
               help="Serve /metrics (Prometheus) and /health on 127.0.0.1:PORT (0 = any free port).")
 @friendly_errors
-def run_command(config: str, workers: int, skip_preflight: bool, metrics_port: int | None) -> None:
+def run_command(config: str, workers: str, skip_preflight: bool, metrics_port: int | None) -> None:
     """Run the pipeline in CONFIG until SIGINT/SIGTERM."""
-    from deltaforge.errors import ConfigError
     from deltaforge.runtime.supervisor import Supervisor
 
     # Signals first: a SIGTERM during start-up must still mean "stop cleanly".
@@ -48,9 +52,8 @@ def run_command(config: str, workers: int, skip_preflight: bool, metrics_port: i
 
     cfg = _load(config)
     supervisor.cfg = cfg
-    if workers != 0:
-        raise ConfigError("--workers", f"{workers} worker processes are not available in this version",
-                          "use --workers 0 (in-process topology)")
+    supervisor.workers = _workers(workers)
+    supervisor.config_path = config
     if not skip_preflight and not run_preflight(cfg, echo=lambda line: click.echo(line, err=True)):
         click.echo("error: preflight failed; fix the lines marked FAIL above (deltaforge check shows them again)",
                    err=True)
@@ -69,6 +72,24 @@ def run_command(config: str, workers: int, skip_preflight: bool, metrics_port: i
             "metrics on http://127.0.0.1:%d/metrics, health on /health", server.server_port)
     _tune_gc()
     sys.exit(supervisor.run())
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a count of processes, or ``auto`` (cores - 1, at least 1)."""
+    import os
+
+    from deltaforge.errors import ConfigError
+
+    if text.strip().lower() == "auto":
+        return max(1, (os.cpu_count() or 2) - 1)
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 64:
+        raise ConfigError("--workers", f"{text!r} is not a number of worker processes",
+                          "pass 0 (every stage in one process), 1..64, or auto")
+    return n
 
 
 def _tune_gc() -> None:

@@ -62,6 +62,8 @@ class _Head(msgspec.Struct, array_like=True):
     keys: list[tuple[int, int, int, str]]
     dead: list[DeadLetter]
     dead_keys: list[tuple[int, int, int, str]]
+    #: events the batch had when it entered the processors (-1: this batch's own count)
+    events_in: int = -1
 
 
 _encode_head = msgspec.msgpack.Encoder().encode
@@ -70,25 +72,31 @@ _decode_head = msgspec.msgpack.Decoder(_Head).decode
 _LEN = 4
 
 
-def encode_batch(batch: Batch) -> tuple[bytes, bytes]:
-    """(header, event bytes) of a batch frame: write both, in that order, as one record."""
+def encode_batch(batch: Batch, events_in: int | None = None) -> tuple[bytes, bytes]:
+    """(header, event bytes) of a batch frame: write both, in that order, as one record.
+    ``events_in``: how many events the batch had before the processors (for the counters)."""
     block = batch.events if isinstance(batch.events, EventBlock) else EventBlock.from_events(batch.events)
     head = _encode_head(_Head(
         seq=batch.seq, end=batch.end, origin=batch.origin, starts=block.starts, tables=block.tables,
         txids=block.txids, tenants=block.tenants, uuid_ids=block.ids_are_uuids() if len(block) else None,
-        spans=block.spans, keys=batch.keys, dead=batch.dead, dead_keys=batch.dead_keys))
+        spans=block.spans, keys=batch.keys, dead=batch.dead, dead_keys=batch.dead_keys,
+        events_in=-1 if events_in is None else events_in))
     return len(head).to_bytes(_LEN, "little") + head, block.data
 
 
-def decode_batch(frame: Any) -> Batch:
-    """The Batch of a batch frame (bytes or a memoryview of a ring record)."""
+def decode_batch(frame: Any, with_input: bool = False) -> Any:
+    """The Batch of a batch frame (bytes or a memoryview of a ring record); with ``with_input``,
+    ``(batch, events it had before the processors)``."""
     view = memoryview(frame)
     n = int.from_bytes(view[:_LEN], "little")
     head = _decode_head(view[_LEN:_LEN + n])
     block = EventBlock(bytes(view[_LEN + n:]), head.starts, head.tables, head.txids, head.tenants,
                        head.uuid_ids, head.spans)
-    return Batch(seq=head.seq, events=block, keys=head.keys, end=head.end, origin=head.origin,
-                 dead=head.dead, dead_keys=head.dead_keys)
+    batch = Batch(seq=head.seq, events=block, keys=head.keys, end=head.end, origin=head.origin,
+                  dead=head.dead, dead_keys=head.dead_keys)
+    if with_input:
+        return batch, len(block) if head.events_in < 0 else head.events_in
+    return batch
 
 
 class ErrorRecord(msgspec.Struct, array_like=True):

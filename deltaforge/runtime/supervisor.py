@@ -29,10 +29,15 @@ log = logging.getLogger("deltaforge.pipeline")
 class Supervisor:
     """Owns the pipeline's lifecycle: signals, restarts with backoff, exit status."""
 
-    def __init__(self, cfg: Any, *, max_restarts: int = 8, backoff_max_s: float = 30.0,
-                 **stages: Any) -> None:
-        """``stages``: :class:`Pipeline`'s ``open_source``/``open_sinks``/``open_chain`` (tests)."""
+    def __init__(self, cfg: Any, *, max_restarts: int = 8, backoff_max_s: float = 30.0, workers: int = 0,
+                 config_path: str | None = None, **stages: Any) -> None:
+        """``workers``: 0 runs every stage in this process (:class:`Pipeline`), N >= 1 the
+        multi-process topology (:class:`~deltaforge.runtime.processes.ProcessPipeline`), whose
+        children load the pipeline from ``config_path``. ``stages``: :class:`Pipeline`'s
+        ``open_source``/``open_sinks``/``open_chain`` (tests)."""
         self.cfg = cfg
+        self.workers = workers
+        self.config_path = config_path
         self._stages = stages
         #: set by SIGINT/SIGTERM (or by an embedding caller); wakes the reader's select at once
         self.stop: threading.Event = WakeEvent()
@@ -41,7 +46,7 @@ class Supervisor:
         self.backoff_max_s = backoff_max_s
         self._signals = 0
         #: the current (or last) run of the stages
-        self.pipeline: Pipeline | None = None
+        self.pipeline: Any = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Handlers only set flags; the second signal is the operator insisting.
@@ -61,7 +66,15 @@ class Supervisor:
         while not self.stop.is_set():
             before = self.stats.events_in, self.stats.batches
             try:
-                self.pipeline = Pipeline(self.cfg, self.stop, self.stats, **self._stages)
+                if self.workers:
+                    from deltaforge.runtime.processes import ProcessPipeline
+
+                    if self.config_path is None:
+                        raise DeltaForgeError("the multi-process topology needs the pipeline's YAML path",
+                                              "pass config_path to Supervisor (deltaforge run does)")
+                    self.pipeline = ProcessPipeline(self.cfg, self.config_path, self.workers, self.stop, self.stats)
+                else:
+                    self.pipeline = Pipeline(self.cfg, self.stop, self.stats, **self._stages)
                 self.pipeline.run()
                 if self.stop.is_set():
                     break
