@@ -106,3 +106,16 @@ def test_a_sink_error_that_is_not_retriable_ends_the_run(fatal: bool) -> None:
     _, result = _run(sup, sinks, 10)
     assert result == [err] and [b.seq for b in sinks.committed] == [1, 2]
     assert sup.stats.restarts == (0 if fatal else 3)
+
+
+def test_workers_option_takes_a_count_or_auto() -> None:
+    import os
+
+    from deltaforge.errors import ConfigError
+    from deltaforge.runtime.commands import _workers
+
+    assert _workers("0") == 0 and _workers("3") == 3
+    assert _workers("auto") == max(1, (os.cpu_count() or 2) - 1)
+    for bad in ("lots", "-1", "65"):
+        with pytest.raises(ConfigError, match=r"^--workers: .* is not a number of worker processes \(fix: pass 0"):
+            _workers(bad)
