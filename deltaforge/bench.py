@@ -489,7 +489,8 @@ class Bench:
         mem: dict[str, Any] = {"drain": {}}
         for name, summ in (self.result.get("drain") or {}).items():
             if name.startswith("ours") and summ:
-                mem["drain"][name] = {"peak_rss_mib": summ.get("peak_rss_mib"), "processes": summ.get("processes")}
+                mem["drain"][name] = {"peak_rss_mib": summ.get("peak_rss_mib"), "unique_mib": summ.get("unique_mib"),
+                                      "processes": summ.get("processes")}
         with self.bar(f"memory: one {s.big_tx_rows:,}-row transaction", s.big_tx_rows) as upd:
             upd(description=f"memory: writing one {s.big_tx_rows:,}-row transaction")
             big = write_big_transaction(env, s.big_tx_rows)
@@ -592,11 +593,13 @@ def results_table(result: dict[str, Any]) -> Any:
     if mem:
         for name, m in mem.get("drain", {}).items():
             t.add_row("memory", f"peak RSS, drain, {_run_label(name)}", f"{_n(m['peak_rss_mib'], 1)} MiB",
-                      f"{m.get('processes')} process(es), max over rounds")
+                      f"{m.get('processes')} process(es), max over rounds; "
+                      f"{_n(m.get('unique_mib'), 1)} MiB with shared memory counted once")
         b = mem.get("big_tx")
         if b:
             t.add_row("memory", f"peak RSS, one {_n(b['rows'])}-row transaction", f"{_n(b['peak_rss_mib'], 1)} MiB",
-                      f"drained at {_n(b['events_per_s'])} events/s; {len(b.get('processes', []))} process(es)")
+                      f"drained at {_n(b['events_per_s'])} events/s; {len(b.get('processes', []))} process(es); "
+                      f"{_n(b.get('unique_mib'), 1)} MiB with shared memory counted once")
     for name, value in (result.get("ratios") or {}).items():
         t.add_row("ratio", name, f"{value:.2f}", "ours / peer, median over rounds of same-round pairs"
                   if name.startswith("drain") else "ours / mysql-replication, same rows")

@@ -335,6 +335,8 @@ def test_tiny_run_json_shape_and_failing_check(tmp_path: Path, mariadb, redis_se
     assert set(data["ratios"]) >= {"drain_vs_naive_py", "drain_noproc_vs_naive_py", "decode_vs_mysql_replication",
                                    "drain_vs_naive_node", "drain_noproc_vs_naive_node"}
     assert data["memory"]["big_tx"]["events"] == 2000 and data["memory"]["big_tx"]["peak_rss_mib"] > 0
+    for name, m in data["memory"]["drain"].items():  # shared memory counted once: never more than summed RSS
+        assert 0 < m["unique_mib"] <= m["peak_rss_mib"], (name, m)
     assert data["check"]["passed"] is False
     assert {r["name"]: r["status"] for r in data["check"]["rows"]} == {
         "drain_vs_naive_py": "REGRESSION", "decode_vs_mysql_replication": "ok"}

@@ -248,6 +248,7 @@ def drain_phase(env: BenchEnv, runners: list[Runner], rounds: int,
                 for i in range(len(per[0]))]
         if "peak_rss_mib" in rs[0]:
             s["peak_rss_mib"] = max(x["peak_rss_mib"] for x in rs)
+            s["unique_mib"] = max(x.get("unique_mib", x["peak_rss_mib"]) for x in rs)
             s["processes"] = max(len(x.get("processes", [])) for x in rs)
         summary[name] = s
     return summary

@@ -90,14 +90,24 @@ def process_cpu(root: int) -> list[dict[str, Any]]:
 
 
 class PeakRss:
-    """Polls VmHWM of a process tree; :meth:`result` gives per-process and total peaks."""
+    """Polls VmHWM of a process tree; :meth:`result` gives per-process and total peaks.
+
+    Summed RSS counts a shared-memory page once per process that touches it (the multi-process
+    topology's rings are mapped by a producer and a consumer), so the result also gives the
+    peak shared part per process (``RssShmem``, sampled) and ``unique_mib``: the summed peaks
+    without their shared parts, plus the largest resident size seen of the shared segments
+    (``/dev/shm``) themselves, each counted once.
+    """
 
     def __init__(self, root_pid: int) -> None:
         self.root = root_pid
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.shmem: dict[int, int] = {}
+        self.segments_peak = 0
 
     def sample(self) -> None:
-        for pid in (self.root, *descendants(self.root)):
+        pids = (self.root, *descendants(self.root))
+        for pid in pids:
             st = _status(pid)
             hwm = st.get("VmHWM", "")
             if not hwm:
@@ -107,11 +117,41 @@ class PeakRss:
             prev = self.peaks.get(pid)
             if prev is None or kib > prev[1]:
                 self.peaks[pid] = (name, kib)
+            shm = st.get("RssShmem", "")
+            if shm:
+                self.shmem[pid] = max(self.shmem.get(pid, 0), int(shm.split()[0]))
+        if len(pids) > 1:
+            self.segments_peak = max(self.segments_peak, _segments_kib(pids))
 
     def result(self) -> dict[str, Any]:
-        procs = [{"pid": pid, "name": name, "peak_rss_mib": round(kib / 1024, 1)}
+        procs = [{"pid": pid, "name": name, "peak_rss_mib": round(kib / 1024, 1),
+                  "peak_shared_mib": round(self.shmem.get(pid, 0) / 1024, 1)}
                  for pid, (name, kib) in sorted(self.peaks.items())]
+        total = sum(kib for _, kib in self.peaks.values())
+        private = sum(max(0, kib - self.shmem.get(pid, 0)) for pid, (_, kib) in self.peaks.items())
         return {
-            "peak_rss_mib": round(sum(kib for _, kib in self.peaks.values()) / 1024, 1),
+            "peak_rss_mib": round(total / 1024, 1),
+            "unique_mib": round((private + self.segments_peak) / 1024, 1),
             "processes": procs,
         }
+
+
+def _segments_kib(pids: tuple[int, ...]) -> int:
+    """Resident KiB of the POSIX shared-memory segments these processes map (each once)."""
+    seen: set[str] = set()
+    kib = 0
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            parts = line.split(None, 5)
+            path = parts[5].strip() if len(parts) > 5 else ""
+            if path.startswith("/dev/shm/") and path not in seen:
+                seen.add(path)
+                try:
+                    kib += os.stat(path).st_blocks // 2
+                except OSError:
+                    pass
+    return kib
