@@ -139,3 +139,82 @@ def test_exactly_once_through_kills_redis_rollbacks_and_a_mariadb_restart(
     assert len(ids) == ROWS, f"{len(ids)} entries for {ROWS} rows"
     assert ids == list(range(1, ROWS + 1))
     client.close()
+
+
+def test_multi_process_topology_through_kills_of_any_process(
+        tmp_path: Path, mariadb_primary: MariaDBServer, redis_own: RedisServer) -> None:
+    """``--workers 2``: a random process (the supervisor included) is SIGKILLed about every second,
+    ten times, while 200,000 rows are written and drained. Every row lands once, in order, with
+    the processor's mark, and no process or shared-memory segment outlives the run."""
+    import os
+
+    from tests.test_e2e import _SLOW_SOME
+    from tests.test_processes import _alive, _children, _segments
+
+    server, redis = mariadb_primary, redis_own
+    server.execute("CREATE DATABASE chaos", "CREATE TABLE chaos.t (id INT PRIMARY KEY, v VARCHAR(40))")
+    cfg = write_config(tmp_path, server, redis, ["chaos.t"], name="chaos", start="earliest",
+                       batch="  batch:\n    max_events: 500\n", processors=_SLOW_SOME.replace("after.id % 5", "after.id % 50"))
+    client = redis.client()
+    before = _segments()
+    engine = Engine(cfg, "--workers", "2").wait_ready(60)
+    writer = _paced_writer(server)
+    rng = random.Random(11)
+    outputs: list[str] = []
+    every_child: set[int] = set()
+    killed: list[str] = []
+    lengths: list[int] = []
+    try:
+        for _ in range(10):
+            time.sleep(1.0)
+            lengths.append(int(client.xlen("cdc:e2e")))
+            kids = _children(engine.proc.pid)
+            every_child.update(kids.values())
+            victim = rng.choice(["supervisor", *sorted(kids)])
+            killed.append(victim)
+            if victim == "supervisor":
+                outputs.append(engine.stop(signal.SIGKILL)[1])
+                engine = Engine(cfg, "--workers", "2").wait_ready(60)
+            else:
+                os.kill(kids[victim], signal.SIGKILL)
+            assert engine.poll() is None, engine.output
+        writer.join(600)
+        deadline = time.monotonic() + 600
+        while int(client.xlen("cdc:e2e")) < ROWS and time.monotonic() < deadline:
+            assert engine.poll() is None, engine.output
+            time.sleep(0.5)
+        time.sleep(1.0)  # a duplicate would land right behind
+        every_child.update(_children(engine.proc.pid).values())
+    finally:
+        code, out = engine.stop()
+        outputs.append(out)
+    assert code == 0, out
+    assert any(0 < n < ROWS for n in lengths), f"the kills happened mid-drain: lengths {lengths}, killed {killed}"
+    events = _tagged(client)
+    assert [e[0] for e in events] == list(range(1, ROWS + 1)), f"killed {killed}"
+    assert all(tag == ["seen"] for _, tag in events)
+    deadline = time.monotonic() + 90
+    while any(_alive(p) for p in every_child) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(p) for p in every_child), "a child outlived its supervisor"
+    deadline = time.monotonic() + 30
+    while _segments() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _segments() - before, "a ring segment was left in /dev/shm"
+    client.close()
+
+
+def _tagged(client: object) -> list[tuple[int, object]]:
+    import orjson
+
+    out: list[tuple[int, object]] = []
+    start = "-"
+    while True:
+        chunk = client.xrange("cdc:e2e", start, "+", count=20_000)  # type: ignore[attr-defined]
+        if not chunk:
+            return out
+        for _, fields in chunk:
+            e = orjson.loads(fields[b"df-event"])
+            out.append((e["after"]["id"], e["tags"]))
+        ms, seq = chunk[-1][0].decode().split("-")
+        start = f"{ms}-{int(seq) + 1}"
