@@ -17,6 +17,14 @@ from deltaforge.testing import MariaDBServer, RedisServer
 
 SEED = Path(__file__).resolve().parents[1] / "conf" / "pipeline.yaml"
 
+#: the ``--workers`` values every end-to-end test runs with (DESIGN.md §2): 0 runs every stage in one
+#: process; N >= 1 a supervisor, a reader, N V8 worker processes and a writer over shared-memory rings
+#: (a pipeline without processors skips the workers: reader -> writer, whatever N).
+TOPOLOGIES = ["0", "1", "3"]
+#: for the slow scenarios (several seconds per run): in-process, and the widest process topology
+#: (workers finish out of order), which also covers what "1" does; "1" stays on the cheap ones
+TOPOLOGIES_SLOW = ["0", "3"]
+
 
 def binlog_end(mariadb: MariaDBServer) -> str:
     file, pos = mariadb.execute("SHOW MASTER STATUS")[0][:2]
@@ -103,6 +111,18 @@ class Engine:
 def start_engine(config: Path, *extra: str, env: dict[str, str] | None = None, ready: bool = True) -> Engine:
     engine = Engine(config, *extra, env=env)
     return engine.wait_ready() if ready else engine
+
+
+def start_supervisor(config: Path, workers: str) -> tuple[Any, threading.Thread]:
+    """The pipeline of ``config`` run by a :class:`Supervisor` in a thread of this process (its stages
+    in this process too with ``workers`` "0", else in child processes that load ``config``)."""
+    from deltaforge.config import load_config
+    from deltaforge.runtime.supervisor import Supervisor
+
+    sup = Supervisor(load_config(config), workers=int(workers), config_path=str(config))
+    thread = threading.Thread(target=sup.run, daemon=True)
+    thread.start()
+    return sup, thread
 
 
 def stop_engine(engine: Engine, sig: int = signal.SIGTERM, timeout: float = 30.0) -> tuple[int, str]:

@@ -1,22 +1,26 @@
-"""End to end: real MariaDB binlog -> engine -> real Redis stream, in the in-process topology."""
+"""End to end: real MariaDB binlog -> engine -> real Redis stream, in every topology (tests.e2e.TOPOLOGIES)."""
 
 from __future__ import annotations
 
 import random
 import signal
-import threading
 from pathlib import Path
 
 import pytest
 
-from deltaforge.config import load_config
-from deltaforge.runtime.supervisor import Supervisor
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import binlog_end, start_engine, stop_engine, stream_events, wait_for, write_config
+from tests.e2e import (
+    TOPOLOGIES,
+    binlog_end,
+    start_engine,
+    start_supervisor,
+    stop_engine,
+    stream_events,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
-
-TOPOLOGIES = ["0", "1", "3"]  # --workers values: in-process, and the multi-process topology
 
 
 #: a processor that tags every event and holds one batch in five back for 30 ms
@@ -39,18 +43,13 @@ def _make_items(mariadb: MariaDBServer, db: str) -> None:
     mariadb.execute(f"CREATE TABLE {db}.items (id INT PRIMARY KEY, v VARCHAR(40), n BIGINT)")
 
 
-def _run_in_thread(cfg_path: Path) -> tuple[Supervisor, threading.Thread]:
-    sup = Supervisor(load_config(cfg_path))
-    t = threading.Thread(target=sup.run, daemon=True)
-    t.start()
-    return sup, t
-
-
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_rows_arrive_in_binlog_order_with_tx_markers(tmp_path: Path, mariadb: MariaDBServer,
-                                                      redis_server: RedisServer, redis_client, fresh_db: str) -> None:
+                                                      redis_server: RedisServer, redis_client, fresh_db: str,
+                                                      workers: str) -> None:
     _make_items(mariadb, fresh_db)
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=binlog_end(mariadb))
-    sup, t = _run_in_thread(cfg)
+    sup, t = start_supervisor(cfg, workers)
     try:
         mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (1,'a',1),(2,'b',2)",
                         f"UPDATE {fresh_db}.items SET v='c' WHERE id=1",
@@ -59,6 +58,7 @@ def test_rows_arrive_in_binlog_order_with_tx_markers(tmp_path: Path, mariadb: Ma
     finally:
         sup.stop.set()
         t.join(10)
+    assert not t.is_alive()
     events = stream_events(redis_client, "cdc:e2e")
     assert [(e["op"], (e["after"] or e["before"])["id"]) for e in events] == [("c", 1), ("c", 2), ("u", 1), ("d", 2)]
     assert [e["transaction"]["seq"] for e in events] == [0, 1, 0, 0]
@@ -123,22 +123,23 @@ def test_exactly_once_across_kills(tmp_path: Path, mariadb: MariaDBServer, redis
     assert all(e["tags"] == ["seen"] for e in events)
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_split_transaction_resumes_exactly(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                           redis_client, fresh_db: str) -> None:
+                                           redis_client, fresh_db: str, workers: str) -> None:
     _make_items(mariadb, fresh_db)
     start = binlog_end(mariadb)
     values = ",".join(f"({i},'x',{i})" for i in range(1, 1001))
     mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES {values}")
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=start,
                        batch="  batch:\n    max_events: 100\n")
-    proc = start_engine(cfg)
+    proc = start_engine(cfg, "--workers", workers)
     try:
         wait_for(lambda: redis_client.xlen("cdc:e2e") >= 300, what="300 entries")
     finally:
         stop_engine(proc, signal.SIGKILL)
     landed = redis_client.xlen("cdc:e2e")
     assert landed % 100 == 0, "a split batch landed partly"
-    proc = start_engine(cfg)
+    proc = start_engine(cfg, "--workers", workers)
     try:
         wait_for(lambda: redis_client.xlen("cdc:e2e") >= 1000, what="1000 entries")
     finally:
@@ -150,8 +151,9 @@ def test_split_transaction_resumes_exactly(tmp_path: Path, mariadb: MariaDBServe
     assert len({e["transaction"]["id"] for e in events}) == 1
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_alter_table_mid_stream(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                redis_client, fresh_db: str) -> None:
+                                redis_client, fresh_db: str, workers: str) -> None:
     _make_items(mariadb, fresh_db)
     start = binlog_end(mariadb)
     mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (1,'before',1)",
@@ -160,12 +162,13 @@ def test_alter_table_mid_stream(tmp_path: Path, mariadb: MariaDBServer, redis_se
                     f"ALTER TABLE {fresh_db}.items DROP COLUMN v",
                     f"UPDATE {fresh_db}.items SET n = 3 WHERE id = 2")
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=start)
-    sup, t = _run_in_thread(cfg)
+    sup, t = start_supervisor(cfg, workers)
     try:
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 3, what="3 entries")
     finally:
         sup.stop.set()
         t.join(10)
+    assert not t.is_alive()
     events = stream_events(redis_client, "cdc:e2e")
     assert events[0]["after"] == {"id": 1, "v": "before", "n": 1}
     assert events[1]["after"] == {"id": 2, "v": "after", "color": "blue", "n": 2}
@@ -173,15 +176,16 @@ def test_alter_table_mid_stream(tmp_path: Path, mariadb: MariaDBServer, redis_se
     assert events[2]["after"] == {"id": 2, "color": "blue", "n": 3}
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_second_instance_is_fenced(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                   redis_client, fresh_db: str) -> None:
+                                   redis_client, fresh_db: str, workers: str) -> None:
     _make_items(mariadb, fresh_db)
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=binlog_end(mariadb))
-    first = start_engine(cfg)
+    first = start_engine(cfg, "--workers", workers)
     try:
         mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (1,'a',1)")
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 1, what="first entry")
-        second = start_engine(cfg)
+        second = start_engine(cfg, "--workers", workers)
         try:
             mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (2,'b',2)")
             mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (3,'c',3)")
@@ -230,8 +234,9 @@ def test_js_error_stops_without_commit(tmp_path: Path, mariadb: MariaDBServer, r
     "  batch:\n    max_bytes: 2048\n",
     "  batch:\n    max_events: 64\n    respect_source_tx: false\n",
 ], ids=["max_bytes", "ignore_tx_boundaries"])
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_batch_limits_split_and_resume(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                       redis_client, fresh_db: str, batch: str) -> None:
+                                       redis_client, fresh_db: str, batch: str, workers: str) -> None:
     _make_items(mariadb, fresh_db)
     start = binlog_end(mariadb)
     expected: list[int] = []
@@ -243,12 +248,12 @@ def test_batch_limits_split_and_resume(tmp_path: Path, mariadb: MariaDBServer, r
                           ",".join(f"({i},'{'x' * 30}',{i})" for i in ids))
     mariadb.execute(*statements)
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=start, batch=batch)
-    proc = start_engine(cfg)
+    proc = start_engine(cfg, "--workers", workers)
     try:
         wait_for(lambda: redis_client.xlen("cdc:e2e") >= 200, what="200 entries")
     finally:
         stop_engine(proc, signal.SIGKILL)
-    proc = start_engine(cfg)
+    proc = start_engine(cfg, "--workers", workers)
     try:
         wait_for(lambda: redis_client.xlen("cdc:e2e") >= len(expected), what="all entries")
     finally:
