@@ -21,7 +21,16 @@ import pytest
 from deltaforge.model import Batch, Position
 from deltaforge.source.binlog import BinlogSource
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import binlog_end, start_engine, stop_engine, stream_events, wait_for, write_config
+from tests.e2e import (
+    TOPOLOGIES,
+    TOPOLOGIES_SLOW,
+    binlog_end,
+    start_engine,
+    stop_engine,
+    stream_events,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,9 +63,10 @@ def dead_letters(client: Any, stream: str = DLQ) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES_SLOW)  # five engine runs: ~7 s each with processes
 def test_poison_rows_go_to_the_dlq_exactly_once_across_kills(tmp_path: Path, mariadb: MariaDBServer,
                                                             redis_server: RedisServer, redis_client: Any,
-                                                            fresh_db: str) -> None:
+                                                            fresh_db: str, workers: str) -> None:
     table = f"{fresh_db}.items"
     mariadb.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(40))")
     start = binlog_end(mariadb)
@@ -78,14 +88,14 @@ def test_poison_rows_go_to_the_dlq_exactly_once_across_kills(tmp_path: Path, mar
     cfg = write_config(tmp_path, mariadb, redis_server, [table], start=start, processors=PROCESSORS,
                        batch="  batch:\n    max_events: 11\n    max_ms: 5\n")
     kills = []  # (stream length, DLQ length) at each kill, for the failure message
-    proc = start_engine(cfg)
+    proc = start_engine(cfg, "--workers", workers)
     try:
         wait_for(lambda: redis_client.xlen(STREAM) >= len(expected) // 3, timeout=60, what="a third of the rows")
     finally:
         stop_engine(proc, signal.SIGKILL)
         kills.append((redis_client.xlen(STREAM), redis_client.xlen(DLQ)))
     for _ in range(3):  # kill it right after it starts committing again, twice, then let it finish
-        proc = start_engine(cfg)
+        proc = start_engine(cfg, "--workers", workers)
         try:
             seen = redis_client.xlen(STREAM)
             wait_for(lambda s=seen: redis_client.xlen(STREAM) > s or redis_client.xlen(STREAM) >= len(expected),
@@ -93,8 +103,12 @@ def test_poison_rows_go_to_the_dlq_exactly_once_across_kills(tmp_path: Path, mar
         finally:
             code, out = stop_engine(proc, signal.SIGKILL)
             kills.append((redis_client.xlen(STREAM), redis_client.xlen(DLQ)))
-    proc = start_engine(cfg)
+    proc = start_engine(cfg, "--workers", workers)
     try:
+        # one more poison row, so that the last run surely commits a dead letter (and logs it)
+        mariadb.execute(f"INSERT INTO {table} VALUES ({next_id},'v{next_id}'),({next_id + 1},'poison')")
+        expected.append(next_id)
+        poison.append(next_id + 1)
         wait_for(lambda: redis_client.xlen(STREAM) >= len(expected) and redis_client.xlen(DLQ) >= len(poison),
                  timeout=60, what="every row")
     finally:
@@ -116,12 +130,16 @@ def test_poison_rows_go_to_the_dlq_exactly_once_across_kills(tmp_path: Path, mar
     # the last run logged each of its dead letters once, as a warning naming processor, table and position
     warned = [line for line in out.splitlines() if "dead letter from processor keys" in line]
     assert len(warned) == len({line for line in warned})
+    assert warned, f"the last run logged none of its dead letters:\n{out}"
+    last = dead[-1]
+    assert f"dead letter from processor keys: {table} at {last['file']}:{last['pos']} row {last['row']}: " in warned[-1]
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_undecodable_rows_go_to_the_dlq_with_their_bytes(tmp_path: Path, mariadb: MariaDBServer,
                                                         redis_server: RedisServer, redis_client: Any,
-                                                        fresh_db: str) -> None:
+                                                        fresh_db: str, workers: str) -> None:
     """A value the decoder cannot render (a charset Python lacks): with on_decode_error: dlq the rows
     event goes to the DLQ, raw, and the rest of the binlog flows on; a SIGKILL and restart repeat nothing."""
     table = f"{fresh_db}.odd"
@@ -137,13 +155,13 @@ def test_undecodable_rows_go_to_the_dlq_with_their_bytes(tmp_path: Path, mariadb
                     "COMMIT")
     cfg = write_config(tmp_path, mariadb, redis_server, [table], start=start)
     cfg.write_text(cfg.read_text().replace("      id: src\n", "      id: src\n      on_decode_error: dlq\n"))
-    proc = start_engine(cfg)
+    proc = start_engine(cfg, "--workers", workers)
     try:
         wait_for(lambda: redis_client.xlen(STREAM) >= 5 and redis_client.xlen(DLQ) >= 2, timeout=60,
                  what="5 rows and 2 dead letters")
     finally:
         code, out = stop_engine(proc, signal.SIGKILL)
-    proc = start_engine(cfg)
+    proc = start_engine(cfg, "--workers", workers)
     try:
         mariadb.execute(f"INSERT INTO {table} VALUES (9,NULL)")
         wait_for(lambda: redis_client.xlen(STREAM) >= 6, timeout=60, what="the row written after the restart")
@@ -191,6 +209,7 @@ def _tokens(batches: list[Batch]) -> list[tuple[str, int]]:
     return out
 
 
+# no engine, no topology: the reader (BinlogSource) alone, resumed from each batch end
 def test_dead_rows_in_a_split_transaction_resume_exactly(mariadb: MariaDBServer, fresh_db: str) -> None:
     """Undecodable rows events inside a transaction larger than the batch: resuming from the end of
     ANY batch (the checkpoint a sink would hold) yields exactly the rows and dead letters after it."""
