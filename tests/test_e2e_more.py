@@ -10,7 +10,15 @@ import orjson
 import pytest
 
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import Engine, binlog_end, stream_events, wait_for, write_config
+from tests.e2e import (
+    TOPOLOGIES,
+    TOPOLOGIES_SLOW,
+    Engine,
+    binlog_end,
+    stream_events,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -20,12 +28,13 @@ def _table(mariadb: MariaDBServer, db: str) -> str:
     return f"{db}.t"
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_start_earliest_reads_the_whole_binlog(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                              redis_client: Any, fresh_db: str) -> None:
+                                              redis_client: Any, fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     mariadb.execute(f"INSERT INTO {table} VALUES (1,'a'),(2,'b')")
     cfg = write_config(tmp_path, mariadb, redis_server, [table], start="earliest")
-    engine = Engine(cfg).wait_ready()
+    engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 2, what="2 entries")
     finally:
@@ -34,14 +43,15 @@ def test_start_earliest_reads_the_whole_binlog(tmp_path: Path, mariadb: MariaDBS
     assert [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")] == [1, 2]
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_start_at_a_gtid(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer, redis_client: Any,
-                         fresh_db: str) -> None:
+                         fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     mariadb.execute(f"INSERT INTO {table} VALUES (1,'skipped')")
     gtid = mariadb.execute("SELECT @@gtid_binlog_pos")[0][0]
     mariadb.execute(f"INSERT INTO {table} VALUES (2,'wanted')")
     cfg = write_config(tmp_path, mariadb, redis_server, [table], start=str(gtid))
-    engine = Engine(cfg).wait_ready()
+    engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         wait_for(lambda: redis_client.xlen("cdc:e2e") >= 1, what="1 entry")
     finally:
@@ -50,9 +60,10 @@ def test_start_at_a_gtid(tmp_path: Path, mariadb: MariaDBServer, redis_server: R
     assert [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")] == [2]
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_two_sinks_each_with_its_envelope_and_checkpoint(tmp_path: Path, mariadb: MariaDBServer,
                                                          redis_server: RedisServer, redis_client: Any,
-                                                         fresh_db: str) -> None:
+                                                         fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     second = f"""    - type: redis
       config:
@@ -66,7 +77,7 @@ def test_two_sinks_each_with_its_envelope_and_checkpoint(tmp_path: Path, mariadb
 """
     cfg = write_config(tmp_path, mariadb, redis_server, [table], start=binlog_end(mariadb),
                        sinks_extra="        envelope:\n          type: debezium\n" + second)
-    engine = Engine(cfg).wait_ready()
+    engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         mariadb.execute(f"INSERT INTO {table} VALUES (1,'a')", f"UPDATE {table} SET v='b' WHERE id=1")
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 2 and redis_client.xlen(f"audit:{fresh_db}.t") == 2,
@@ -84,11 +95,12 @@ def test_two_sinks_each_with_its_envelope_and_checkpoint(tmp_path: Path, mariadb
 
 
 @pytest.mark.chaos
-def test_mysql_going_away_mid_stream(tmp_path: Path, redis_server: RedisServer, redis_client: Any) -> None:
+@pytest.mark.parametrize("workers", TOPOLOGIES_SLOW)  # a MariaDB of its own, restarted: ~3.5 s a run
+def test_mysql_going_away_mid_stream(tmp_path: Path, redis_server: RedisServer, redis_client: Any, workers: str) -> None:
     with MariaDBServer() as own:
         own.execute("CREATE DATABASE d", "CREATE TABLE d.t (id INT PRIMARY KEY, v VARCHAR(20))")
         cfg = write_config(tmp_path, own, redis_server, ["d.t"], start=binlog_end(own))
-        engine = Engine(cfg).wait_ready()
+        engine = Engine(cfg, "--workers", workers).wait_ready()
         try:
             own.execute(*(f"INSERT INTO d.t VALUES ({i},'x')" for i in range(1, 51)))
             wait_for(lambda: redis_client.xlen("cdc:e2e") == 50, what="50 entries")
@@ -104,12 +116,13 @@ def test_mysql_going_away_mid_stream(tmp_path: Path, redis_server: RedisServer, 
 
 
 @pytest.mark.chaos
-def test_redis_going_away_mid_stream(tmp_path: Path, mariadb: MariaDBServer, fresh_db: str) -> None:
+@pytest.mark.parametrize("workers", TOPOLOGIES)
+def test_redis_going_away_mid_stream(tmp_path: Path, mariadb: MariaDBServer, fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     with RedisServer() as own:
         client = own.client()
         cfg = write_config(tmp_path, mariadb, own, [table], start=binlog_end(mariadb))
-        engine = Engine(cfg).wait_ready()
+        engine = Engine(cfg, "--workers", workers).wait_ready()
         try:
             mariadb.execute(*(f"INSERT INTO {table} VALUES ({i},'x')" for i in range(1, 31)))
             wait_for(lambda: client.xlen("cdc:e2e") == 30, what="30 entries")
@@ -144,9 +157,10 @@ def _restart_redis(server: RedisServer, port: int) -> None:
     _wait_port(port, server.proc, "redis-server", log, 30)
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_statement_format_change_stops_with_the_fix(tmp_path: Path, mariadb: MariaDBServer,
                                                    redis_server: RedisServer, redis_client: Any,
-                                                   fresh_db: str) -> None:
+                                                   fresh_db: str, workers: str) -> None:
     """A change logged as a statement cannot be captured: stop loudly before it, never skip it silently."""
     table = _table(mariadb, fresh_db)
     start = binlog_end(mariadb)
@@ -159,7 +173,7 @@ def test_statement_format_change_stops_with_the_fix(tmp_path: Path, mariadb: Mar
     finally:
         conn.close()
     cfg = write_config(tmp_path, mariadb, redis_server, [table], start=start)
-    code, out = Engine(cfg).wait(60)
+    code, out = Engine(cfg, "--workers", workers).wait(60)
     assert code == 1, out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: a change to a captured table was logged as a statement"), out
@@ -167,9 +181,10 @@ def test_statement_format_change_stops_with_the_fix(tmp_path: Path, mariadb: Mar
     assert [e["after"]["id"] for e in stream_events(redis_client, "cdc:e2e")] == [1]
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_poison_row_stops_after_committing_what_came_before(tmp_path: Path, mariadb: MariaDBServer,
                                                             redis_server: RedisServer, redis_client: Any,
-                                                            fresh_db: str) -> None:
+                                                            fresh_db: str, workers: str) -> None:
     """A value the decoder cannot render (a charset Python lacks) is a poison row: one line, nothing skipped."""
     table = _table(mariadb, fresh_db)
     mariadb.execute(f"CREATE TABLE {fresh_db}.odd (id INT PRIMARY KEY, v VARCHAR(10) CHARACTER SET swe7)")
@@ -178,7 +193,7 @@ def test_poison_row_stops_after_committing_what_came_before(tmp_path: Path, mari
                     f"INSERT INTO {fresh_db}.odd VALUES (1,'abc')",
                     f"INSERT INTO {table} VALUES (2,'after')")
     cfg = write_config(tmp_path, mariadb, redis_server, [table, f"{fresh_db}.odd"], start=start)
-    code, out = Engine(cfg).wait(60)
+    code, out = Engine(cfg, "--workers", workers).wait(60)
     assert code == 1, out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"{fresh_db}.odd" in last and "swe7" in last, out
