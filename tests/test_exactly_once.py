@@ -22,7 +22,7 @@ import pytest
 
 from deltaforge.model import derive_gtid_event_id
 from deltaforge.testing import MariaDBReplica, MariaDBServer, RedisServer
-from tests.e2e import Engine, stream_events, wait_for, write_config
+from tests.e2e import TOPOLOGIES, Engine, stream_events, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +49,8 @@ def _sink(sid: str, uri: str, stream: str, extra: str = "") -> str:
 {extra}"""
 
 
-def _run_until(cfg: Path, predicate: Any, what: str) -> tuple[int, str]:
-    engine = Engine(cfg).wait_ready()
+def _run_until(cfg: Path, workers: str, predicate: Any, what: str) -> tuple[int, str]:
+    engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         wait_for(predicate, 60, what)
     finally:
@@ -58,11 +58,12 @@ def _run_until(cfg: Path, predicate: Any, what: str) -> tuple[int, str]:
     return code, out
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_a_sink_added_while_the_pipeline_was_down_loses_nothing(
-        tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer, redis_client: Any, fresh_db: str) -> None:
+        tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer, redis_client: Any, fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     one = write_config(tmp_path, mariadb, redis_server, [table], name="added")
-    engine = Engine(one).wait_ready()
+    engine = Engine(one, "--workers", workers).wait_ready()
     _insert(mariadb, table, range(1, 6))
     wait_for(lambda: redis_client.xlen("cdc:e2e") == 5, what="5 entries")
     code, out = engine.stop()
@@ -70,7 +71,7 @@ def test_a_sink_added_while_the_pipeline_was_down_loses_nothing(
     _insert(mariadb, table, range(6, 11))  # while the pipeline is down
     two = write_config(tmp_path, mariadb, redis_server, [table], name="added",
                        sinks_extra=_sink("audit", redis_server.uri, "cdc:audit"))
-    code, out = _run_until(two, lambda: redis_client.xlen("cdc:e2e") >= 10 and redis_client.xlen("cdc:audit") >= 5,
+    code, out = _run_until(two, workers, lambda: redis_client.xlen("cdc:e2e") >= 10 and redis_client.xlen("cdc:audit") >= 5,
                            "the rows written while down, in both sinks")
     assert code == 0, out
     assert _ids(redis_client, "cdc:e2e") == list(range(1, 11))
@@ -78,14 +79,15 @@ def test_a_sink_added_while_the_pipeline_was_down_loses_nothing(
     assert "sink audit has no checkpoint: it starts at the pipeline's resume position" in out
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_an_optional_sink_that_failed_gets_its_gap_back(
-        tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer, redis_client: Any, fresh_db: str) -> None:
+        tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer, redis_client: Any, fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     redis_client.execute_command("ACL", "SETUSER", "optsink", "on", ">optpw", "~*", "+@all")
     uri = f"redis://optsink:optpw@127.0.0.1:{redis_server.port}/0"
     cfg = write_config(tmp_path, mariadb, redis_server, [table], name="optional",
                        sinks_extra=_sink("opt", uri, "cdc:opt", "        required: false\n"))
-    engine = Engine(cfg).wait_ready()
+    engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         _insert(mariadb, table, range(1, 4))
         wait_for(lambda: redis_client.xlen("cdc:opt") == 3, what="3 entries in the optional sink")
@@ -97,33 +99,35 @@ def test_an_optional_sink_that_failed_gets_its_gap_back(
         code, out = engine.stop()
         redis_client.execute_command("ACL", "SETUSER", "optsink", "+@all")
     assert code == 0, out
-    code, out = _run_until(cfg, lambda: redis_client.xlen("cdc:opt") >= 8, "the optional sink's gap")
+    code, out = _run_until(cfg, workers, lambda: redis_client.xlen("cdc:opt") >= 8, "the optional sink's gap")
     assert code == 0, out
     assert _ids(redis_client, "cdc:opt") == list(range(1, 9))
     assert _ids(redis_client, "cdc:e2e") == list(range(1, 9))  # the replay skipped what it held
     redis_client.execute_command("ACL", "DELUSER", "optsink")
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_a_crash_before_the_first_commit_does_not_move_the_start(
-        tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer, redis_client: Any, fresh_db: str) -> None:
+        tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer, redis_client: Any, fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     cfg = write_config(tmp_path, mariadb, redis_server, [table], name="fresh", start="latest")
-    engine = Engine(cfg).wait_ready()
+    engine = Engine(cfg, "--workers", workers).wait_ready()
     code, _ = engine.stop(signal.SIGKILL)
     assert code == -signal.SIGKILL
     _insert(mariadb, table, range(1, 4))  # after the first start's `latest`, before the second's
-    code, out = _run_until(cfg, lambda: redis_client.xlen("cdc:e2e") >= 3, "the rows written between the starts")
+    code, out = _run_until(cfg, workers, lambda: redis_client.xlen("cdc:e2e") >= 3, "the rows written between the starts")
     assert code == 0, out
     assert _ids(redis_client, "cdc:e2e") == [1, 2, 3]
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_a_purged_checkpoint_is_a_one_line_error(tmp_path: Path, redis_server: RedisServer,
-                                                 redis_client: Any) -> None:
+                                                 redis_client: Any, workers: str) -> None:
     own = MariaDBServer().start()  # PURGE would pull the binlog from under the other tests
     try:
         own.execute("CREATE DATABASE p", "CREATE TABLE p.t (id INT PRIMARY KEY, v VARCHAR(40))")
         cfg = write_config(tmp_path, own, redis_server, ["p.t"], name="purged")
-        code, out = _run_until(cfg, lambda: True, "start")
+        code, out = _run_until(cfg, workers, lambda: True, "start")
         assert code == 0, out
         _insert(own, "p.t", range(1, 4))  # never read: the pipeline is down
         own.execute("FLUSH BINARY LOGS", "FLUSH BINARY LOGS")
@@ -134,7 +138,7 @@ def test_a_purged_checkpoint_is_a_one_line_error(tmp_path: Path, redis_server: R
             return bool(own.execute("SHOW BINARY LOGS")[0][0] == current)
 
         wait_for(purged, 30, "the purge")
-        engine = Engine(cfg)
+        engine = Engine(cfg, "--workers", workers)
         code, out = engine.wait(60)
         assert code != 0
         line = [ln for ln in out.splitlines() if "purged" in ln]
@@ -146,15 +150,16 @@ def test_a_purged_checkpoint_is_a_one_line_error(tmp_path: Path, redis_server: R
 
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_failover_to_a_replica_with_lower_binlog_numbers_loses_nothing(
         tmp_path: Path, mariadb_primary: MariaDBServer, mariadb_replica: MariaDBReplica, redis_server: RedisServer,
-        redis_client: Any) -> None:
+        redis_client: Any, workers: str) -> None:
     primary, replica = mariadb_primary, mariadb_replica
     primary.execute("CREATE DATABASE app", "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(40))")
     assert primary.binlog_file > replica.binlog_file  # binlog.000006 against binlog.000002
     cfg = write_config(tmp_path, primary, redis_server, ["app.t"], name="failover")
     cfg.write_text(cfg.read_text().replace(f"dsn: {primary.dsn()}", "dsn: ${MYSQL_DSN}"))
-    engine = Engine(cfg, env={"MYSQL_DSN": primary.dsn()}).wait_ready()
+    engine = Engine(cfg, "--workers", workers, env={"MYSQL_DSN": primary.dsn()}).wait_ready()
     _insert(primary, "app.t", range(1, 51))
     wait_for(lambda: redis_client.xlen("cdc:e2e") == 50, what="50 entries from the primary")
     code, out = engine.stop()
@@ -163,7 +168,7 @@ def test_failover_to_a_replica_with_lower_binlog_numbers_loses_nothing(
     replica.wait_caught_up()
     replica.promote()
     _insert(replica, "app.t", range(61, 161))  # written on the new primary, in its own binlog files
-    engine = Engine(cfg, env={"MYSQL_DSN": replica.dsn()}).wait_ready()
+    engine = Engine(cfg, "--workers", workers, env={"MYSQL_DSN": replica.dsn()}).wait_ready()
     try:
         wait_for(lambda: redis_client.xlen("cdc:e2e") >= 160, what="all 160 rows")
         time.sleep(0.5)  # a duplicate would land right behind
@@ -179,12 +184,13 @@ def test_failover_to_a_replica_with_lower_binlog_numbers_loses_nothing(
     assert {e["transaction"]["id"].split("-")[1] for e in events} == {"1", "2"}
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_redis_restarted_from_an_older_snapshot_is_redelivered(
-        tmp_path: Path, mariadb: MariaDBServer, redis_own: RedisServer, fresh_db: str) -> None:
+        tmp_path: Path, mariadb: MariaDBServer, redis_own: RedisServer, fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     client = redis_own.client()
     cfg = write_config(tmp_path, mariadb, redis_own, [table], name="rollback")
-    engine = Engine(cfg).wait_ready()
+    engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         _insert(mariadb, table, range(1, 21))
         wait_for(lambda: client.xlen("cdc:e2e") == 20, what="20 entries")
