@@ -1,4 +1,5 @@
-"""Exactly once, tried as an operator would break it (issue 7): each test runs ``deltaforge run``.
+"""Exactly once, tried as an operator would break it (issue 7): each test runs ``deltaforge run``, in every
+topology (``--workers`` 0, 1 and 3).
 
 Every scenario here lost rows silently before checkpoints compared by GTID, carried a
 lineage, and resumed from every sink's checkpoint:
@@ -25,6 +26,19 @@ from deltaforge.testing import MariaDBReplica, MariaDBServer, RedisServer
 from tests.e2e import TOPOLOGIES, Engine, stream_events, wait_for, write_config
 
 pytestmark = pytest.mark.integration
+
+
+#: a processor in the failover and rollback scenarios, so that with --workers N their batches cross
+#: the V8 worker processes too (a pipeline without processors runs reader -> writer)
+_TAG = """  processors:
+    - type: javascript
+      id: tag
+      inline: |
+        function processBatch(events) {
+          for (const e of events) e.tags = ['seen'];
+          return events;
+        }
+"""
 
 
 def _table(mariadb: MariaDBServer, db: str) -> str:
@@ -149,7 +163,6 @@ def test_a_purged_checkpoint_is_a_one_line_error(tmp_path: Path, redis_server: R
         own.stop()
 
 
-
 @pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_failover_to_a_replica_with_lower_binlog_numbers_loses_nothing(
         tmp_path: Path, mariadb_primary: MariaDBServer, mariadb_replica: MariaDBReplica, redis_server: RedisServer,
@@ -157,7 +170,7 @@ def test_failover_to_a_replica_with_lower_binlog_numbers_loses_nothing(
     primary, replica = mariadb_primary, mariadb_replica
     primary.execute("CREATE DATABASE app", "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(40))")
     assert primary.binlog_file > replica.binlog_file  # binlog.000006 against binlog.000002
-    cfg = write_config(tmp_path, primary, redis_server, ["app.t"], name="failover")
+    cfg = write_config(tmp_path, primary, redis_server, ["app.t"], name="failover", processors=_TAG)
     cfg.write_text(cfg.read_text().replace(f"dsn: {primary.dsn()}", "dsn: ${MYSQL_DSN}"))
     engine = Engine(cfg, "--workers", workers, env={"MYSQL_DSN": primary.dsn()}).wait_ready()
     _insert(primary, "app.t", range(1, 51))
@@ -182,6 +195,7 @@ def test_failover_to_a_replica_with_lower_binlog_numbers_loses_nothing(
     assert all(e["event_id"] == derive_gtid_event_id(e["transaction"]["id"], e["transaction"]["seq"])
                for e in events)
     assert {e["transaction"]["id"].split("-")[1] for e in events} == {"1", "2"}
+    assert all(e["tags"] == ["seen"] for e in events)
 
 
 @pytest.mark.parametrize("workers", TOPOLOGIES)
@@ -189,7 +203,7 @@ def test_redis_restarted_from_an_older_snapshot_is_redelivered(
         tmp_path: Path, mariadb: MariaDBServer, redis_own: RedisServer, fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     client = redis_own.client()
-    cfg = write_config(tmp_path, mariadb, redis_own, [table], name="rollback")
+    cfg = write_config(tmp_path, mariadb, redis_own, [table], name="rollback", processors=_TAG)
     engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         _insert(mariadb, table, range(1, 21))
@@ -209,5 +223,6 @@ def test_redis_restarted_from_an_older_snapshot_is_redelivered(
         code, out = engine.stop()
     assert code == 0, out
     assert _ids(client, "cdc:e2e") == list(range(1, 81))
+    assert all(e["tags"] == ["seen"] for e in stream_events(client, "cdc:e2e"))
     assert "rolled back" in out and "re-delivering from" in out
     client.close()
