@@ -30,7 +30,7 @@ from deltaforge.preflight import check_mysql
 from deltaforge.source import binlog
 from deltaforge.source.binlog import BinlogSource
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import Engine, binlog_end, stream_events, wait_for, write_config
+from tests.e2e import TOPOLOGIES, Engine, binlog_end, stream_events, wait_for, write_config
 from tests.test_preflight import make_cfg
 
 pytestmark = pytest.mark.integration
@@ -136,6 +136,7 @@ def apply(server: MariaDBServer, db: str) -> tuple[tuple[str, int], tuple[str, i
     return start, master(server)
 
 
+# the reader alone (BinlogSource), no engine: no topology to vary
 def test_compressed_binlog_reads_like_an_uncompressed_one(mariadb: MariaDBServer, compressed_mariadb: MariaDBServer,
                                                          fresh_db: str) -> None:
     tables = [f"{fresh_db}.wide"]
@@ -161,15 +162,16 @@ def test_compressed_binlog_reads_like_an_uncompressed_one(mariadb: MariaDBServer
     assert (comp_ends[-1].file, comp_ends[-1].pos) == comp_end and comp_ends[-1].gtid
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_compressed_binlog_end_to_end_into_redis(tmp_path: Path, compressed_mariadb: MariaDBServer,
-                                                 redis_server: RedisServer, redis_client: Any) -> None:
-    """``deltaforge run`` (multi-process topology) on the compressed server: every change arrives."""
+                                                 redis_server: RedisServer, redis_client: Any, workers: str) -> None:
+    """``deltaforge run`` on the compressed server, in every topology: every change arrives."""
     db = "e2e_compressed"
     compressed_mariadb.execute(f"DROP DATABASE IF EXISTS {db}", f"CREATE DATABASE {db}",
                                f"CREATE TABLE {db}.items (id INT PRIMARY KEY, v LONGTEXT)")
     cfg = write_config(tmp_path, compressed_mariadb, redis_server, [f"{db}.items"],
                        start=binlog_end(compressed_mariadb))
-    engine = Engine(cfg).wait_ready()
+    engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         compressed_mariadb.execute(f"INSERT INTO {db}.items VALUES (1, REPEAT('a', 5000)), (2, 'two')",
                                    f"UPDATE {db}.items SET v = REPEAT('b', 7000) WHERE id = 1",
@@ -183,6 +185,7 @@ def test_compressed_binlog_end_to_end_into_redis(tmp_path: Path, compressed_mari
     assert events[2]["after"]["v"] == "b" * 7000 and events[2]["before"]["v"] == "a" * 5000
 
 
+# the preflight (deltaforge check), no engine: no topology to vary
 def test_check_reports_log_bin_compress_as_supported(compressed_mariadb: MariaDBServer, mariadb: MariaDBServer) -> None:
     compressed_mariadb.execute("CREATE DATABASE IF NOT EXISTS pf", "CREATE TABLE IF NOT EXISTS pf.t (id INT PRIMARY KEY)")
     results, _ = check_mysql(make_cfg(compressed_mariadb.dsn(), ["pf.t"]))
@@ -197,6 +200,7 @@ def test_check_reports_log_bin_compress_as_supported(compressed_mariadb: MariaDB
 
 
 # ------------------------------------------------------------ the framing layer
+# BinlogSource driven directly: the rewriting patches this process, which a --workers N reader would not see
 
 
 @contextlib.contextmanager
