@@ -13,7 +13,7 @@ import pytest
 
 from deltaforge.demo import SCHEMA
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import SEED, Engine, wait_for
+from tests.e2e import SEED, TOPOLOGIES, Engine, wait_for
 from tests.nodeworker import start_node_worker
 
 pytestmark = pytest.mark.integration
@@ -22,11 +22,13 @@ FIVE_KEYS = ["user:1", "user:email:alice.new@example.com", "user:email:alice@exa
              "user:1:profile"]
 
 
-@pytest.fixture
-def seed_engine(mariadb: MariaDBServer, redis_server: RedisServer, redis_client: Any) -> Iterator[Engine]:
+@pytest.fixture(params=TOPOLOGIES)
+def seed_engine(request: pytest.FixtureRequest, mariadb: MariaDBServer, redis_server: RedisServer,
+                redis_client: Any) -> Iterator[Engine]:
+    """The seed's pipeline running, in each topology (``--workers``)."""
     mariadb.execute("DROP DATABASE IF EXISTS app", *SCHEMA)
     env = {"MYSQL_DSN": mariadb.dsn(db="app"), "REDIS_URI": redis_server.uri}
-    engine = Engine(SEED, env=env).wait_ready()
+    engine = Engine(SEED, "--workers", request.param, env=env).wait_ready()
     try:
         yield engine
     finally:
