@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import Engine, binlog_end, stream_events, wait_for, write_config
+from tests.e2e import (
+    TOPOLOGIES,
+    TOPOLOGIES_SLOW,
+    Engine,
+    binlog_end,
+    stream_events,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +53,14 @@ def _dump_threads(mariadb: MariaDBServer, user: str) -> list[int]:
 
 
 def _run_until_reconnect_fails(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                redis_client: Any, db: str, user: str, change: str) -> tuple[int, str]:
+                                redis_client: Any, db: str, user: str, change: str, workers: str) -> tuple[int, str]:
     """An engine streaming as ``user`` (DSN from $ROTATED_DSN); then ``change`` runs on the server and
     the engine's binlog dump connection is KILLed, so the engine must reconnect."""
     mariadb.execute(f"CREATE TABLE {db}.t (id INT PRIMARY KEY)")
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{db}.t"], start=binlog_end(mariadb))
     # the DSN comes from the environment, as in the seed's pipeline
     cfg.write_text(cfg.read_text().replace(f"dsn: {mariadb.dsn()}", "dsn: ${ROTATED_DSN}"))
-    engine = Engine(cfg, env={"ROTATED_DSN": mariadb.dsn(user, OLD_PASSWORD)}).wait_ready()
+    engine = Engine(cfg, "--workers", workers, env={"ROTATED_DSN": mariadb.dsn(user, OLD_PASSWORD)}).wait_ready()
     try:
         mariadb.execute(f"INSERT INTO {db}.t VALUES (1)")
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 1, what="the first row")
@@ -68,12 +76,13 @@ def _run_until_reconnect_fails(tmp_path: Path, mariadb: MariaDBServer, redis_ser
     return code, out
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_password_rotation_stops_the_engine_with_the_fix(tmp_path: Path, mariadb: MariaDBServer,
                                                          redis_server: RedisServer, redis_client: Any,
-                                                         fresh_db: str, rotated_user: str) -> None:
+                                                         fresh_db: str, rotated_user: str, workers: str) -> None:
     code, out = _run_until_reconnect_fails(
         tmp_path, mariadb, redis_server, redis_client, fresh_db, rotated_user,
-        f"ALTER USER '{rotated_user}'@'%' IDENTIFIED BY '{NEW_PASSWORD}'")
+        f"ALTER USER '{rotated_user}'@'%' IDENTIFIED BY '{NEW_PASSWORD}'", workers)
     assert code == 1, out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: MySQL refused the login while connecting to MySQL: (1045) Access denied "
@@ -83,12 +92,14 @@ def test_password_rotation_stops_the_engine_with_the_fix(tmp_path: Path, mariadb
     assert not any("Access denied" in line and "restarting" in line for line in out.splitlines()), out
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_revoked_replication_grant_stops_the_engine_with_the_grant(tmp_path: Path, mariadb: MariaDBServer,
                                                                    redis_server: RedisServer, redis_client: Any,
-                                                                   fresh_db: str, rotated_user: str) -> None:
+                                                                   fresh_db: str, rotated_user: str,
+                                                                   workers: str) -> None:
     code, out = _run_until_reconnect_fails(
         tmp_path, mariadb, redis_server, redis_client, fresh_db, rotated_user,
-        f"REVOKE REPLICATION SLAVE ON *.* FROM '{rotated_user}'@'%'")
+        f"REVOKE REPLICATION SLAVE ON *.* FROM '{rotated_user}'@'%'", workers)
     assert code == 1, out
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: MySQL denied a privilege while reading the binlog: (1227) "), out
@@ -106,7 +117,10 @@ def _global(mariadb: MariaDBServer, var: str, value: int) -> Iterator[None]:
         mariadb.execute(f"SET GLOBAL {var}={old}")
 
 
-def test_sink_frozen_past_net_write_timeout(tmp_path: Path, mariadb: MariaDBServer, fresh_db: str) -> None:
+# ~12 s a run (an 8 s freeze): in-process, and the multi-process topology, where a full ring blocks the reader
+@pytest.mark.parametrize("workers", TOPOLOGIES_SLOW)
+def test_sink_frozen_past_net_write_timeout(tmp_path: Path, mariadb: MariaDBServer, fresh_db: str,
+                                            workers: str) -> None:
     """Redis SIGSTOPped for ~8 s while MariaDB's net_write_timeout is 2 s and the binlog outgrows the
     socket buffers: the server's dump thread must not drop us (no restart), and every row lands once."""
     mariadb.execute(f"CREATE TABLE {fresh_db}.big (id INT PRIMARY KEY, pad VARCHAR(2000))")
@@ -123,7 +137,7 @@ def test_sink_frozen_past_net_write_timeout(tmp_path: Path, mariadb: MariaDBServ
         client = redis_private.client()
         cfg = write_config(tmp_path, mariadb, redis_private, [f"{fresh_db}.big"], start=binlog_end(mariadb),
                            name="frozen", stream="cdc:frozen")
-        engine = Engine(cfg).wait_ready()
+        engine = Engine(cfg, "--workers", workers).wait_ready()
         assert redis_private.proc is not None
         pid = redis_private.proc.pid
         try:
@@ -149,6 +163,7 @@ def test_sink_frozen_past_net_write_timeout(tmp_path: Path, mariadb: MariaDBServ
     assert "restarting from the checkpoint" not in out, out
 
 
+# the reader and the preflight alone, no engine: no topology to vary
 def test_expired_password_is_fatal_with_the_fix(mariadb: MariaDBServer, fresh_db: str) -> None:
     """MariaDB lets an expired account log in "sandboxed" and fails its first statement (1820):
     the reader and the preflight both stop with the ALTER USER to run, not a retry."""
