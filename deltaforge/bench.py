@@ -482,7 +482,7 @@ class Bench:
                                                      progress=lambda f: upd(completed=round(f * 100, 1)))
 
     def memory(self) -> None:
-        from deltaforge.benchkit.drain import run_engine
+        from deltaforge.benchkit.drain import default_topology, run_engine
         from deltaforge.benchkit.workload import write_big_transaction
 
         s, env = self.s, self.env
@@ -496,7 +496,7 @@ class Bench:
             big = write_big_transaction(env, s.big_tx_rows)
             upd(description=f"memory: draining the {s.big_tx_rows:,}-row transaction")
             env.flush_redis()
-            res = run_engine(env, big, progress=lambda n: upd(completed=n))
+            res = run_engine(env, big, workers=default_topology(), progress=lambda n: upd(completed=n))
             env.flush_redis()  # the big stream holds ~0.5 GB in Redis for 1M rows; free it now
         mem["big_tx"] = {"rows": s.big_tx_rows, "write_s": big.write_s, **res}
         self.result["memory"] = mem
@@ -586,20 +586,23 @@ def results_table(result: dict[str, Any]) -> Any:
             if p:
                 t.add_row("latency", f"{label}, ms p50 / p99 / max",
                           f"{p['p50']:.1f} / {p['p99']:.1f} / {p['max']:.1f}",
-                          f"{_n(lat.get('rows'))} single-row tx at {_n(lat.get('rate'))} rows/s")
+                          f"{_n(lat.get('rows'))} single-row tx at {_n(lat.get('rate'))} rows/s, "
+                          f"--workers {lat.get('workers', '0')}")
             else:
                 t.add_row("latency", label, "-", str(lat.get(f"{key}_error") or lat.get("note") or "not measured"))
     mem = result.get("memory")
     if mem:
         for name, m in mem.get("drain", {}).items():
-            t.add_row("memory", f"peak RSS, drain, {_run_label(name)}", f"{_n(m['peak_rss_mib'], 1)} MiB",
-                      f"{m.get('processes')} process(es), max over rounds; "
-                      f"{_n(m.get('unique_mib'), 1)} MiB with shared memory counted once")
+            t.add_row("memory", f"peak, drain, {_run_label(name)}", f"{_n(m.get('unique_mib'), 1)} MiB",
+                      "all processes at one moment, shared pages once (PSS), max over rounds; "
+                      f"{_n(m['peak_rss_mib'], 1)} MiB summing each of {m.get('processes')} process(es)' peak RSS")
         b = mem.get("big_tx")
         if b:
-            t.add_row("memory", f"peak RSS, one {_n(b['rows'])}-row transaction", f"{_n(b['peak_rss_mib'], 1)} MiB",
-                      f"drained at {_n(b['events_per_s'])} events/s; {len(b.get('processes', []))} process(es); "
-                      f"{_n(b.get('unique_mib'), 1)} MiB with shared memory counted once")
+            t.add_row("memory", f"peak, one {_n(b['rows'])}-row transaction, --workers {b.get('workers')}",
+                      f"{_n(b.get('unique_mib'), 1)} MiB",
+                      f"drained at {_n(b['events_per_s'])} events/s; at one moment, shared pages once (PSS); "
+                      f"{_n(b['peak_rss_mib'], 1)} MiB summing each of {len(b.get('processes', []))} "
+                      "process(es)' peak RSS")
     for name, value in (result.get("ratios") or {}).items():
         t.add_row("ratio", name, f"{value:.2f}", "ours / peer, median over rounds of same-round pairs"
                   if name.startswith("drain") else "ours / mysql-replication, same rows")

@@ -945,9 +945,41 @@ def check_processors(cfg: Any) -> list[CheckResult]:
     return out
 
 
-def run_preflight(cfg: Any, echo: Callable[[str], None] = print) -> bool:
-    """Run every check, print one line each through ``echo``; True when nothing failed."""
-    processor_results = check_processors(cfg)
+def _check_processors_child(processors: Any, conn: Any) -> None:
+    import types
+
+    conn.send(check_processors(types.SimpleNamespace(spec=types.SimpleNamespace(processors=processors))))
+
+
+def check_processors_apart(cfg: Any) -> list[CheckResult]:
+    """:func:`check_processors` in a throwaway process: the supervisor of the multi-process
+    topology never runs JavaScript, and V8 would keep ~50 MiB in it for the whole run."""
+    import multiprocessing
+
+    processors = list(getattr(cfg.spec, "processors", None) or [])
+    if not processors:
+        return []
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_check_processors_child, args=(processors, send), name="deltaforge-check-js")
+    child.start()
+    send.close()
+    try:
+        return list(recv.recv())
+    except EOFError:
+        child.join(5)
+        return [_fail("processors", "processor.compile",
+                      f"the process that loads the JavaScript died (exit status {child.exitcode})",
+                      "run deltaforge check on the same YAML; if it passes there, report it")]
+    finally:
+        recv.close()
+        child.join(5)
+
+
+def run_preflight(cfg: Any, echo: Callable[[str], None] = print, *, js_apart: bool = False) -> bool:
+    """Run every check, print one line each through ``echo``; True when nothing failed.
+    ``js_apart``: load the processors in a throwaway process (:func:`check_processors_apart`)."""
+    processor_results = check_processors_apart(cfg) if js_apart else check_processors(cfg)
     mysql_results, _info = check_mysql(cfg)
     ok = True
     for r in [*processor_results, *mysql_results, *check_redis(cfg)]:

@@ -97,3 +97,13 @@ def test_check_command_on_broken_and_on_seed_js(tmp_path: Path, mariadb: MariaDB
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ok   processor[generate-cache-keys]: spec.processors[0]" in res.stdout
     assert "FAIL" not in res.stdout
+
+
+def test_the_check_apart_reports_exactly_what_the_check_in_process_does() -> None:
+    """``deltaforge run --workers N`` loads the processors in a throwaway process (the supervisor
+    keeps no V8): the lines must be the same, good and broken."""
+    from deltaforge.preflight import check_processors_apart
+
+    for text in (SEED_TEXT, _broken_seed()):
+        cfg = load_config_text(text, env=ENV)
+        assert [r.line() for r in check_processors_apart(cfg)] == [r.line() for r in check_processors(cfg)]

@@ -127,5 +127,5 @@ def test_metrics_and_health_endpoint(tmp_path: Path, mariadb: MariaDBServer, red
     finally:
         code, out = engine.stop()
     assert code == 0, out
-    assert 'deltaforge_events_committed_total{pipeline="e2e"} 2' in metrics
-    assert 'deltaforge_up{pipeline="e2e"} 1' in metrics
+    assert 'deltaforge_events_committed_total{pipeline="e2e"} 2.0' in metrics
+    assert 'deltaforge_up{pipeline="e2e"} 1.0' in metrics

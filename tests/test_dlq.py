@@ -274,7 +274,7 @@ def test_stats_count_and_log_each_dead_letter_once(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="deltaforge.pipeline"):
         stats.record(batch, out)
     assert stats.dead_letters == 1
-    assert 'deltaforge_dlq_entries_total{pipeline="p"} 1' in stats.prometheus("p")
+    assert 'deltaforge_dlq_entries_total{pipeline="p"} 1.0' in stats.prometheus("p")
     [rec] = caplog.records
     assert rec.levelno == logging.WARNING
     assert rec.getMessage() == f"dead letter from processor keys: app.items at {FILE}:1234 row 1: boom at line 3"

@@ -157,3 +157,37 @@ def test_an_idle_consumer_sleeps_in_the_kernel(impl: Any) -> None:
         before = time.process_time()
         assert ring.get(timeout=1.0) is None
         assert time.process_time() - before < 0.25
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_frames_larger_than_a_record_cross_in_pieces(impl: Any) -> None:
+    """``put_frame``/``get_frame``: a frame of any size (here up to 5x the ring) arrives whole,
+    in order among small ones, while the ring never holds more than its capacity."""
+    import threading
+
+    from deltaforge.runtime.frames import Kind, get_frame, put_frame
+
+    rnd = random.Random(7)
+    cap = 1 << 14
+    sizes = [0, 1, cap // 2 - 8, cap // 2 - 7, cap, 5 * cap + 3, 17, 3 * cap // 2]
+    frames = [(i.to_bytes(4, "little") + rnd.randbytes(max(0, n - 4)))[:n] for i, n in enumerate(sizes)]
+    with impl.Ring.create(cap) as ring:
+        def produce() -> None:
+            for i, f in enumerate(frames):
+                cut = rnd.randrange(len(f) + 1)  # head and data split anywhere
+                put_frame(ring, Kind.BATCH if i % 2 else Kind.ERROR, f[:cut], f[cut:])
+            put_frame(ring, Kind.END, b"")
+
+        t = threading.Thread(target=produce)
+        t.start()
+        got = []
+        while True:
+            kind, view = get_frame(ring, timeout=10)  # type: ignore[misc]
+            if kind == Kind.END:
+                break
+            assert kind == (Kind.BATCH if len(got) % 2 else Kind.ERROR)
+            got.append(bytes(view))
+            del view
+            ring.release()
+        t.join()
+        assert [hashlib.sha1(f).hexdigest() for f in got] == [hashlib.sha1(f).hexdigest() for f in frames]

@@ -119,3 +119,13 @@ def test_workers_option_takes_a_count_or_auto() -> None:
     for bad in ("lots", "-1", "65"):
         with pytest.raises(ConfigError, match=r"^--workers: .* is not a number of worker processes \(fix: pass 0"):
             _workers(bad)
+
+
+def test_ring_size_option_takes_a_power_of_two_of_mib() -> None:
+    from deltaforge.errors import ConfigError
+    from deltaforge.runtime.commands import _ring_bytes
+
+    assert _ring_bytes("1") == 1 << 20 and _ring_bytes("64") == 64 << 20
+    for bad in ("0", "6", "2048", "big", "-4"):
+        with pytest.raises(ConfigError, match=r"^--ring-mib: .* is not a ring size \(fix: pass a power of two"):
+            _ring_bytes(bad)

@@ -58,6 +58,16 @@ def topologies() -> list[str]:
     return [str(t) for t in getattr(commands, "TOPOLOGIES", ("0",))]
 
 
+def default_topology() -> str:
+    """The ``--workers`` value ``deltaforge run`` uses when given none (the latency and memory
+    phases measure what an operator gets by default)."""
+    try:
+        from deltaforge.runtime import commands
+    except ImportError:
+        return "0"
+    return str(getattr(commands, "DEFAULT_WORKERS", "0"))
+
+
 def _last_line(path: Path) -> str:
     try:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]

@@ -286,8 +286,9 @@ def _user_ids(env: BenchEnv) -> list[int]:
 
 
 def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
-                    progress: Callable[[float], None] | None = None) -> dict[str, Any]:
-    """Commit -> stream entry and commit -> cache key deleted, p50/p99/max in ms, at ``rate`` rows/s.
+                    progress: Callable[[float], None] | None = None, workers: str | None = None) -> dict[str, Any]:
+    """Commit -> stream entry and commit -> cache key deleted, p50/p99/max in ms, at ``rate`` rows/s,
+    with ``deltaforge run --workers workers`` (default: the engine's default topology).
 
     ``progress(fraction)`` is called from the writer thread (about 100 times), then with 1.0.
     Besides the contract's keys the result holds ``stream_ms_by_entry_id`` (arrival taken
@@ -297,6 +298,10 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
     measured, else None), ``exit_codes`` of the two subprocesses and ``cores``: the CPU each
     used during the run in cores (CPU seconds / wall seconds; Linux only, else None).
     """
+    if workers is None:
+        from deltaforge.benchkit.drain import default_topology
+
+        workers = default_topology()
     if rate <= 0 or seconds <= 0:
         raise BenchError(f"latency needs a positive rate and duration, found {rate} rows/s for {seconds}s",
                          "pass --latency-rate 2000 (rows/s)")
@@ -336,7 +341,8 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
                 log.warning("%s", notify_error)
                 pubsub = None
             # -- the engine and the worker
-            engine = _Proc("deltaforge run", [sys.executable, "-m", "deltaforge", "run", str(cfg_path)],
+            engine = _Proc("deltaforge run", [sys.executable, "-m", "deltaforge", "run", str(cfg_path),
+                                              "--workers", workers],
                            child_env, "reading from")
             procs.append(engine)
             worker = _Proc("deltaforge worker",
@@ -411,6 +417,7 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
         "matched_deleted": len(deleted),
         "rate": round(len(run.writes) / span, 1) if span > 0 else 0.0,
         "target_rate": rate,
+        "workers": workers,
         "deletion_channels": dict(run.deletion_channels),
         "deleted_note": notify_error,
         "exit_codes": codes,

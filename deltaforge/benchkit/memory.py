@@ -74,6 +74,10 @@ def process_role(pid: int, root: int) -> str:
         args = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
     except OSError:
         args = []
+    if args and args[0].startswith("deltaforge: "):  # a stage's title (setproctitle)
+        return args[0]
+    if any("resource_tracker" in a for a in args):
+        return "resource tracker"
     if "-m" in args:
         args = args[args.index("-m") + 1:]
     elif args:
@@ -90,23 +94,27 @@ def process_cpu(root: int) -> list[dict[str, Any]]:
 
 
 class PeakRss:
-    """Polls VmHWM of a process tree; :meth:`result` gives per-process and total peaks.
+    """Polls a process tree; :meth:`result` gives per-process and total peaks.
 
-    Summed RSS counts a shared-memory page once per process that touches it (the multi-process
-    topology's rings are mapped by a producer and a consumer), so the result also gives the
-    peak shared part per process (``RssShmem``, sampled) and ``unique_mib``: the summed peaks
-    without their shared parts, plus the largest resident size seen of the shared segments
-    (``/dev/shm``) themselves, each counted once.
+    - ``peak_rss_mib``: the sum of each process's ``VmHWM`` (the kernel's own high-water mark,
+      so a peak between two polls is not missed): an upper bound, which counts a shared page
+      (the rings, V8's library code) once per process that maps it, and adds processes that
+      never lived at the same time (``run``'s short-lived JavaScript check).
+    - ``unique_mib``: the largest sum, over the polls, of the processes' PSS (proportional set
+      size: a page shared by k processes counts 1/k in each), i.e. the engine's memory at one
+      moment with every shared page counted once; what a cgroup's limit sees, give or take the
+      page cache.
     """
 
     def __init__(self, root_pid: int) -> None:
         self.root = root_pid
         self.peaks: dict[int, tuple[str, int]] = {}
         self.shmem: dict[int, int] = {}
-        self.segments_peak = 0
+        self.pss_peak = 0
 
     def sample(self) -> None:
         pids = (self.root, *descendants(self.root))
+        pss = 0
         for pid in pids:
             st = _status(pid)
             hwm = st.get("VmHWM", "")
@@ -120,38 +128,26 @@ class PeakRss:
             shm = st.get("RssShmem", "")
             if shm:
                 self.shmem[pid] = max(self.shmem.get(pid, 0), int(shm.split()[0]))
-        if len(pids) > 1:
-            self.segments_peak = max(self.segments_peak, _segments_kib(pids))
+            pss += _pss_kib(pid)
+        self.pss_peak = max(self.pss_peak, pss)
 
     def result(self) -> dict[str, Any]:
         procs = [{"pid": pid, "name": name, "peak_rss_mib": round(kib / 1024, 1),
                   "peak_shared_mib": round(self.shmem.get(pid, 0) / 1024, 1)}
                  for pid, (name, kib) in sorted(self.peaks.items())]
         total = sum(kib for _, kib in self.peaks.values())
-        private = sum(max(0, kib - self.shmem.get(pid, 0)) for pid, (_, kib) in self.peaks.items())
         return {
             "peak_rss_mib": round(total / 1024, 1),
-            "unique_mib": round((private + self.segments_peak) / 1024, 1),
+            "unique_mib": round(min(self.pss_peak, total) / 1024, 1),
             "processes": procs,
         }
 
 
-def _segments_kib(pids: tuple[int, ...]) -> int:
-    """Resident KiB of the POSIX shared-memory segments these processes map (each once)."""
-    seen: set[str] = set()
-    kib = 0
-    for pid in pids:
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            parts = line.split(None, 5)
-            path = parts[5].strip() if len(parts) > 5 else ""
-            if path.startswith("/dev/shm/") and path not in seen:
-                seen.add(path)
-                try:
-                    kib += os.stat(path).st_blocks // 2
-                except OSError:
-                    pass
-    return kib
+def _pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` in KiB (0 if it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    at = text.find("\nPss:")
+    return int(text[at + 5:text.index("kB", at)]) if at >= 0 else 0

@@ -11,6 +11,8 @@ from deltaforge.cli_errors import friendly_errors
 #: the --workers values the bench measures (and the e2e tests run): in-process, and the
 #: multi-process topology with one and two processor workers
 TOPOLOGIES = ("0", "1", "2")
+#: ``deltaforge run``'s --workers when none is given
+DEFAULT_WORKERS = "0"
 
 
 def _load(config: str):  # type: ignore[no-untyped-def]
@@ -34,14 +36,20 @@ def check_command(config: str) -> None:
 
 @click.command("run")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--workers", default="0", show_default=True,
+@click.option("--workers", default=DEFAULT_WORKERS, show_default=True,
               help="Processor worker processes (reader, workers and writer then run as separate processes); "
                    "0 runs every stage in this process; auto = cores - 1, at least 1.")
+@click.option("--ring-mib", default="8", show_default=True,
+              help="Size of each shared-memory ring between the processes, in MiB (a power of two); "
+                   "bounds the data in flight, not what a batch may hold.")
 @click.option("--skip-preflight", is_flag=True, help="Start without checking the servers first.")
+@click.option("--progress-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds between progress lines (events, rate, position, lag, each stage's CPU share).")
 @click.option("--metrics-port", type=int, default=None,
               help="Serve /metrics (Prometheus) and /health on 127.0.0.1:PORT (0 = any free port).")
 @friendly_errors
-def run_command(config: str, workers: str, skip_preflight: bool, metrics_port: int | None) -> None:
+def run_command(config: str, workers: str, ring_mib: str, skip_preflight: bool, progress_every: float,
+                metrics_port: int | None) -> None:
     """Run the pipeline in CONFIG until SIGINT/SIGTERM."""
     from deltaforge.runtime.supervisor import Supervisor
 
@@ -53,8 +61,11 @@ def run_command(config: str, workers: str, skip_preflight: bool, metrics_port: i
     cfg = _load(config)
     supervisor.cfg = cfg
     supervisor.workers = _workers(workers)
+    supervisor.ring_bytes = _ring_bytes(ring_mib)
+    supervisor.stats.progress_every_s = progress_every
     supervisor.config_path = config
-    if not skip_preflight and not run_preflight(cfg, echo=lambda line: click.echo(line, err=True)):
+    if not skip_preflight and not run_preflight(cfg, echo=lambda line: click.echo(line, err=True),
+                                                js_apart=supervisor.workers > 0):
         click.echo("error: preflight failed; fix the lines marked FAIL above (deltaforge check shows them again)",
                    err=True)
         sys.exit(3)
@@ -63,14 +74,12 @@ def run_command(config: str, workers: str, skip_preflight: bool, metrics_port: i
     if metrics_port is not None:
         import logging
 
-        from deltaforge.metrics import serve_http
+        from deltaforge.metrics import pipeline_routes, serve_http
 
-        stats, name = supervisor.stats, cfg.metadata.name
-        server = serve_http({"/metrics": lambda: (200, stats.prometheus(name)), "/health": stats.health},
-                            metrics_port, "metrics")
+        server = serve_http(pipeline_routes(supervisor.stats, cfg.metadata.name), metrics_port, "metrics")
         logging.getLogger("deltaforge.pipeline").info(
-            "metrics on http://127.0.0.1:%d/metrics, health on /health", server.server_port)
-    _tune_gc()
+            "metrics on http://127.0.0.1:%d/metrics, liveness on /health, readiness on /ready", server.server_port)
+    tune_gc()
     sys.exit(supervisor.run())
 
 
@@ -92,7 +101,20 @@ def _workers(text: str) -> int:
     return n
 
 
-def _tune_gc() -> None:
+def _ring_bytes(text: str) -> int:
+    """``--ring-mib``: a power of two from 1 to 1024 MiB, in bytes."""
+    from deltaforge.errors import ConfigError
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not (1 <= n <= 1024 and n & (n - 1) == 0):
+        raise ConfigError("--ring-mib", f"{text!r} is not a ring size", "pass a power of two from 1 to 1024 (default 8)")
+    return n << 20
+
+
+def tune_gc() -> None:
     """Keep the cycle collector off the hot path.
 
     The stages allocate many short-lived containers (row dicts, key tuples, batches) that

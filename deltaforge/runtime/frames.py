@@ -12,7 +12,10 @@ Contract
   code) that :func:`decode_error` turns back into the same class, so ``retriable`` and the
   exit code survive the trip. No exception object or sentinel travels inside data.
 
-Frame kinds are the ring's record kinds (:class:`Kind`).
+Frame kinds are the ring's record kinds (:class:`Kind`). A frame larger than one ring record
+may be (half the ring) travels as several records: :func:`put_frame` cuts it into ``PART``
+records followed by one record of the frame's kind, and :func:`get_frame` joins them again, so
+rings can stay small (memory is bounded by ring sizes) whatever a processor makes of a batch.
 
 Hazards
 -------
@@ -39,7 +42,8 @@ from deltaforge.errors import (
 )
 from deltaforge.model import Batch, DeadLetter, EventBlock, Position
 
-__all__ = ["ErrorRecord", "Kind", "RemoteError", "decode_batch", "decode_error", "encode_batch", "encode_error"]
+__all__ = ["ErrorRecord", "Kind", "RemoteError", "decode_batch", "decode_error", "encode_batch", "encode_error",
+           "get_frame", "put_frame"]
 
 
 class Kind(enum.IntEnum):
@@ -47,6 +51,46 @@ class Kind(enum.IntEnum):
     END = 2
     STOP = 3
     ERROR = 4
+    #: a piece of a frame too large for one record; the frame's last piece has the frame's kind
+    PART = 5
+
+
+def put_frame(ring: Any, kind: int, head: Any, data: Any = b"", timeout: float | None = None) -> bool:
+    """Put the frame ``head + data`` into ``ring``: one record when it fits, else ``PART``
+    records and a last one of ``kind``. Waits for room (backpressure); False on ``timeout``
+    (only before the first record: a frame is never left half-put by a timeout)."""
+    most = ring.capacity // 2 - 8  # a record may take at most half the ring, header included
+    n = len(head) + len(data)
+    if n <= most:
+        return bool(ring.put(kind, head + data if len(data) else head, timeout))
+    whole = memoryview(bytes(head) + bytes(data)) if len(data) else memoryview(head).cast("B")
+    if not ring.put(Kind.PART, whole[:most], timeout):
+        return False
+    at = most
+    while n - at > most:
+        ring.put(Kind.PART, whole[at:at + most])
+        at += most
+    ring.put(kind, whole[at:])
+    return True
+
+
+def get_frame(ring: Any, timeout: float | None = None) -> tuple[int, memoryview] | None:
+    """The next frame of ``ring`` as ``(kind, view)``; None on ``timeout``. A one-record frame is
+    a view of the ring (the caller releases it with ``ring.release()``, or the next get does);
+    a frame in pieces is joined into its own buffer (its records are already released)."""
+    got = ring.get(timeout)
+    if got is None or got[0] != Kind.PART:
+        return got
+    whole = bytearray(got[1])
+    del got
+    ring.release()
+    while True:
+        kind, view = ring.get()  # the rest is on its way: the producer is in the middle of a put
+        whole += view
+        del view
+        ring.release()
+        if kind != Kind.PART:
+            return kind, memoryview(whole)
 
 
 class _Head(msgspec.Struct, array_like=True):

@@ -13,6 +13,7 @@ written to the sinks before the first event is read.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,11 @@ class Pipeline:
                                       name="deltaforge-writer", daemon=True)
             reader.start()
             writer.start()
+            pid = os.getpid()  # each stage's thread, for the progress line's CPU shares
+            self.stats.clock.stages = {"reader": (pid, reader.native_id),
+                                       "processors" if chain is not None else "hand-off": (pid, threading.get_native_id()),
+                                       "writer": (pid, writer.native_id)}
+            hists = self.stats.hists
             while True:
                 if failure:
                     raise failure[0]
@@ -87,7 +93,12 @@ class Pipeline:
                     to_writer.put(END)
                     writer.join()
                     raise batch
-                out = chain.process(batch) if chain is not None else batch
+                if chain is not None:
+                    t0 = time.perf_counter()
+                    out = chain.process(batch)
+                    hists.observe("v8_call_seconds", time.perf_counter() - t0)
+                else:
+                    out = batch
                 to_writer.put((batch, out))
             to_writer.put(END)
             writer.join()
@@ -144,22 +155,18 @@ def _read_batches(source: Any, handoff: Channel) -> None:
 def _write_batches(sinks: Any, inbox: Channel, halt: WakeEvent, stats: Stats,
                    failure: list[BaseException]) -> None:
     """Writer thread: commits batches in order; the first error stops the run."""
-    last_report = time.monotonic()
-    reported = stats.events_in
+    hists = stats.hists
     try:
         while True:
             item = inbox.get()
             if item is END or item is HALTED:
                 return
             batch, out = item
+            t0 = time.perf_counter()
             sinks.write(out)
+            hists.observe("commit_seconds", time.perf_counter() - t0)
             stats.record(batch, out)
-            now = time.monotonic()
-            if now - last_report >= 10.0:
-                rate = (stats.events_in - reported) / (now - last_report)
-                log.info("committed %d events (%.0f/s), position %s, lag %d ms",
-                         stats.events_in, rate, stats.position, stats.lag_ms)
-                last_report, reported = now, stats.events_in
+            stats.progress_line()
     except BaseException as e:  # noqa: BLE001 - re-raised in the pipeline thread
         failure.append(e)
         halt.set()

@@ -35,15 +35,24 @@ from typing import Any
 
 from deltaforge.errors import DeltaForgeError, SourceUnavailable
 from deltaforge.model import Position
-from deltaforge.runtime.frames import Kind, decode_batch, decode_error, encode_batch, encode_error
+from deltaforge.runtime.frames import (
+    Kind,
+    decode_batch,
+    decode_error,
+    encode_batch,
+    encode_error,
+    get_frame,
+    put_frame,
+)
+from deltaforge.runtime.ringformat import RING_BYTES
 from deltaforge.runtime.stats import Stats
 
 log = logging.getLogger("deltaforge.pipeline")
 
-#: default size of each ring (a batch frame may take half of it)
-RING_BYTES = 64 << 20
 #: how long a stopping run waits for its children before killing them
 STOP_DEADLINE_S = 30.0
+#: how often a worker sends its histograms to the supervisor (the writer: with its progress)
+REPORT_S = 1.0
 
 
 # ----------------------------------------------------------------------------- in the children
@@ -56,10 +65,15 @@ def _child_setup(stop_r: Connection, role: str) -> threading.Event:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with contextlib.suppress(Exception):  # the process name the kernel shows (ps -o comm, top)
-        import ctypes
+    import setproctitle
 
-        ctypes.CDLL(None).prctl(15, f"df-{role}"[:15].encode(), 0, 0, 0)  # PR_SET_NAME
+    # the command line ps and top show ("deltaforge: worker 2"), and the kernel's 15-byte name
+    # (ps -o comm, killall): "df-worker 2"
+    setproctitle.setproctitle(f"deltaforge: {role}")
+    setproctitle.setthreadtitle(f"df-{role}"[:15])
+    from deltaforge.runtime.commands import tune_gc
+
+    tune_gc()
     stop = WakeEvent()
 
     def watch() -> None:
@@ -105,7 +119,7 @@ def reader_main(config_path: str, resume: Position, rings: list[str], stop_r: Co
         source = open_source(cfg, AnyStop(stop), resume)  # type: ignore[arg-type]
         for batch in source.batches():
             head, data = encode_batch(batch)
-            outs[batch.seq % len(outs)].put(Kind.BATCH, head + data)
+            put_frame(outs[batch.seq % len(outs)], Kind.BATCH, head, data)
             last = batch.seq
         _finish(outs, last, Kind.END, b"")
         result.send(("done",))
@@ -124,7 +138,7 @@ def _finish(outs: list[Any], last: int, kind: int, payload: bytes) -> None:
     """After batch ``last``: ``kind`` where the writer expects batch ``last + 1``, END everywhere
     else (every worker must learn that nothing more comes)."""
     due = (last + 1) % len(outs)
-    outs[due].put(kind, payload, timeout=30)
+    put_frame(outs[due], kind, payload, timeout=30)
     for i, ring in enumerate(outs):
         if i != due:
             ring.put(Kind.END, b"", timeout=30)
@@ -134,29 +148,45 @@ def worker_main(config_path: str, index: int, ring_in: str, ring_out: str, stop_
                 result: Connection) -> None:
     from deltaforge._accel import ring as ring_mod
     from deltaforge.process.js import ProcessorChain
+    from deltaforge.runtime.stats import Histograms
 
     _child_setup(stop_r, f"worker {index}")
     inbox, outbox = ring_mod.Ring.attach(ring_in), ring_mod.Ring.attach(ring_out)
     chain = None
+    hists = Histograms()
+    reported = time.perf_counter()
     try:
         cfg = _load(config_path)
         chain = ProcessorChain(list(cfg.spec.processors), cfg.metadata.name)
         while True:
-            kind, view = inbox.get()
+            got = get_frame(inbox, timeout=REPORT_S)
+            if got is None:  # idle: what this worker observed reaches /metrics now, not at the next batch
+                taken = hists.take()
+                if taken:
+                    result.send(("metrics", taken, {}))
+                continue
+            kind, view = got
             if kind != Kind.BATCH:  # END or ERROR: pass it on, in sequence, and finish
-                outbox.put(kind, bytes(view))
+                put_frame(outbox, kind, bytes(view))
                 del view
                 break
             batch = decode_batch(view)
             del view
             inbox.release()
+            t0 = time.perf_counter()
             out = chain.process(batch)
+            now = time.perf_counter()
+            hists.observe("v8_call_seconds", now - t0)
             head, data = encode_batch(out, events_in=len(batch.events))
-            outbox.put(Kind.BATCH, head + data)
+            put_frame(outbox, Kind.BATCH, head, data)
+            if now - reported >= REPORT_S:
+                result.send(("metrics", hists.take(), {}))
+                reported = now
+        result.send(("metrics", hists.take(), {}))
         result.send(("done",))
     except BaseException as e:  # noqa: BLE001 - the writer meets it where this batch was due
         with contextlib.suppress(Exception):
-            outbox.put(Kind.ERROR, encode_error(e), timeout=5)
+            put_frame(outbox, Kind.ERROR, encode_error(e), timeout=5)
         _report_error(result, e)
     finally:
         if chain is not None:
@@ -169,20 +199,29 @@ def writer_main(config_path: str, expect: dict[str, bytes], rings: list[str], st
                 result: Connection) -> None:
     from deltaforge._accel import ring as ring_mod
     from deltaforge.runtime.pipeline import _open_redis_sinks
+    from deltaforge.runtime.stats import Histograms
 
     _child_setup(stop_r, "writer")
     ins = [ring_mod.Ring.attach(n) for n in rings]
     sinks = None
+    hists = Histograms()
     counts = [0, 0, 0, 0]  # events in, events out, batches, dead letters since the last report
+    last = None  # the last batch committed
     try:
         cfg = _load(config_path)
         sinks = _open_redis_sinks(cfg)
         sinks.open(expect)
         seq = 1
-        reported = time.monotonic()
+        reported = time.perf_counter()
         while True:
             ring = ins[seq % len(ins)]
-            kind, view = ring.get()
+            got = get_frame(ring, timeout=0.2)
+            if got is None:  # idle: the counters of the last batches reach the supervisor now
+                if counts[2]:
+                    _progress(result, counts, last, sinks, hists)
+                    counts = [0, 0, 0, 0]
+                continue
+            kind, view = got
             if kind == Kind.END:
                 break
             if kind == Kind.ERROR:
@@ -193,23 +232,29 @@ def writer_main(config_path: str, expect: dict[str, bytes], rings: list[str], st
             if batch.seq != seq:
                 raise DeltaForgeError(f"the writer expected batch {seq} and got {batch.seq}",
                                       "this is a DeltaForge bug; the run restarts from the checkpoint")
+            t0 = time.perf_counter()
             sinks.write(batch)
+            now = time.perf_counter()
+            hists.observe("commit_seconds", now - t0)
+            hists.observe("batch_events", events_in)
+            if len(batch.events):
+                hists.observe("lag_seconds", max(0.0, time.time() - batch.events[-1].ts_ms / 1000))
             seq += 1
             counts[0] += events_in
             counts[1] += len(batch.events)
             counts[2] += 1
             counts[3] += len(batch.dead)
-            now = time.monotonic()
+            last = batch
             if now - reported >= 0.2:
-                _progress(result, counts, batch, sinks)
+                _progress(result, counts, batch, sinks, hists)
                 counts = [0, 0, 0, 0]
                 reported = now
-        _progress(result, counts, None, sinks)
+        _progress(result, counts, last, sinks, hists)
         result.send(("done",))
     except BaseException as e:  # noqa: BLE001 - reported to the supervisor
         if sinks is not None:
             with contextlib.suppress(Exception):
-                _progress(result, counts, None, sinks)
+                _progress(result, counts, last, sinks, hists)
         _report_error(result, e)
     finally:
         if sinks is not None:
@@ -222,10 +267,13 @@ def _values(sinks: Any) -> dict[str, bytes]:
     return {s.id: s.last_value for s in sinks.sinks if s.last_value is not None}
 
 
-def _progress(result: Connection, counts: list[int], batch: Any, sinks: Any) -> None:
+def _progress(result: Connection, counts: list[int], batch: Any, sinks: Any, hists: Any) -> None:
+    from deltaforge.sink.trim import TRIM_METRICS
+
     end = batch.end if batch is not None else None
     ts = batch.events[-1].ts_ms if batch is not None and len(batch.events) else None
     result.send(("progress", *counts, end, ts, _values(sinks)))
+    result.send(("metrics", hists.take(), TRIM_METRICS.take()))
 
 
 # ----------------------------------------------------------------------------- in the supervisor
@@ -295,7 +343,22 @@ class ProcessPipeline:
                 spawn(f"worker {i + 1}", worker_main, i + 1, to_workers[i].name, to_writer[i].name)
             spawn("reader", reader_main, start, [r.name for r in (to_workers or to_writer)])
             self.children = procs
-            self.stats.state = "running"
+            st = self.stats
+            order = ["reader", *(f"worker {i + 1}" for i in range(self.workers)), "writer"]  # data's way
+            st.clock.stages = {"supervisor": (os.getpid(), None), **{role: (procs[role].pid, None) for role in order}}
+            names = ([f"reader->worker {i + 1}" for i in range(self.workers)]
+                     + [f"worker {i + 1}->writer" for i in range(self.workers)] if self.workers else ["reader->writer"])
+
+            def fills() -> list[tuple[str, float]]:
+                out = []
+                for name, ring in zip(names, rings, strict=True):
+                    with contextlib.suppress(Exception):  # (closed under a scrape at the end of a run)
+                        out.append((name, ring.fill()))
+                return out
+
+            st.rings = fills
+            st.processes = lambda: [("supervisor", os.getpid()), *((role, procs[role].pid) for role in order)]
+            st.state = "running"
             log.info("pipeline %s: reading from %s, %d worker process(es)", self.cfg.metadata.name, start,
                      self.workers)
             self._supervise(procs, results, stops)
@@ -308,6 +371,7 @@ class ProcessPipeline:
                     r.close_writer()
             raise
         finally:
+            self.stats.rings = self.stats.processes = list
             self._stop_children(procs, stops)
             self._drain(results)
             for r in rings:
@@ -325,6 +389,7 @@ class ProcessPipeline:
         msg: Any
         try:
             while "writer" not in done:
+                self.stats.progress_line()
                 if self.stop.is_set() and not stop_sent:
                     for w in stops:
                         with contextlib.suppress(OSError):
@@ -344,6 +409,8 @@ class ProcessPipeline:
                             continue
                         if msg[0] == "progress":
                             self._progress(msg)
+                        elif msg[0] == "metrics":
+                            self._metrics(msg)
                         elif msg[0] == "values":
                             self.stats.sink_values.update(msg[1])
                         elif msg[0] == "done":
@@ -370,6 +437,8 @@ class ProcessPipeline:
                                                 error = decode_error(msg[1])
                                             elif msg[0] == "progress":
                                                 self._progress(msg)
+                                            elif msg[0] == "metrics":
+                                                self._metrics(msg)
                                             elif msg[0] == "done":
                                                 done.add(role)
                             if role not in done and error is None:
@@ -392,6 +461,8 @@ class ProcessPipeline:
                     msg = conn.recv()
                     if msg[0] == "progress":
                         self._progress(msg)
+                    elif msg[0] == "metrics":
+                        self._metrics(msg)
             with contextlib.suppress(OSError):
                 conn.close()
 
@@ -411,6 +482,13 @@ class ProcessPipeline:
         if ts is not None:
             st.lag_ms = max(0, int(now * 1000) - ts)
         st.sink_values.update(values)
+
+    def _metrics(self, msg: tuple[Any, ...]) -> None:
+        from deltaforge.sink.trim import TRIM_METRICS
+
+        _, hists, trims = msg
+        self.stats.hists.add(hists)
+        TRIM_METRICS.add(trims)
 
     def _stop_children(self, procs: dict[str, Any], stops: list[Connection]) -> None:
         for w in stops:

@@ -40,6 +40,11 @@ MIN_CAPACITY = 4096
 OFF_CAPACITY, OFF_HEAD, OFF_DATA_SEQ, OFF_CONS_WAITING = 8, 64, 72, 76
 OFF_TAIL, OFF_SPACE_SEQ, OFF_PROD_WAITING, OFF_WRITER_CLOSED, OFF_READER_CLOSED = 128, 136, 140, 192, 196
 
+#: default size of a ring's data area (``deltaforge run --ring-mib``): a few batches of the
+#: default size (2,000 events); a larger frame crosses in pieces (``frames.put_frame``), so the
+#: size bounds the memory in flight, not what a batch may hold
+RING_BYTES = 8 << 20
+
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
 REC = struct.Struct("<II")

@@ -21,6 +21,7 @@ from typing import Any
 from deltaforge.errors import DeltaForgeError, FencedError
 from deltaforge.runtime.channels import WakeEvent
 from deltaforge.runtime.pipeline import Pipeline
+from deltaforge.runtime.ringformat import RING_BYTES
 from deltaforge.runtime.stats import Stats
 
 log = logging.getLogger("deltaforge.pipeline")
@@ -45,6 +46,8 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.backoff_max_s = backoff_max_s
         self._signals = 0
+        #: size of each ring of the multi-process topology
+        self.ring_bytes = RING_BYTES
         #: the current (or last) run of the stages
         self.pipeline: Any = None
 
@@ -72,7 +75,8 @@ class Supervisor:
                     if self.config_path is None:
                         raise DeltaForgeError("the multi-process topology needs the pipeline's YAML path",
                                               "pass config_path to Supervisor (deltaforge run does)")
-                    self.pipeline = ProcessPipeline(self.cfg, self.config_path, self.workers, self.stop, self.stats)
+                    self.pipeline = ProcessPipeline(self.cfg, self.config_path, self.workers, self.stop, self.stats,
+                                                    ring_bytes=self.ring_bytes)
                 else:
                     self.pipeline = Pipeline(self.cfg, self.stop, self.stats, **self._stages)
                 self.pipeline.run()

@@ -319,6 +319,8 @@ class TrimMetrics:
         self.unacked: Counter[tuple[str, str, str, str]] = Counter()
         self.gaps: Counter[tuple[str, str, str]] = Counter()
         self.held: dict[tuple[str, str, str], int] = {}
+        #: the counters as of the last take()
+        self._sent: dict[str, Counter[Any]] = {}
 
     def register(self, pipeline: str, sink: str) -> None:
         """Make a sink's counters visible (as 0) before its first trim."""
@@ -347,44 +349,62 @@ class TrimMetrics:
             return sum(n for (p, s, _st, _g), n in self.unacked.items()
                        if p == pipeline and (sink is None or s == sink))
 
-    def prometheus(self, pipeline: str) -> list[str]:
-        """Exposition lines for one pipeline (appended to the pipeline's ``/metrics``)."""
+    _COUNTERS = ("trims", "errors", "removed", "forced", "unacked", "gaps")
 
-        def esc(v: str) -> str:
-            return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    def take(self) -> dict[str, dict[tuple[str, ...], int]]:
+        """The counters' increments since the last take, and the held gauge's current values: what
+        a writer process sends its supervisor, which adds them in (:meth:`add`)."""
+        with self._lock:
+            out: dict[str, dict[tuple[str, ...], int]] = {}
+            sent = self._sent
+            for field in self._COUNTERS:
+                now: Counter[Any] = getattr(self, field)
+                before = sent.get(field, Counter())
+                delta = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0) or k not in before}
+                if delta:
+                    out[field] = delta
+                sent[field] = Counter(now)
+            if self.held:
+                out["held"] = {k: v for k, v in self.held.items()}
+            return out
 
-        def labels(key: tuple[str, ...], names: tuple[str, ...]) -> str:
-            return "{" + ",".join(f'{n}="{esc(v)}"' for n, v in zip(names, key, strict=True)) + "}"
+    def add(self, taken: dict[str, dict[tuple[str, ...], int]]) -> None:
+        with self._lock:
+            for field, values in taken.items():
+                if field == "held":
+                    self.held.update(values)  # type: ignore[arg-type]
+                else:
+                    getattr(self, field).update(values)
 
-        out: list[str] = []
+    def families(self, pipeline: str) -> list[tuple[str, str, str, tuple[str, ...], list[tuple[tuple[str, ...], int]]]]:
+        """One pipeline's figures as (name, counter|gauge, help, label names, [(labels, value)])."""
+        out: list[Any] = []
         with self._lock:
             for name, kind, help_, data, names in (
-                ("deltaforge_trims_total", "counter", "Stream trims run (max_len, max_len_hard)",
+                ("deltaforge_trims", "counter", "Stream trims run (max_len, max_len_hard)",
                  self.trims, ("pipeline", "sink")),
-                ("deltaforge_trim_errors_total", "counter", "Stream trims that failed (retried later)",
+                ("deltaforge_trim_errors", "counter", "Stream trims that failed (retried later)",
                  self.errors, ("pipeline", "sink")),
-                ("deltaforge_trimmed_entries_total", "counter", "Stream entries removed by trimming",
+                ("deltaforge_trimmed_entries", "counter", "Stream entries removed by trimming",
                  self.removed, ("pipeline", "sink")),
-                ("deltaforge_trimmed_hard_total", "counter", "Stream entries cut by max_len_hard",
+                ("deltaforge_trimmed_hard", "counter", "Stream entries cut by max_len_hard",
                  self.forced, ("pipeline", "sink", "stream")),
-                ("deltaforge_trimmed_unacked_total", "counter",
+                ("deltaforge_trimmed_unacked", "counter",
                  "Entries cut by max_len_hard that a consumer group had not acknowledged (lost invalidations)",
                  self.unacked, ("pipeline", "sink", "stream", "group")),
-                ("deltaforge_trim_gaps_total", "counter", "Gap entries written after a lossy hard cut",
+                ("deltaforge_trim_gaps", "counter", "Gap entries written after a lossy hard cut",
                  self.gaps, ("pipeline", "sink", "stream")),
                 ("deltaforge_trim_held_entries", "gauge",
                  "Entries above the stream's limit kept because a consumer group has not acknowledged them",
                  self.held, ("pipeline", "sink", "stream")),
             ):
-                rows = [(k, v) for k, v in data.items() if k[0] == pipeline]
-                if not rows and kind == "gauge":
-                    continue
-                out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-                out += [f"{name}{labels(k, names)} {v}" for k, v in sorted(rows)]
+                rows = sorted((k, v) for k, v in data.items() if k[0] == pipeline)
+                if rows or kind == "counter":
+                    out.append((name, kind, help_, names, rows))
         return out
 
 
-#: the process's trim counters (``Stats.prometheus`` renders them)
+#: the process's trim counters (``deltaforge.metrics`` renders them)
 TRIM_METRICS = TrimMetrics()
 
 
