@@ -25,6 +25,18 @@ TOPOLOGIES = ["0", "1", "3"]
 #: (workers finish out of order), which also covers what "1" does; "1" stays on the cheap ones
 TOPOLOGIES_SLOW = ["0", "3"]
 
+#: a processor that tags every event ``seen``: with it, a pipeline's batches cross the V8 worker
+#: processes of ``--workers N`` (without processors the reader feeds the writer directly)
+TAG_PROCESSOR = """  processors:
+    - type: javascript
+      id: tag
+      inline: |
+        function processBatch(events) {
+          for (const e of events) e.tags = ['seen'];
+          return events;
+        }
+"""
+
 
 def binlog_end(mariadb: MariaDBServer) -> str:
     file, pos = mariadb.execute("SHOW MASTER STATUS")[0][:2]

@@ -23,22 +23,9 @@ import pytest
 
 from deltaforge.model import derive_gtid_event_id
 from deltaforge.testing import MariaDBReplica, MariaDBServer, RedisServer
-from tests.e2e import TOPOLOGIES, Engine, stream_events, wait_for, write_config
+from tests.e2e import TAG_PROCESSOR, TOPOLOGIES, Engine, stream_events, wait_for, write_config
 
 pytestmark = pytest.mark.integration
-
-
-#: a processor in the failover and rollback scenarios, so that with --workers N their batches cross
-#: the V8 worker processes too (a pipeline without processors runs reader -> writer)
-_TAG = """  processors:
-    - type: javascript
-      id: tag
-      inline: |
-        function processBatch(events) {
-          for (const e of events) e.tags = ['seen'];
-          return events;
-        }
-"""
 
 
 def _table(mariadb: MariaDBServer, db: str) -> str:
@@ -170,7 +157,7 @@ def test_failover_to_a_replica_with_lower_binlog_numbers_loses_nothing(
     primary, replica = mariadb_primary, mariadb_replica
     primary.execute("CREATE DATABASE app", "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(40))")
     assert primary.binlog_file > replica.binlog_file  # binlog.000006 against binlog.000002
-    cfg = write_config(tmp_path, primary, redis_server, ["app.t"], name="failover", processors=_TAG)
+    cfg = write_config(tmp_path, primary, redis_server, ["app.t"], name="failover", processors=TAG_PROCESSOR)
     cfg.write_text(cfg.read_text().replace(f"dsn: {primary.dsn()}", "dsn: ${MYSQL_DSN}"))
     engine = Engine(cfg, "--workers", workers, env={"MYSQL_DSN": primary.dsn()}).wait_ready()
     _insert(primary, "app.t", range(1, 51))
@@ -203,7 +190,7 @@ def test_redis_restarted_from_an_older_snapshot_is_redelivered(
         tmp_path: Path, mariadb: MariaDBServer, redis_own: RedisServer, fresh_db: str, workers: str) -> None:
     table = _table(mariadb, fresh_db)
     client = redis_own.client()
-    cfg = write_config(tmp_path, mariadb, redis_own, [table], name="rollback", processors=_TAG)
+    cfg = write_config(tmp_path, mariadb, redis_own, [table], name="rollback", processors=TAG_PROCESSOR)
     engine = Engine(cfg, "--workers", workers).wait_ready()
     try:
         _insert(mariadb, table, range(1, 21))

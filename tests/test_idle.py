@@ -19,7 +19,15 @@ from deltaforge.config import load_config
 from deltaforge.runtime.channels import HALTED, AnyStop, Channel, WakeEvent
 from deltaforge.runtime.supervisor import Supervisor
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import binlog_end, start_engine, stop_engine, wait_for, write_config
+from tests.e2e import (
+    TAG_PROCESSOR,
+    TOPOLOGIES,
+    binlog_end,
+    start_engine,
+    stop_engine,
+    wait_for,
+    write_config,
+)
 
 
 def test_channel_blocks_until_an_item_or_the_halt() -> None:
@@ -60,6 +68,7 @@ def test_anystop_wake_fd_turns_readable_on_any_event() -> None:
     assert AnyStop(threading.Event()).wake_fileno() is None  # a plain Event: waiters poll
 
 
+# in-process only: it counts the wake-ups of this process's stage channels and reader (sup.pipeline)
 @pytest.mark.integration
 def test_an_idle_engine_does_not_wake_up(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
                                          redis_client, fresh_db: str) -> None:
@@ -91,13 +100,16 @@ def test_an_idle_engine_does_not_wake_up(tmp_path: Path, mariadb: MariaDBServer,
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_an_idle_engine_cleanly(sig: int, tmp_path: Path, mariadb: MariaDBServer,
-                                              redis_server: RedisServer, fresh_db: str) -> None:
-    # every thread is parked in a blocking wait: the handler must still run and wake them all
+                                              redis_server: RedisServer, fresh_db: str, workers: str) -> None:
+    # every thread (and every worker process) is parked in a blocking wait: the handler must still run
+    # and wake them all
     mariadb.execute(f"CREATE TABLE {fresh_db}.items (id INT PRIMARY KEY)")
-    cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=binlog_end(mariadb))
-    engine = start_engine(cfg)
+    cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.items"], start=binlog_end(mariadb),
+                       processors=TAG_PROCESSOR)
+    engine = start_engine(cfg, "--workers", workers)
     time.sleep(1.0)
     code, out = stop_engine(engine, sig)
     assert code == 0, out
