@@ -14,7 +14,17 @@ from typing import Any
 import pytest
 
 from deltaforge.testing import MariaDBServer, RedisServer
-from tests.e2e import SEED, Engine, binlog_end, stream_events, wait_for, write_config
+from tests.e2e import (
+    SEED,
+    TAG_PROCESSOR,
+    TOPOLOGIES,
+    Engine,
+    binlog_end,
+    stream_events,
+    wait_for,
+    write_config,
+)
+from tests.test_processes import _alive, _children
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +37,9 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> 
 def test_config_error_is_one_line_with_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(SEED.read_text().replace("max_events: 100", "max_event: 100"))
-    res = _cli("run", str(bad), env={"MYSQL_DSN": "mysql://u:pw@127.0.0.1:1/app", "REDIS_URI": "redis://127.0.0.1:1"})
+    # the config fails to load before any topology starts
+    res = _cli("run", str(bad), "--workers", "0",
+               env={"MYSQL_DSN": "mysql://u:pw@127.0.0.1:1/app", "REDIS_URI": "redis://127.0.0.1:1"})
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: spec.batch.max_event")
@@ -51,31 +63,51 @@ def test_preflight_failure_never_prints_the_password(mariadb: MariaDBServer, red
     assert res.returncode == 3, out
     assert "FAIL" in out and "fix:" in out
     assert "hunter2-wrong" not in out
-    res = _cli("run", str(SEED), env=env)
-    assert res.returncode == 3 and "hunter2-wrong" not in res.stdout + res.stderr
+    for workers in TOPOLOGIES:  # the preflight of `run` differs by topology (the JS check runs apart with N >= 1)
+        res = _cli("run", str(SEED), "--workers", workers, env=env)
+        assert res.returncode == 3 and "hunter2-wrong" not in res.stdout + res.stderr, workers
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_json_logs_and_clean_sigterm(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                     redis_client: Any, fresh_db: str) -> None:
+                                     redis_client: Any, fresh_db: str, workers: str) -> None:
     mariadb.execute(f"CREATE TABLE {fresh_db}.t (id INT PRIMARY KEY)")
-    cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.t"], start=binlog_end(mariadb))
-    engine = Engine(cfg, global_args=("--log-format", "json")).wait_ready()
+    # an optional sink whose user may not XADD: the sink stage (the writer process with --workers N) logs a warning
+    redis_client.execute_command("ACL", "SETUSER", "jsonopt", "on", ">Opt-Secret-93", "~*", "+@all", "-xadd")
+    opt = f"""    - type: redis
+      config:
+        id: opt
+        uri: redis://jsonopt:Opt-Secret-93@127.0.0.1:{redis_server.port}/0
+        stream: cdc:opt
+        required: false
+"""
+    cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.t"], start=binlog_end(mariadb),
+                       processors=TAG_PROCESSOR, sinks_extra=opt)
+    engine = Engine(cfg, "--workers", workers, global_args=("--log-format", "json")).wait_ready()
     try:
         mariadb.execute(f"INSERT INTO {fresh_db}.t VALUES (1)")
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 1, what="one entry")
+        wait_for(lambda: "sink opt failed" in engine.output, what="the optional sink's warning")
     finally:
         code, err = engine.stop(signal.SIGTERM)
+        redis_client.execute_command("ACL", "DELUSER", "jsonopt")
     assert code == 0, err
-    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    # every log line is one JSON object, whichever process wrote it (the preflight's report is not a log)
+    logs = [line for line in err.splitlines() if not line.startswith(("ok   ", "warn ", "FAIL "))]
+    assert all(line.startswith("{") for line in logs), err
+    records = [json.loads(line) for line in logs]
     assert records and all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
     assert any("reading from" in r["msg"] for r in records)
+    assert [r["level"] for r in records if "sink opt failed" in r["msg"]] == ["warning"]
+    assert "Opt-Secret-93" not in err
     assert "deltaforge:deltaforge@" not in err  # the DSN's password never appears
     assert mariadb.dsn().split("@")[0].split(":")[-1] + "@" not in err
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_second_signal_exits_at_once_without_committing(tmp_path: Path, mariadb: MariaDBServer,
                                                        redis_server: RedisServer, redis_client: Any,
-                                                       fresh_db: str) -> None:
+                                                       fresh_db: str, workers: str) -> None:
     mariadb.execute(f"CREATE TABLE {fresh_db}.t (id INT PRIMARY KEY)")
     slow = """  processors:
     - type: javascript
@@ -91,22 +123,33 @@ def test_second_signal_exits_at_once_without_committing(tmp_path: Path, mariadb:
 """
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.t"], start=binlog_end(mariadb),
                        processors=slow)
-    engine = Engine(cfg).wait_ready()
+    engine = Engine(cfg, "--workers", workers).wait_ready()
+    stages = int(workers) + 2 if workers != "0" else 0  # reader, workers, writer
+    wait_for(lambda: len(_children(engine.proc.pid)) == stages, what="the stage processes")
+    kids = _children(engine.proc.pid)
     mariadb.execute(f"INSERT INTO {fresh_db}.t VALUES (1)")
     time.sleep(1.5)  # the batch is inside processBatch now
-    engine.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert engine.poll() is None, "the first signal must wait for the batch in flight"
-    # The batch in flight spins for 20 s; stop() SIGKILLs after 15 s (code -9), so 130 means the
-    # second signal ended the process by itself, without waiting for the batch.
-    code, out = engine.stop(signal.SIGTERM, timeout=15)
-    assert code == 130, out
-    assert "second signal" in out
-    assert stream_events(redis_client, "cdc:e2e") == []
+    try:
+        engine.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert engine.poll() is None, "the first signal must wait for the batch in flight"
+        # The batch in flight spins for 20 s; stop() SIGKILLs after 15 s (code -9), so 130 means the
+        # second signal ended the process by itself, without waiting for the batch.
+        code, out = engine.stop(signal.SIGTERM, timeout=15)
+        assert code == 130, out
+        assert "second signal" in out
+        # at once means the whole engine: no stage process may carry on and commit the batch later
+        wait_for(lambda: not any(_alive(p) for p in kids.values()), 5, "the stage processes to exit")
+        assert stream_events(redis_client, "cdc:e2e") == []
+    finally:
+        for pid in kids.values():  # (only if the assertions above failed)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_metrics_and_health_endpoint(tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer,
-                                     redis_client: Any, fresh_db: str) -> None:
+                                     redis_client: Any, fresh_db: str, workers: str) -> None:
     import urllib.error
     import urllib.request
 
@@ -115,12 +158,13 @@ def test_metrics_and_health_endpoint(tmp_path: Path, mariadb: MariaDBServer, red
     mariadb.execute(f"CREATE TABLE {fresh_db}.t (id INT PRIMARY KEY)")
     cfg = write_config(tmp_path, mariadb, redis_server, [f"{fresh_db}.t"], start=binlog_end(mariadb))
     port = free_port()
-    engine = Engine(cfg, "--metrics-port", str(port)).wait_ready()
+    engine = Engine(cfg, "--workers", workers, "--metrics-port", str(port)).wait_ready()
     try:
         mariadb.execute(f"INSERT INTO {fresh_db}.t VALUES (1),(2)")
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 2, what="2 entries")
-        wait_for(lambda: b"deltaforge_events_committed_total" in urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/metrics", timeout=5).read(), what="metrics")
+        # the counters follow the commits (relayed by the supervisor from the writer process with --workers N)
+        wait_for(lambda: b'deltaforge_events_committed_total{pipeline="e2e"} 2.0' in urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=5).read(), what="the commits counted in /metrics")
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
         assert health.status == 200 and health.read().startswith(b"ok: streaming")
