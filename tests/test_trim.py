@@ -5,6 +5,9 @@ worker dropped the trimmed pending entries silently (450 of 500 cache keys never
 Now ``max_len`` never trims past a group's oldest unacknowledged entry; ``max_len_hard`` cuts, but
 counts, logs and marks the cut with a gap entry that both workers survive and ``deltaforge worker``
 reports; trimmed pending entries are reported by the worker, never dropped silently.
+
+Only the scenario through the engine runs in each topology; the others drive a sink and the
+invalidation workers directly, with no engine.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,14 @@ from typing import Any
 import orjson
 import pytest
 
-from deltaforge.config import RedisSinkConfig, load_config
+from deltaforge.config import RedisSinkConfig
 from deltaforge.model import Batch
 from deltaforge.runtime.stats import Stats
-from deltaforge.runtime.supervisor import Supervisor
 from deltaforge.sink.redis_stream import RedisStreamSink
 from deltaforge.sink.trim import GAP_FIELD, TRIM_METRICS
 from deltaforge.testing import MariaDBServer, RedisServer
 from deltaforge.worker import InvalidationWorker
-from tests.e2e import binlog_end, wait_for, write_config
+from tests.e2e import TOPOLOGIES_SLOW, binlog_end, start_supervisor, wait_for, write_config
 from tests.nodeworker import start_node_worker
 from tests.test_config import edit, error, load
 from tests.test_sink import make_batch, raw
@@ -442,9 +443,10 @@ def test_worker_reports_trimmed_entries_xautoclaim_lists(redis_server: RedisServ
 # ----------------------------------------------------------------------------- through the engine
 
 
+@pytest.mark.parametrize("workers", TOPOLOGIES_SLOW)  # 5-6 s a run with processes
 def test_max_len_with_a_lagging_group_through_the_engine(tmp_path: Path, mariadb: MariaDBServer,
                                                          redis_server: RedisServer, redis_client: Any,
-                                                         fresh_db: str) -> None:
+                                                         fresh_db: str, workers: str) -> None:
     """The issue's scenario: worker down while 500 rows change, max_len 50; then the worker starts."""
     mariadb.execute(f"CREATE TABLE {fresh_db}.items (id INT PRIMARY KEY, v INT)")
     stream = "cdc:e2e"
@@ -463,9 +465,7 @@ def test_max_len_with_a_lagging_group_through_the_engine(tmp_path: Path, mariadb
                        start=binlog_end(mariadb), processors=processors, sinks_extra="        max_len: 50\n")
     keys = [f"item:{i}" for i in range(1, 561)]
     set_keys(redis_client, keys)
-    sup = Supervisor(load_config(cfg))
-    t = threading.Thread(target=sup.run, daemon=True)
-    t.start()
+    sup, t = start_supervisor(cfg, workers)  # the trim counters come from the writer's process with --workers N
     try:
         wait_for(lambda: sup.stats.state == "running", 30, "the pipeline to start")
         for tx in range(50):  # 500 rows in 50 transactions, the worker down
