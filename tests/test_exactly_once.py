@@ -23,7 +23,15 @@ import pytest
 
 from deltaforge.model import derive_gtid_event_id
 from deltaforge.testing import MariaDBReplica, MariaDBServer, RedisServer
-from tests.e2e import TAG_PROCESSOR, TOPOLOGIES, Engine, stream_events, wait_for, write_config
+from tests.e2e import (
+    TAG_PROCESSOR,
+    TOPOLOGIES,
+    Engine,
+    binlog_end,
+    stream_events,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -212,4 +220,36 @@ def test_redis_restarted_from_an_older_snapshot_is_redelivered(
     assert _ids(client, "cdc:e2e") == list(range(1, 81))
     assert all(e["tags"] == ["seen"] for e in stream_events(client, "cdc:e2e"))
     assert "rolled back" in out and "re-delivering from" in out
+    client.close()
+
+
+@pytest.mark.parametrize("workers", TOPOLOGIES)
+def test_redis_rolled_back_to_before_a_takeover_is_redelivered_not_fenced(
+        tmp_path: Path, mariadb: MariaDBServer, redis_own: RedisServer, fresh_db: str, workers: str) -> None:
+    """Run A commits and stops; run B (a new owner) takes over and commits; Redis then restarts from a
+    snapshot taken under A: B re-delivers from A's checkpoint (its predecessor's) instead of stopping fenced."""
+    table = _table(mariadb, fresh_db)
+    client = redis_own.client()
+    cfg = write_config(tmp_path, mariadb, redis_own, [table], name="takeover", start=binlog_end(mariadb))
+    _insert(mariadb, table, range(1, 11))
+    code, out = _run_until(cfg, workers, lambda: client.xlen("cdc:e2e") >= 10, "A's 10 entries")  # A
+    assert code == 0, out
+    snapshot = redis_own.snapshot()  # A's last checkpoint and its entries
+    engine = Engine(cfg, "--workers", workers).wait_ready()  # B
+    try:
+        _insert(mariadb, table, range(11, 31))
+        wait_for(lambda: client.xlen("cdc:e2e") == 30, what="B's 20 entries")
+        client.close()
+        redis_own.crash_restart(snapshot)
+        client = redis_own.client()
+        assert client.xlen("cdc:e2e") == 10
+        _insert(mariadb, table, range(31, 41))
+        wait_for(lambda: client.xlen("cdc:e2e") >= 40, 90, what="B's lost entries re-delivered, then the new ones")
+        time.sleep(0.5)
+        assert engine.poll() is None, engine.output  # not fenced
+    finally:
+        code, out = engine.stop()
+    assert code == 0, out
+    assert _ids(client, "cdc:e2e") == list(range(1, 41))
+    assert "rolled back" in out and "re-delivering from" in out and "another instance" not in out
     client.close()

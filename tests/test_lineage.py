@@ -3,6 +3,11 @@
 The checkpoint value carries (owner, commit counter, prev); see the module header of
 deltaforge/sink/redis_stream.py. The Redis-restart-from-snapshot version of these
 scenarios, through ``deltaforge run``, is in tests/test_exactly_once.py.
+
+These drive one sink object directly (no engine), so they have no topology to vary. The same
+lineage through ``deltaforge run`` with ``--workers`` 0, 1 and 3 (where the supervisor claims the
+checkpoint and the writer process continues its lineage): tests/test_exactly_once.py (a rollback
+within one run, and to before a takeover) and tests/test_e2e.py (a second instance is fenced).
 """
 
 from __future__ import annotations
