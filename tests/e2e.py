@@ -73,10 +73,15 @@ spec:
 
 
 class Engine:
-    """A ``deltaforge run`` subprocess whose output is collected by a thread (so pipes never fill)."""
+    """A ``deltaforge run`` subprocess whose output is collected by a thread (so pipes never fill).
+
+    ``extra`` must name the topology (``"--workers", N``): which one runs is the test's choice,
+    never the CLI's default."""
 
     def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
                  global_args: tuple[str, ...] = ()) -> None:
+        if "--workers" not in extra:
+            raise TypeError("Engine: pass --workers explicitly (see tests.e2e.TOPOLOGIES)")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deltaforge", *global_args, "run", str(config), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -86,7 +86,8 @@ def test_exactly_once_through_kills_redis_rollbacks_and_a_mariadb_restart(
     cfg = write_config(tmp_path, server, redis, ["chaos.t"], name="chaos", start="earliest",
                        batch="  batch:\n    max_events: 500\n")
     client = redis.client()
-    engine = Engine(cfg).wait_ready(60)
+    # in one process; the multi-process topology's chaos is the next test
+    engine = Engine(cfg, "--workers", "0").wait_ready(60)
     writer = _paced_writer(server)
     outputs: list[str] = []
     snapshots: list[Path] = []
@@ -100,7 +101,7 @@ def test_exactly_once_through_kills_redis_rollbacks_and_a_mariadb_restart(
     def kill_engine() -> None:
         nonlocal engine
         outputs.append(engine.stop(signal.SIGKILL)[1])
-        engine = Engine(cfg).wait_ready(60)
+        engine = Engine(cfg, "--workers", "0").wait_ready(60)
 
     def snapshot_redis() -> None:
         snapshots.append(redis.snapshot())
