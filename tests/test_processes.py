@@ -178,7 +178,7 @@ def test_metrics_health_ready_and_progress_across_processes(tmp_path: Path, mari
     assert value('deltaforge_commit_seconds_count{pipeline="e2e"}') == batches
     assert value('deltaforge_batch_events_sum{pipeline="e2e"}') == len(expected)
     assert value('deltaforge_v8_call_seconds_count{pipeline="e2e"}') == batches  # every batch, both workers
-    assert value('deltaforge_v8_call_seconds_sum{pipeline="e2e"}') >= 0.03  # a slow batch (30 ms) at least
+    assert value('deltaforge_v8_call_seconds_sum{pipeline="e2e"}') > 0
     for ring in ("reader->worker 1", "reader->worker 2", "worker 1->writer", "worker 2->writer"):
         assert 0.0 <= value(f'deltaforge_ring_fill_ratio{{pipeline="e2e",ring="{ring}"}}') <= 1.0
     for proc in ("supervisor", "reader", "worker 1", "worker 2", "writer"):

@@ -259,3 +259,47 @@ def _check(server: MariaDBServer, shape: list[list[Stmt]], lim: Limits) -> None:
 def test_resume_from_every_batch_end_reads_the_binlog_exactly(mariadb: MariaDBServer, fast_tls: None,
                                                                shape: list[list[Stmt]], lim: Limits) -> None:
     _check(mariadb, shape, lim)
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_busy_downstream_lets_batches_grow_a_free_one_gets_each_transaction_at_once(
+        mariadb: MariaDBServer, fresh_db: str, busy: bool) -> None:
+    """Transactions arriving one by one (10 ms apart): while the next stages report busy, the batch
+    grows (here up to max_events, max_ms being long); when they are free, each transaction leaves
+    as soon as the socket is idle (latency at low traffic)."""
+    import time
+
+    mariadb.execute(f"CREATE TABLE {fresh_db}.t (id INT PRIMARY KEY)")
+    file, pos = mariadb.execute("SHOW MASTER STATUS")[0][:2]
+    stop = threading.Event()
+    source = BinlogSource(dsn=mariadb.dsn(), tables=[f"{fresh_db}.t"], pipeline="hold", tenant=None,
+                          max_events=10, max_ms=60_000, stop=stop, start=f"{file}:{pos}")
+    source.downstream_busy = (lambda: True) if busy else (lambda: False)
+
+    def write() -> None:
+        for i in range(30):
+            mariadb.execute(f"INSERT INTO {fresh_db}.t VALUES ({i})")
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=write)
+    guard = threading.Timer(READ_TIMEOUT_S, stop.set)
+    guard.start()
+    sizes: list[int] = []
+    try:
+        source.open(None)
+        writer.start()
+        batches = source.batches()
+        for batch in batches:
+            sizes.append(len(batch.events))
+            if sum(sizes) >= 30:
+                break
+        batches.close()
+    finally:
+        guard.cancel()
+        writer.join()
+        source.close()
+    assert sum(sizes) == 30
+    if busy:
+        assert sizes == [10, 10, 10]
+    else:
+        assert len(sizes) >= 10 and max(sizes) <= 5, sizes  # (a loaded box may bunch a few)

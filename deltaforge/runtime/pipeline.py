@@ -71,9 +71,13 @@ class Pipeline:
             to_writer = Channel(READ_AHEAD, halt)
             self.channels = (from_reader, to_writer)
             failure: list[BaseException] = []
+            committed = [0]  # seq of the last batch the writer committed (written by the writer thread only)
+            if hasattr(source, "last_seq"):
+                # a batch waits while the ones before it are still in a stage (see the source's batching)
+                source.downstream_busy = lambda: source.last_seq > committed[0]
             reader = threading.Thread(target=_read_batches, args=(source, from_reader),
                                       name="deltaforge-reader", daemon=True)
-            writer = threading.Thread(target=_write_batches, args=(sinks, to_writer, halt, self.stats, failure),
+            writer = threading.Thread(target=_write_batches, args=(sinks, to_writer, halt, self.stats, failure, committed),
                                       name="deltaforge-writer", daemon=True)
             reader.start()
             writer.start()
@@ -153,7 +157,7 @@ def _read_batches(source: Any, handoff: Channel) -> None:
 
 
 def _write_batches(sinks: Any, inbox: Channel, halt: WakeEvent, stats: Stats,
-                   failure: list[BaseException]) -> None:
+                   failure: list[BaseException], committed: list[int]) -> None:
     """Writer thread: commits batches in order; the first error stops the run."""
     hists = stats.hists
     try:
@@ -165,6 +169,7 @@ def _write_batches(sinks: Any, inbox: Channel, halt: WakeEvent, stats: Stats,
             t0 = time.perf_counter()
             sinks.write(out)
             hists.observe("commit_seconds", time.perf_counter() - t0)
+            committed[0] = batch.seq
             stats.record(batch, out)
             stats.progress_line()
     except BaseException as e:  # noqa: BLE001 - re-raised in the pipeline thread

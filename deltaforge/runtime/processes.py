@@ -104,7 +104,7 @@ def _report_error(result: Connection, err: BaseException) -> None:
         result.send(("error", encode_error(err)))
 
 
-def reader_main(config_path: str, resume: Position, rings: list[str], stop_r: Connection,
+def reader_main(config_path: str, resume: Position, rings: list[str], downstream: list[str], stop_r: Connection,
                 result: Connection) -> None:
     from deltaforge._accel import ring as ring_mod
     from deltaforge.runtime.channels import AnyStop
@@ -112,11 +112,16 @@ def reader_main(config_path: str, resume: Position, rings: list[str], stop_r: Co
 
     stop = _child_setup(stop_r, "reader")
     outs = [ring_mod.Ring.attach(n) for n in rings]
+    watch = list(outs)
     last = 0
     source = None
     try:
         cfg = _load(config_path)
         source = open_source(cfg, AnyStop(stop), resume)  # type: ignore[arg-type]
+        # A record waits in a ring until its stage has passed it on (workers and writer release
+        # it after their work), so a ring that is not empty is a stage still busy.
+        watch = outs + [ring_mod.Ring.attach(n) for n in downstream]
+        source.downstream_busy = lambda: any(r.fill() > 0 for r in watch)
         for batch in source.batches():
             head, data = encode_batch(batch)
             put_frame(outs[batch.seq % len(outs)], Kind.BATCH, head, data)
@@ -130,7 +135,7 @@ def reader_main(config_path: str, resume: Position, rings: list[str], stop_r: Co
     finally:
         if source is not None:
             source.close()
-        for r in outs:
+        for r in watch:
             r.close()
 
 
@@ -172,13 +177,13 @@ def worker_main(config_path: str, index: int, ring_in: str, ring_out: str, stop_
                 break
             batch = decode_batch(view)
             del view
-            inbox.release()
             t0 = time.perf_counter()
             out = chain.process(batch)
             now = time.perf_counter()
             hists.observe("v8_call_seconds", now - t0)
             head, data = encode_batch(out, events_in=len(batch.events))
             put_frame(outbox, Kind.BATCH, head, data)
+            inbox.release()  # only now: the reader reads a record still in the ring as "worker busy"
             if now - reported >= REPORT_S:
                 result.send(("metrics", hists.take(), {}))
                 reported = now
@@ -228,12 +233,12 @@ def writer_main(config_path: str, expect: dict[str, bytes], rings: list[str], st
                 raise decode_error(view)
             batch, events_in = decode_batch(view, with_input=True)
             del view
-            ring.release()
             if batch.seq != seq:
                 raise DeltaForgeError(f"the writer expected batch {seq} and got {batch.seq}",
                                       "this is a DeltaForge bug; the run restarts from the checkpoint")
             t0 = time.perf_counter()
             sinks.write(batch)
+            ring.release()  # only now: the reader reads a record still in the ring as "writer busy"
             now = time.perf_counter()
             hists.observe("commit_seconds", now - t0)
             hists.observe("batch_events", events_in)
@@ -341,7 +346,8 @@ class ProcessPipeline:
             spawn("writer", writer_main, dict(self.stats.sink_values), [r.name for r in to_writer])
             for i in range(self.workers):
                 spawn(f"worker {i + 1}", worker_main, i + 1, to_workers[i].name, to_writer[i].name)
-            spawn("reader", reader_main, start, [r.name for r in (to_workers or to_writer)])
+            spawn("reader", reader_main, start, [r.name for r in (to_workers or to_writer)],
+                  [r.name for r in to_writer] if to_workers else [])
             self.children = procs
             st = self.stats
             order = ["reader", *(f"worker {i + 1}" for i in range(self.workers)), "writer"]  # data's way

@@ -15,7 +15,11 @@ Batching contract
 -----------------
 * A batch ends at a transaction boundary (``respect_source_tx``) once
   ``max_events``/``max_bytes``/``max_ms`` is reached, or as soon as the socket has
-  nothing more buffered (so latency at low traffic is milliseconds).
+  nothing more buffered (so latency at low traffic is milliseconds) and the stages after
+  the reader are free (``downstream_busy``): while they still work on earlier batches, the
+  batch grows instead (checked every ``_HOLD_POLL_S`` and on every arrival, up to
+  ``max_ms``), so a stream of small transactions under load travels in fewer, larger
+  batches rather than queueing one batch per transaction behind per-batch costs.
 * A transaction bigger than the limits is split. The split batch's end position
   is the transaction's start plus the rows delivered so far (``skip_rows``); the
   reader always holds back the newest row of an open transaction because only the
@@ -102,6 +106,8 @@ _MARIADB_GTID_STANDALONE = 0x01
 _HEARTBEAT_S = 5.0
 #: no byte from the server for this long (heartbeats included) = connection dead
 _SILENCE_S = 30.0
+#: how often a reader holding a finished batch (the next stages still busy) looks again
+_HOLD_POLL_S = 0.0005
 _DML = ("INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD DATA")
 
 
@@ -206,6 +212,9 @@ class BinlogSource:
         self.start_position: Position | None = None
         self._seq = 0
         self._dead: list[tuple[DeadLetter, OrderKey]] = []
+        #: () -> True while the stages after the reader still work on batches it handed out (set by
+        #: the topology); None: never busy (every batch leaves as soon as the socket is idle)
+        self.downstream_busy: Any = None
 
     # ------------------------------------------------------------------ open
     def _control(self) -> Any:
@@ -414,8 +423,9 @@ class BinlogSource:
             return True  # not connected yet: the first fetch connects and gets the fake rotate at once
         return bool(self._scanner.has_event() or self._sock_ready(0))
 
-    def _wait_readable(self) -> bool:
-        """Block until data arrives or a stop is requested. False on stop.
+    def _wait_readable(self, timeout: float | None = None) -> bool:
+        """Block until data arrives, a stop is requested, or ``timeout`` seconds have passed
+        (then True: the caller looks again). False on stop.
 
         A stop flag with ``wake_fileno()`` (the pipeline's AnyStop) is waited on in the same
         select as the socket, so an idle reader sleeps until data, a heartbeat, a stop or the
@@ -427,15 +437,21 @@ class BinlogSource:
         # Silence counts from when this wait began: a reader busy (or held back by a slow sink) for
         # longer than _SILENCE_S has not been waiting on the server all that time.
         waiting_since = time.monotonic()
+        until = None if timeout is None else waiting_since + timeout
         while not self.stop.is_set():
             if sock is None or self._buffered():
                 return True
             if wake_fd is None:
-                fds, timeout = [sock], 0.2
+                fds, wait = [sock], 0.2
             else:
-                fds, timeout = [sock, wake_fd], max(0.0, _SILENCE_S - (time.monotonic() - waiting_since)) + 0.01
+                fds, wait = [sock, wake_fd], max(0.0, _SILENCE_S - (time.monotonic() - waiting_since)) + 0.01
+            if until is not None:
+                left = until - time.monotonic()
+                if left <= 0:
+                    return True
+                wait = min(wait, left)
             try:
-                ready, _, _ = select.select(fds, [], [], timeout)
+                ready, _, _ = select.select(fds, [], [], wait)
             except (OSError, ValueError) as e:
                 raise SourceUnavailable(f"the binlog connection failed: {e}", "the pipeline restarts from its checkpoint") from None
             self.idle_wakeups += 1
@@ -543,6 +559,11 @@ class BinlogSource:
                               "report this with the server version; nothing past this event was committed")
         return wrapper.event
 
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last batch handed out (0: none yet)."""
+        return self._seq
+
     def batches(self) -> Iterator[Batch]:
         """Yield batches until stop is requested. Raises SourceUnavailable/SourceError/DecodeError."""
         if self._stream is None:
@@ -587,6 +608,7 @@ class BinlogSource:
         ident = self.server_identity
         scanner = self._scanner  # None until the first fetch connects
         pending = self._pending  # (the deque object itself: emptiness is checked per event)
+        busy = self.downstream_busy
 
         def take(n: int, end: Position) -> Batch:
             nonlocal nbytes, started, last_yield, committed, boundary_count
@@ -607,9 +629,13 @@ class BinlogSource:
                 if tx is None:
                     idle = not self._buffered()
                     if boundary is not None and boundary_count:
-                        if (idle or boundary_count >= self.max_events or nbytes >= self.max_bytes
-                                or time.monotonic() - started >= self.max_s):
+                        age = time.monotonic() - started
+                        if (boundary_count >= self.max_events or nbytes >= self.max_bytes or age >= self.max_s
+                                or (idle and (busy is None or self.stop.is_set() or not busy()))):
                             yield take(boundary_count, boundary)
+                        elif idle:  # the next stages are busy: let the batch grow until they are free
+                            self._wait_readable(min(_HOLD_POLL_S, self.max_s - age))
+                            continue
                     elif (idle and boundary is not None and not events and committed is not None
                           and not position_le(boundary, committed) and time.monotonic() - last_yield >= 1.0):
                         # Only other tables changed: commit the position alone so a restart need not re-read them.
