@@ -46,7 +46,13 @@ class _JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+#: the (format, level) of the last setup_logging, which the multi-process topology's children repeat
+SETTINGS = ("text", "INFO")
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
+    global SETTINGS
+    SETTINGS = (fmt, level)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ScrubFilter())
     if fmt == "json":

@@ -59,9 +59,14 @@ REPORT_S = 1.0
 
 
 def _child_setup(stop_r: Connection, role: str) -> threading.Event:
-    """Common start of a child: the supervisor coordinates signals; ``stop`` is set when the
-    supervisor says so or goes away (its end of the stop pipe closes)."""
+    """Common start of a child: the supervisor's log settings (``DELTAFORGE_CHILD_LOG``, set in the
+    environment a spawned child inherits), signals coordinated by the supervisor; ``stop`` is set
+    when the supervisor says so or goes away (its end of the stop pipe closes)."""
+    from deltaforge.log import setup_logging
     from deltaforge.runtime.channels import WakeEvent
+
+    fmt, _, level = os.environ.get("DELTAFORGE_CHILD_LOG", "text:INFO").partition(":")
+    setup_logging(fmt, level or "INFO")
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -320,7 +325,10 @@ class ProcessPipeline:
 
         start, values = self._prepare()
         self.stats.sink_values.update(values)
+        from deltaforge.log import SETTINGS
+
         ctx = multiprocessing.get_context("spawn")
+        os.environ["DELTAFORGE_CHILD_LOG"] = ":".join(SETTINGS)  # the children log like this process
         n = max(1, self.workers)
         rings: list[Any] = []
         stops: list[Connection] = []

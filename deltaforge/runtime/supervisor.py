@@ -56,8 +56,23 @@ class Supervisor:
         self._signals += 1
         if self._signals > 1:
             os.write(2, b"second signal: exiting now without committing anything partial\n")
+            self._kill_children()
             os._exit(130)
         self.stop.set()
+
+    def _kill_children(self) -> None:
+        """SIGKILL and reap the stage processes of the current run (none with --workers 0): "at
+        once" means the whole engine; a stage left alone could still commit the batch in flight."""
+        children = getattr(self.pipeline, "children", None) or {}
+        for proc in list(children.values()):
+            pid = getattr(proc, "pid", None)
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (OSError, ChildProcessError):
+                pass
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGINT, self._on_signal)
