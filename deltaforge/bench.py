@@ -489,8 +489,10 @@ class Bench:
         mem: dict[str, Any] = {"drain": {}}
         for name, summ in (self.result.get("drain") or {}).items():
             if name.startswith("ours") and summ:
+                runs = [r for r in summ.get("runs") or [] if r.get("processes")]
+                worst = max(runs, key=lambda r: r.get("unique_mib") or 0) if runs else {}
                 mem["drain"][name] = {"peak_rss_mib": summ.get("peak_rss_mib"), "unique_mib": summ.get("unique_mib"),
-                                      "processes": summ.get("processes")}
+                                      "processes": summ.get("processes"), "per_process": worst.get("processes", [])}
         with self.bar(f"memory: one {s.big_tx_rows:,}-row transaction", s.big_tx_rows) as upd:
             upd(description=f"memory: writing one {s.big_tx_rows:,}-row transaction")
             big = write_big_transaction(env, s.big_tx_rows)
@@ -500,6 +502,12 @@ class Bench:
             env.flush_redis()  # the big stream holds ~0.5 GB in Redis for 1M rows; free it now
         mem["big_tx"] = {"rows": s.big_tx_rows, "write_s": big.write_s, **res}
         self.result["memory"] = mem
+
+
+def _per_process(procs: list[dict[str, Any]]) -> str:
+    """"supervisor 42, reader 38, ..." (MiB, peak RSS of each process of one run)."""
+    return ", ".join(f"{str(p.get('name', '?')).removeprefix('deltaforge: ')} {_n(p.get('peak_rss_mib'), 0)}"
+                     for p in procs)
 
 
 def _peers() -> Any:
@@ -594,15 +602,16 @@ def results_table(result: dict[str, Any]) -> Any:
     if mem:
         for name, m in mem.get("drain", {}).items():
             t.add_row("memory", f"peak, drain, {_run_label(name)}", f"{_n(m.get('unique_mib'), 1)} MiB",
-                      "all processes at one moment, shared pages once (PSS), max over rounds; "
-                      f"{_n(m['peak_rss_mib'], 1)} MiB summing each of {m.get('processes')} process(es)' peak RSS")
+                      "all processes at one moment, rings counted once, max over rounds; "
+                      f"{_n(m['peak_rss_mib'], 1)} MiB summing each of {m.get('processes')} process(es)' peak RSS"
+                      + (f": {_per_process(m['per_process'])}" if m.get("per_process") else ""))
         b = mem.get("big_tx")
         if b:
             t.add_row("memory", f"peak, one {_n(b['rows'])}-row transaction, --workers {b.get('workers')}",
                       f"{_n(b.get('unique_mib'), 1)} MiB",
-                      f"drained at {_n(b['events_per_s'])} events/s; at one moment, shared pages once (PSS); "
+                      f"drained at {_n(b['events_per_s'])} events/s; all processes at one moment, rings counted once; "
                       f"{_n(b['peak_rss_mib'], 1)} MiB summing each of {len(b.get('processes', []))} "
-                      "process(es)' peak RSS")
+                      f"process(es)' peak RSS: {_per_process(b.get('processes', []))}")
     for name, value in (result.get("ratios") or {}).items():
         t.add_row("ratio", name, f"{value:.2f}", "ours / peer, median over rounds of same-round pairs"
                   if name.startswith("drain") else "ours / mysql-replication, same rows")

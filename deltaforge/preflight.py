@@ -948,6 +948,9 @@ def check_processors(cfg: Any) -> list[CheckResult]:
 def _check_processors_child(processors: Any, conn: Any) -> None:
     import types
 
+    import setproctitle
+
+    setproctitle.setproctitle("deltaforge: JS check")
     conn.send(check_processors(types.SimpleNamespace(spec=types.SimpleNamespace(processors=processors))))
 
 

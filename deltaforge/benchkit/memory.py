@@ -100,36 +100,37 @@ class PeakRss:
       so a peak between two polls is not missed): an upper bound, which counts a shared page
       (the rings, V8's library code) once per process that maps it, and adds processes that
       never lived at the same time (``run``'s short-lived JavaScript check).
-    - ``unique_mib``: the largest sum, over the polls, of the processes' PSS (proportional set
-      size: a page shared by k processes counts 1/k in each), i.e. the engine's memory at one
-      moment with every shared page counted once; what a cgroup's limit sees, give or take the
-      page cache.
+    - ``unique_mib``: the largest sum, over the polls, of the processes' resident memory at that
+      moment with the shared-memory rings counted once (each process's ``VmRSS`` without its
+      ``RssShmem``, plus the resident size of the ``/dev/shm`` segments they map). It counts only
+      processes alive together, and still counts a library's pages in every process that maps
+      it (as RSS does), so it does not depend on what else runs on the machine. Sampled every
+      poll: a peak shorter than a poll can be missed.
     """
 
     def __init__(self, root_pid: int) -> None:
         self.root = root_pid
         self.peaks: dict[int, tuple[str, int]] = {}
         self.shmem: dict[int, int] = {}
-        self.pss_peak = 0
+        self.together_peak = 0
 
     def sample(self) -> None:
         pids = (self.root, *descendants(self.root))
-        pss = 0
+        together = 0
         for pid in pids:
             st = _status(pid)
             hwm = st.get("VmHWM", "")
             if not hwm:
                 continue
             kib = int(hwm.split()[0])
-            name = st.get("Name", "?")
             prev = self.peaks.get(pid)
-            if prev is None or kib > prev[1]:
-                self.peaks[pid] = (name, kib)
-            shm = st.get("RssShmem", "")
-            if shm:
-                self.shmem[pid] = max(self.shmem.get(pid, 0), int(shm.split()[0]))
-            pss += _pss_kib(pid)
-        self.pss_peak = max(self.pss_peak, pss)
+            name = process_role(pid, self.root)  # (a spawned stage takes its title a moment after it starts)
+            self.peaks[pid] = (name, max(kib, prev[1] if prev is not None else 0))
+            shm = int(st.get("RssShmem", "0 kB").split()[0])
+            self.shmem[pid] = max(self.shmem.get(pid, 0), shm)
+            together += int(st.get("VmRSS", "0 kB").split()[0]) - shm
+        together += _segments_kib(pids)
+        self.together_peak = max(self.together_peak, together)
 
     def result(self) -> dict[str, Any]:
         procs = [{"pid": pid, "name": name, "peak_rss_mib": round(kib / 1024, 1),
@@ -138,16 +139,25 @@ class PeakRss:
         total = sum(kib for _, kib in self.peaks.values())
         return {
             "peak_rss_mib": round(total / 1024, 1),
-            "unique_mib": round(min(self.pss_peak, total) / 1024, 1),
+            "unique_mib": round(min(self.together_peak, total) / 1024, 1),
             "processes": procs,
         }
 
 
-def _pss_kib(pid: int) -> int:
-    """Proportional set size of ``pid`` in KiB (0 if it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    at = text.find("\nPss:")
-    return int(text[at + 5:text.index("kB", at)]) if at >= 0 else 0
+def _segments_kib(pids: tuple[int, ...]) -> int:
+    """Resident KiB of the POSIX shared-memory segments these processes map (each once)."""
+    seen: set[str] = set()
+    kib = 0
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            parts = line.split(None, 5)
+            path = parts[5].strip() if len(parts) > 5 else ""
+            if path.startswith("/dev/shm/") and path not in seen:
+                seen.add(path)
+                with contextlib.suppress(OSError):
+                    kib += os.stat(path).st_blocks // 2
+    return kib
