@@ -120,12 +120,13 @@ class _Proc:
                                  "check that MariaDB and Redis are reachable from this host")
 
     def cpu_s(self) -> float | None:
-        """User+system CPU seconds used so far (Linux /proc; None elsewhere or once it exited)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
+        """User+system CPU seconds used so far by the process and its live children (the stage
+        processes of ``--workers N``); Linux /proc; None elsewhere or once it exited."""
+        from deltaforge.benchkit.memory import tree_cpu_seconds
+
+        if self.proc.poll() is not None or not Path(f"/proc/{self.proc.pid}/stat").exists():
             return None
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> int:
         """SIGTERM, wait; SIGKILL if it hangs. Returns the exit code."""

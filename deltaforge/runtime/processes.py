@@ -209,7 +209,7 @@ def writer_main(config_path: str, expect: dict[str, bytes], rings: list[str], st
                 result: Connection) -> None:
     from deltaforge._accel import ring as ring_mod
     from deltaforge.runtime.pipeline import _open_redis_sinks
-    from deltaforge.runtime.stats import Histograms
+    from deltaforge.runtime.stats import Histograms, log_dead_letters
 
     _child_setup(stop_r, "writer")
     ins = [ring_mod.Ring.attach(n) for n in rings]
@@ -253,7 +253,7 @@ def writer_main(config_path: str, expect: dict[str, bytes], rings: list[str], st
             counts[0] += events_in
             counts[1] += len(batch.events)
             counts[2] += 1
-            counts[3] += len(batch.dead)
+            counts[3] += log_dead_letters(batch)
             last = batch
             if now - reported >= 0.2:
                 _progress(result, counts, batch, sinks, hists)

@@ -112,6 +112,17 @@ class StageClock:
         return out
 
 
+def log_dead_letters(batch: Batch) -> int:
+    """Log each dead letter of a batch just committed (call it after the commit only: a replay
+    after a crash re-isolates a record but never re-commits it, so each is logged once); returns
+    how many there were."""
+    for d in batch.dead:
+        log.warning("dead letter from %s: %s at %s:%s%s: %s",
+                    f"processor {d.processor}" if d.processor else "the row decoder", d.table, d.file,
+                    d.pos, f" row {d.row}" if d.row is not None else "", d.error)
+    return len(batch.dead)
+
+
 class Stats:
     """Counters for progress lines (and the bench)."""
 
@@ -187,12 +198,7 @@ class Stats:
         self.events_in += len(batch_in.events)
         self.events_out += len(batch_out.events)
         self.position = batch_in.end
-        for d in batch_out.dead:
-            # once per committed record: a replay after a crash re-isolates it but never re-commits it
-            self.dead_letters += 1
-            log.warning("dead letter from %s: %s at %s:%s%s: %s",
-                        f"processor {d.processor}" if d.processor else "the row decoder", d.table, d.file,
-                        d.pos, f" row {d.row}" if d.row is not None else "", d.error)
+        self.dead_letters += log_dead_letters(batch_out)
         self.hists.observe("batch_events", len(batch_in.events))
         if batch_in.events:
             self.lag_ms = max(0, int(now * 1000) - batch_in.events[-1].ts_ms)
