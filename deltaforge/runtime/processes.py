@@ -169,11 +169,11 @@ def worker_main(config_path: str, index: int, ring_in: str, ring_out: str, stop_
         cfg = _load(config_path)
         chain = ProcessorChain(list(cfg.spec.processors), cfg.metadata.name)
         while True:
-            got = get_frame(inbox, timeout=REPORT_S)
-            if got is None:  # idle: what this worker observed reaches /metrics now, not at the next batch
-                taken = hists.take()
-                if taken:
-                    result.send(("metrics", taken, {}))
+            # idle with figures not yet sent: they reach /metrics after REPORT_S, not at the next
+            # batch; idle with nothing to send: sleep until a batch comes (no periodic wake-up)
+            got = get_frame(inbox, timeout=None if hists.empty() else REPORT_S)
+            if got is None:
+                result.send(("metrics", hists.take(), {}))
                 continue
             kind, view = got
             if kind != Kind.BATCH:  # END or ERROR: pass it on, in sequence, and finish
@@ -225,11 +225,10 @@ def writer_main(config_path: str, expect: dict[str, bytes], rings: list[str], st
         reported = time.perf_counter()
         while True:
             ring = ins[seq % len(ins)]
-            got = get_frame(ring, timeout=0.2)
-            if got is None:  # idle: the counters of the last batches reach the supervisor now
-                if counts[2]:
-                    _progress(result, counts, last, sinks, hists)
-                    counts = [0, 0, 0, 0]
+            got = get_frame(ring, timeout=0.2 if counts[2] else None)  # (as in the worker)
+            if got is None:
+                _progress(result, counts, last, sinks, hists)
+                counts = [0, 0, 0, 0]
                 continue
             kind, view = got
             if kind == Kind.END:

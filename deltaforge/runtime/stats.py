@@ -55,6 +55,10 @@ class Histograms:
     def observe(self, name: str, value: float) -> None:
         self.by_name[name].observe(value)
 
+    def empty(self) -> bool:
+        """Nothing observed since the last take."""
+        return not any(any(h.counts) for h in self.by_name.values())
+
     def take(self) -> dict[str, tuple[list[int], float]]:
         """What was observed since the last take (for the supervisor), and start again."""
         out = {}
