@@ -83,13 +83,14 @@ def _child_setup(stop_r: Connection, role: str) -> threading.Event:
 
     def watch() -> None:
         try:
-            stop_r.recv_bytes()  # "stop": finish in order (the supervisor waits for us)
-            stop.set()
-            return
+            while True:  # "stop" (maybe more than once): finish in order, the supervisor waits for us
+                stop_r.recv_bytes()
+                stop.set()
         except (EOFError, OSError):
             pass
-        # the supervisor is gone: stop, and if the stages cannot finish in order (a worker whose
-        # reader died too), go anyway; a restart re-reads from the checkpoint
+        # the supervisor is gone (before or after it said stop): stop, and if the stages cannot
+        # finish in order (a worker whose reader died too), go anyway; a restart re-reads from
+        # the checkpoint
         stop.set()
         time.sleep(STOP_DEADLINE_S)
         os._exit(1)
