@@ -6,11 +6,20 @@ Passwords never leave this module in clear text except into the driver:
 
 from __future__ import annotations
 
+import difflib
+import functools
+import ssl
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 
 from deltaforge.errors import ConfigError
+
+#: the MySQL client's TLS modes (``?ssl-mode=``), weakest first
+SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
+#: every parameter a mysql:// DSN may carry (anything else is an error, never ignored)
+MYSQL_PARAMS = ("ssl-mode", "ssl-ca", "ssl-cert", "ssl-key", "ssl-cipher")
 
 
 class MySQLDSN(msgspec.Struct, frozen=True):
@@ -25,8 +34,31 @@ class MySQLDSN(msgspec.Struct, frozen=True):
         auth = f"{self.user}:***@" if self.password else (f"{self.user}@" if self.user else "")
         return f"mysql://{auth}{self.host}:{self.port}/{self.database}"
 
+    @property
+    def ssl_mode(self) -> str:
+        """The TLS mode: ``ssl-mode``, else VERIFY_CA when ``ssl-ca`` is given (as the MySQL
+        client does), else PREFERRED."""
+        mode = self.params.get("ssl-mode")
+        if mode:
+            return mode.upper()
+        return "VERIFY_CA" if self.params.get("ssl-ca") else "PREFERRED"
+
+    def tls_kwargs(self) -> dict[str, Any]:
+        """pymysql's TLS arguments for this DSN's ``ssl-*`` parameters: DISABLED never uses TLS;
+        PREFERRED uses it when the server offers it, verifying nothing (pymysql's default);
+        REQUIRED insists on it; VERIFY_CA also checks the certificate against ``ssl-ca`` (or the
+        system's CAs); VERIFY_IDENTITY also checks that it names the DSN's host."""
+        mode = self.ssl_mode
+        if mode == "DISABLED":
+            return {"ssl_disabled": True}
+        p = self.params
+        if mode == "PREFERRED" and not (p.get("ssl-cert") or p.get("ssl-cipher")):
+            return {}
+        return {"ssl": _tls_context(mode, p.get("ssl-ca"), p.get("ssl-cert"), p.get("ssl-key"), p.get("ssl-cipher"))}
+
     def connect_kwargs(self) -> dict[str, object]:
-        return {"host": self.host, "port": self.port, "user": self.user, "passwd": self.password}
+        return {"host": self.host, "port": self.port, "user": self.user, "passwd": self.password,
+                **self.tls_kwargs()}
 
 
 class RedisURI(msgspec.Struct, frozen=True):
@@ -74,6 +106,20 @@ def parse_mysql_dsn(dsn: str, path: str = "spec.source.config.dsn") -> MySQLDSN:
         raise ConfigError(path, f"no host in {redact(raw)!r}", "write mysql://user:password@host:3306/db")
     port = _port(port_text, 3306, path, raw)
     params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    _check_params(params, MYSQL_PARAMS, path, raw)
+    mode = params.get("ssl-mode")
+    if mode is not None and mode.upper() not in SSL_MODES:
+        near = difflib.get_close_matches(mode.upper(), SSL_MODES, n=1)
+        raise ConfigError(path, f"ssl-mode={mode!r} in {redact(raw)!r} is not a TLS mode",
+                          f"write ssl-mode={near[0] if near else 'VERIFY_IDENTITY'} (one of {', '.join(SSL_MODES)})")
+    if params.get("ssl-key") and not params.get("ssl-cert"):
+        raise ConfigError(path, f"ssl-key without ssl-cert in {redact(raw)!r}",
+                          "give the client certificate too: ?ssl-cert=client.pem&ssl-key=client-key.pem")
+    try:
+        MySQLDSN(host=host, port=port, user="", password="", database="", params=params).tls_kwargs()
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(path, f"cannot load the TLS files of {redact(raw)!r}: {e}",
+                          "check the ssl-ca, ssl-cert and ssl-key paths (PEM files this process can read)") from None
     return MySQLDSN(
         host=host,
         port=port,
@@ -115,6 +161,30 @@ def parse_redis_uri(uri: str, path: str = "spec.sinks[0].config.uri") -> RedisUR
         tls=parts.scheme == "rediss",
         params=params,
     )
+
+
+def _check_params(params: dict[str, str], known: tuple[str, ...], path: str, raw: str) -> None:
+    """An unknown parameter is an error naming the nearest known one (a typo must not silently
+    turn verification off)."""
+    for name in params:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {near[0]}?" if near else f"the known ones are {', '.join(known)}"
+            raise ConfigError(path, f"unknown parameter {name!r} in {redact(raw)!r}", hint)
+
+
+@functools.cache
+def _tls_context(mode: str, ca: str | None, cert: str | None, key: str | None, cipher: str | None) -> ssl.SSLContext:
+    """One context per set of TLS settings (loading a CA bundle costs tens of milliseconds)."""
+    verify = mode in ("VERIFY_CA", "VERIFY_IDENTITY")
+    ctx = ssl.create_default_context(cafile=ca) if verify else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = mode == "VERIFY_IDENTITY"
+    ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    if cipher:
+        ctx.set_ciphers(cipher)
+    return ctx
 
 
 def redact(url: str) -> str:

@@ -390,12 +390,12 @@ def _connect(dsn: Any, results: list[CheckResult], where: str = _DSN_PATH) -> tu
     import pymysql
 
     from deltaforge.source.mysql_connect import Connection
-    from deltaforge.source.mysql_errors import TRANSIENT, classify, error_code, mysql_error
+    from deltaforge.source.mysql_errors import TLS, TRANSIENT, classify, error_code, mysql_error
 
     name = "mysql"
     conn = Connection(
         host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=QUERY_TIMEOUT_S,
-        write_timeout=QUERY_TIMEOUT_S, charset="utf8mb4", autocommit=True, defer_connect=True,
+        write_timeout=QUERY_TIMEOUT_S, charset="utf8mb4", autocommit=True, defer_connect=True, **dsn.tls_kwargs(),
     )
     try:
         conn.connect()
@@ -407,10 +407,11 @@ def _connect(dsn: Any, results: list[CheckResult], where: str = _DSN_PATH) -> tu
         if version:
             flavor, ver = _flavor_version(str(version))
             label = f" ({'MariaDB' if flavor == 'mariadb' else 'MySQL'} {ver})"
-        if classify(e) != TRANSIENT:
-            err = mysql_error(e, "connecting", where=where, user=dsn.user)
+        kind = classify(e)
+        if kind != TRANSIENT:
+            err = mysql_error(e, "connecting", where=where, user=dsn.user, tls_mode=dsn.ssl_mode)
             results.append(_ok(name, "mysql.reachable", f"reachable at {dsn.redacted()}{label}"))
-            results.append(_fail(name, "mysql.credentials", err.detail, err.hint))
+            results.append(_fail(name, "mysql.tls" if kind == TLS else "mysql.credentials", err.detail, err.hint))
         elif code in (2003, 2005, 2006, 2013):
             msg = str(e.args[1]) if len(e.args) > 1 else str(e)
             detail, fix = _network_fix(dsn.host, dsn.port, _root_cause(e), msg, where)
@@ -422,7 +423,32 @@ def _connect(dsn: Any, results: list[CheckResult], where: str = _DSN_PATH) -> tu
     flavor, ver = _flavor_version(str(conn.server_version or ""))
     label = f"{'MariaDB' if flavor == 'mariadb' else 'MySQL'} {ver}"
     results.append(_ok(name, "mysql.reachable", f"reachable at {dsn.redacted()} ({label})"))
+    results.append(_tls_result(name, dsn, getattr(conn, "_sock", None), where))
     return conn, label
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _tls_result(name: str, dsn: Any, sock: Any, where: str) -> CheckResult:
+    """What the connection got: TLS or not, its version and cipher, and what was verified; a
+    warning when a password crosses the network unencrypted or to an unverified server."""
+    mode = dsn.ssl_mode
+    version = sock.version() if hasattr(sock, "version") else None
+    ca = dsn.params.get("ssl-ca") or "the system's CAs"
+    if version:
+        cipher = (sock.cipher() or ("?",))[0]
+        verified = {"VERIFY_IDENTITY": f"certificate verified (CA: {ca}; host {dsn.host})",
+                    "VERIFY_CA": f"certificate verified (CA: {ca}), host name not checked"}.get(
+                        mode, "certificate not verified")
+        detail = f"TLS ({version}, {cipher}), {verified} (ssl-mode={mode})"
+    else:
+        detail = f"plain connection, not encrypted (ssl-mode={mode})"
+    exposed = mode not in ("VERIFY_CA", "VERIFY_IDENTITY") and dsn.password and dsn.host not in _LOOPBACK
+    if exposed:
+        return _warn(name, "mysql.tls", f"{detail}: the password goes to a server that was not verified",
+                     f"add ?ssl-mode=VERIFY_IDENTITY&ssl-ca=<the server's CA file> to {where}")
+    return _ok(name, "mysql.tls", detail)
 
 
 def _check_mysql(cfg: Any, dsn: Any, results: list[CheckResult]) -> ServerInfo | None:

@@ -84,6 +84,45 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path, t
     raise DeltaForgeError(f"{what} did not open port {port} within {timeout:.0f}s (log: {log})")
 
 
+class TLSFiles:
+    """A private CA and a server certificate it signed for 127.0.0.1 (and only that: ``localhost``
+    is the wrong host), a client certificate from the same CA, and a second, unrelated CA (the
+    wrong CA). PEM files in ``dir``, made with the openssl command line."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = dir
+        self.ca, self.other_ca = dir / "ca.pem", dir / "other-ca.pem"
+        self.server_cert, self.server_key = dir / "server.pem", dir / "server-key.pem"
+        self.client_cert, self.client_key = dir / "client.pem", dir / "client-key.pem"
+
+    @classmethod
+    def make(cls, dir: Path) -> TLSFiles:
+        openssl = require_binary(("openssl",), "openssl")
+        dir.mkdir(parents=True, exist_ok=True)
+        t = cls(dir)
+
+        def run(*args: str) -> None:
+            res = subprocess.run([openssl, *args], capture_output=True, text=True, cwd=dir)
+            if res.returncode != 0:
+                raise DeltaForgeError(f"openssl {args[0]} failed: {res.stderr.strip()[-500:]}")
+
+        for name, subject in (("ca", "DeltaForge test CA"), ("other-ca", "Some other CA")):
+            run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={subject}",
+                "-keyout", f"{name}-key.pem", "-out", f"{name}.pem")
+        (dir / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        for name, cn, ext in (("server", "127.0.0.1", ("-extfile", "san.ext")), ("client", "deltaforge", ())):
+            run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}-key.pem",
+                "-out", f"{name}.csr")
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+                "-days", "2", "-out", f"{name}.pem", *ext)
+        return t
+
+    def server_args(self, *, require: bool = True) -> tuple[str, ...]:
+        """mariadbd options: TLS with these files; ``require``: refuse plain connections."""
+        args = (f"--ssl-ca={self.ca}", f"--ssl-cert={self.server_cert}", f"--ssl-key={self.server_key}")
+        return (*args, "--require-secure-transport=ON") if require else args
+
+
 class MariaDBServer:
     """A private MariaDB with the binlog configured for CDC."""
 

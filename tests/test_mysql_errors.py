@@ -15,6 +15,7 @@ from deltaforge.source.mysql_errors import (
     AUTH,
     POSITION,
     PRIVILEGE,
+    TLS,
     TRANSIENT,
     TRANSIENT_CODES,
     classify,
@@ -45,6 +46,9 @@ def op(code: int, text: str = "x") -> pymysql.err.OperationalError:
     (op(1227, "Access denied; you need (at least one of) the REPLICATION SLAVE privilege(s)"), PRIVILEGE),
     (op(1236, "Could not find first log file name in binary log index file"), POSITION),
     (op(2003, "Can't connect to MySQL server on '127.0.0.1' ([Errno 111] Connection refused)"), TRANSIENT),
+    (op(2003, "Can't connect to MySQL server on 'db' ([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+              "failed: self-signed certificate in certificate chain (_ssl.c:1006))"), TLS),
+    (op(2026, "SSL is required but the server doesn't support it"), TLS),
     (op(2006, "MySQL server has gone away"), TRANSIENT),
     (op(2013, "Lost connection to MySQL server during query"), TRANSIENT),
     (op(1927, "Connection was killed"), TRANSIENT),

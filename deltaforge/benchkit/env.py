@@ -59,7 +59,8 @@ class BenchEnv:
         try:
             conn = pymysql.connect(host=d.host, port=d.port, user=d.user, password=d.password,
                                    database=d.database or None, autocommit=False, charset="utf8mb4",
-                                   connect_timeout=10, client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0)
+                                   connect_timeout=10, client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,
+                                   **d.tls_kwargs())
         except pymysql.err.MySQLError as e:
             raise BenchError(f"cannot connect to MySQL at {redact(self.mysql_admin_dsn)}: {e.args[-1]}",
                              "check --mysql-admin-dsn / --mysql-dsn (user, password, host:port)") from None
@@ -139,7 +140,7 @@ def _ensure_database(env: BenchEnv, raw_admin: str) -> None:
     d = parse_mysql_dsn(raw_admin, "--mysql-admin-dsn")
     try:
         conn = pymysql.connect(host=d.host, port=d.port, user=d.user, password=d.password,
-                               autocommit=True, charset="utf8mb4", connect_timeout=10)
+                               autocommit=True, charset="utf8mb4", connect_timeout=10, **d.tls_kwargs())
     except pymysql.err.MySQLError as e:
         raise BenchError(f"cannot connect to MySQL at {redact(raw_admin)}: {e.args[-1]}",
                          "check --mysql-dsn / --mysql-admin-dsn (user, password, host:port)") from None

@@ -59,6 +59,10 @@ AUTH = "auth"
 PRIVILEGE = "privilege"
 POSITION = "position"
 TRANSIENT = "transient"
+#: TLS could not be set up as the DSN asks (certificate not trusted, wrong host, no TLS on the
+#: server, client certificate refused): a configuration problem, never retried
+TLS = "tls"
+_CR_SSL_CONNECTION_ERROR = 2026
 
 _AUTH_CODES = frozenset({1045, 1129, 1130, 1251, 1698, 1820, 1862, 2059, 3118, 4151})
 _EXPIRED = frozenset({1820, 1862})
@@ -68,7 +72,7 @@ _POSITION_CODES = frozenset({1236})
 #: known passing conditions (documentation and tests; unknown codes are transient too)
 TRANSIENT_CODES = frozenset({
     1040, 1053, 1077, 1078, 1079, 1080, 1152, 1153, 1158, 1159, 1160, 1161, 1184, 1205, 1213, 1317, 1927,
-    3024, 4031, 2002, 2003, 2005, 2006, 2012, 2013, 2014, 2026, 2055,
+    3024, 4031, 2002, 2003, 2005, 2006, 2012, 2013, 2014, 2055,
 })
 
 _USER_HOST = re.compile(r"user '(?P<user>[^']*)'@'(?P<host>[^']*)'")
@@ -91,6 +95,8 @@ def classify(exc: BaseException) -> str:
         if isinstance(exc, RuntimeError) and "cryptography" in str(exc):
             return AUTH
         return TRANSIENT
+    if _is_tls(exc, code):
+        return TLS
     if code in _AUTH_CODES:
         return AUTH
     if code in _PRIVILEGE_CODES:
@@ -98,6 +104,15 @@ def classify(exc: BaseException) -> str:
     if code in _POSITION_CODES:
         return POSITION
     return TRANSIENT
+
+
+def _is_tls(exc: BaseException, code: int | None) -> bool:
+    if code == _CR_SSL_CONNECTION_ERROR:
+        return True
+    if code == 2003:  # "Can't connect ...": TLS when the handshake's TLS part failed, else the network
+        low = str(exc.args[1] if len(exc.args) > 1 else "").lower()
+        return "ssl" in low or "certificate" in low or "tls" in low
+    return False
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -128,16 +143,24 @@ def _grantee(message: str, user: str | None) -> str:
 
 
 def mysql_error(exc: BaseException, doing: str, *, where: str = DSN_PATH, user: str | None = None,
-                grant: str | None = None) -> SourceError:
+                grant: str | None = None, tls_mode: str | None = None) -> SourceError:
     """The :class:`SourceError` (fatal) or :class:`SourceUnavailable` (retriable) for ``exc``.
 
     ``doing`` says what failed ("connecting to MySQL", "reading the binlog"); ``where``
     is :func:`dsn_location`; ``grant`` the privilege list of the fix for a privilege
-    error (default: everything the engine needs).
+    error (default: everything the engine needs); ``tls_mode`` the DSN's ``ssl-mode``.
     """
     kind = classify(exc)
     text = _text(exc)
     code = error_code(exc)
+    if kind == TLS:
+        return _tls_error(text, doing, where, tls_mode)
+    if kind == AUTH and code == 1045 and tls_mode == "DISABLED":
+        # MariaDB answers a plain login to a server with require_secure_transport=ON like a bad password
+        return SourceError(f"MySQL refused the login while {doing} over a plain connection (ssl-mode=DISABLED): "
+                           f"{text}", f"if the server requires TLS (require_secure_transport=ON), remove "
+                           f"ssl-mode=DISABLED from {where} (VERIFY_IDENTITY with ssl-ca verifies the server); else "
+                           "check the user and password")
     if kind == AUTH:
         who = _grantee(text, user)
         if code in _EXPIRED:
@@ -182,3 +205,26 @@ def mysql_error(exc: BaseException, doing: str, *, where: str = DSN_PATH, user: 
                            "or set spec.source.config.start, and keep binlogs longer (binlog_expire_logs_seconds)")
     return SourceUnavailable(f"the MySQL connection failed while {doing}: {text}",
                              "the pipeline restarts from its checkpoint")
+
+
+def _tls_error(text: str, doing: str, where: str, mode: str | None) -> SourceError:
+    """The one-line error of a TLS set-up failure, by its cause."""
+    low = text.lower()
+    mode_text = f"ssl-mode={mode}" if mode else "the DSN's ssl-mode"
+    if "hostname mismatch" in low or "doesn't match" in low:
+        return SourceError(f"the MySQL server's TLS certificate does not name the host in {where} while {doing}: "
+                           f"{text}", f"connect by a name the certificate holds (its subjectAltName), or verify the "
+                           f"CA only with ssl-mode=VERIFY_CA in {where}")
+    if "certificate verify failed" in low:
+        return SourceError(f"the MySQL server's TLS certificate is not signed by a CA this client trusts while "
+                           f"{doing}: {text}", f"set ssl-ca in {where} to the CA that issued the server's "
+                           "certificate")
+    if "doesn't support" in low or "does not support" in low:
+        return SourceError(f"the MySQL server does not offer TLS, and {mode_text} requires it, while {doing}: "
+                           f"{text}", f"enable TLS on the server (ssl_cert, ssl_key), or lower ssl-mode in {where}")
+    if "alert" in low:
+        return SourceError(f"the MySQL server refused this client's TLS certificate while {doing}: {text}",
+                           f"set ssl-cert and ssl-key in {where} to a certificate the server's CA (its ssl_ca) "
+                           "signed")
+    return SourceError(f"TLS with the MySQL server failed while {doing}: {text}",
+                       f"check the ssl-* parameters in {where} against the server's TLS settings")
