@@ -20,6 +20,8 @@ from deltaforge.errors import ConfigError
 SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
 #: every parameter a mysql:// DSN may carry (anything else is an error, never ignored)
 MYSQL_PARAMS = ("ssl-mode", "ssl-ca", "ssl-cert", "ssl-key", "ssl-cipher")
+#: every parameter a redis:// or rediss:// URI may carry (the sinks' and ``deltaforge worker``'s)
+REDIS_PARAMS = ("db", "connect_timeout", "socket_timeout", "ssl_ca_certs", "ssl_cert_reqs")
 
 
 class MySQLDSN(msgspec.Struct, frozen=True):
@@ -146,6 +148,11 @@ def parse_redis_uri(uri: str, path: str = "spec.sinks[0].config.uri") -> RedisUR
         raise ConfigError(path, f"no host in {redact(raw)!r}", "write redis://host:6379/0")
     db_text = parts.path.lstrip("/") or "0"
     params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    _check_params(params, REDIS_PARAMS, path, raw)
+    reqs = params.get("ssl_cert_reqs")
+    if reqs is not None and reqs.lower() not in ("none", "optional", "required"):
+        raise ConfigError(path, f"ssl_cert_reqs={reqs!r} in {redact(raw)!r} is not none, optional or required",
+                          "write ssl_cert_reqs=required (verify the server, the default) or none")
     db_text = params.pop("db", db_text)
     try:
         db = int(db_text)

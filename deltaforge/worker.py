@@ -310,7 +310,7 @@ class InvalidationWorker:
         stats_interval_s: float = 60.0,
         out: TextIO | None = None,
     ) -> None:
-        parse_redis_uri(redis_uri, "--redis-uri (REDIS_URI)")  # one-line ConfigError if malformed
+        uri = parse_redis_uri(redis_uri, "--redis-uri (REDIS_URI)")  # one-line ConfigError if malformed
         for name, value, low in (("--count", count, 1), ("--block-ms", block_ms, 1),
                                  ("--double-delete-ms", double_delete_ms, 0),
                                  ("--claim-idle-ms", claim_idle_ms, 0)):
@@ -330,9 +330,15 @@ class InvalidationWorker:
         self._out = out
         self.metrics = WorkerMetrics()
         # The read timeout must outlast BLOCK, or every idle XREADGROUP would look like a dead socket.
-        self._redis = redis.Redis.from_url(
-            redis_uri, socket_connect_timeout=5.0, socket_timeout=block_ms / 1000.0 + 10.0,
-            socket_keepalive=True, decode_responses=False,
+        # from the parsed URI (the grammar the sinks use too, dsn.py), not redis-py's own URL parser
+        p = uri.params
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": p.get("ssl_ca_certs"),
+               "ssl_cert_reqs": (p.get("ssl_cert_reqs") or "required").lower()} if uri.tls else {}
+        self._redis = redis.Redis(
+            host=uri.host, port=uri.port, db=uri.db, username=uri.username, password=uri.password,
+            socket_connect_timeout=float(p.get("connect_timeout") or 5.0),
+            socket_timeout=max(float(p.get("socket_timeout") or 0.0), block_ms / 1000.0 + 10.0),
+            socket_keepalive=True, decode_responses=False, **tls,
         )
         self._group_ready = False
         self._recover_own = True  # re-read our own unacked entries first (restart with same name)

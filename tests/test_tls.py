@@ -130,3 +130,17 @@ def test_the_wrong_host_ca_or_a_plain_connection_fails_naming_the_cause(
     assert res.returncode == 1, res.stdout + res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expect in errors[0] and "restarting" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("ssl_cert_req=none", r"unknown parameter 'ssl_cert_req' .* \(fix: did you mean ssl_cert_reqs\?\)"),
+    ("socket_connect_timeout=3", r"unknown parameter 'socket_connect_timeout' .* \(fix: did you mean connect_timeout\?\)"),
+    ("ssl_cert_reqs=maybe", r"ssl_cert_reqs='maybe' .* is not none, optional or required"),
+])
+def test_the_redis_uri_takes_only_the_parameters_it_honours(query: str, message: str) -> None:
+    from deltaforge.dsn import parse_redis_uri
+
+    with pytest.raises(ConfigError, match=rf"^spec\.sinks\[0\]\.config\.uri: {message}"):
+        parse_redis_uri(f"rediss://u:pw@cache.example:6380/0?{query}")
+    ok = parse_redis_uri("rediss://u:pw@cache.example:6380/2?connect_timeout=3&ssl_cert_reqs=required")
+    assert (ok.db, ok.params) == (2, {"connect_timeout": "3", "ssl_cert_reqs": "required"})
