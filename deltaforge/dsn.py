@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -19,9 +20,9 @@ from deltaforge.errors import ConfigError
 #: the MySQL client's TLS modes (``?ssl-mode=``), weakest first
 SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
 #: every parameter a mysql:// DSN may carry (anything else is an error, never ignored)
-MYSQL_PARAMS = ("ssl-mode", "ssl-ca", "ssl-cert", "ssl-key", "ssl-cipher")
+MYSQL_PARAMS = ("ssl-mode", "ssl-ca", "ssl-cert", "ssl-key", "ssl-cipher", "password_file")
 #: every parameter a redis:// or rediss:// URI may carry (the sinks' and ``deltaforge worker``'s)
-REDIS_PARAMS = ("db", "connect_timeout", "socket_timeout", "ssl_ca_certs", "ssl_cert_reqs")
+REDIS_PARAMS = ("db", "connect_timeout", "socket_timeout", "ssl_ca_certs", "ssl_cert_reqs", "password_file")
 
 
 class MySQLDSN(msgspec.Struct, frozen=True):
@@ -122,11 +123,13 @@ def parse_mysql_dsn(dsn: str, path: str = "spec.source.config.dsn") -> MySQLDSN:
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(path, f"cannot load the TLS files of {redact(raw)!r}: {e}",
                           "check the ssl-ca, ssl-cert and ssl-key paths (PEM files this process can read)") from None
+    password = _password(unquote(parts.password or ""), params.pop("password_file", None), "MYSQL_PASSWORD_FILE",
+                         path, raw)
     return MySQLDSN(
         host=host,
         port=port,
         user=unquote(parts.username or "root"),
-        password=unquote(parts.password or ""),
+        password=password,
         database=unquote(parts.path.lstrip("/")),
         params=params,
     )
@@ -159,15 +162,38 @@ def parse_redis_uri(uri: str, path: str = "spec.sinks[0].config.uri") -> RedisUR
     except ValueError:
         raise ConfigError(path, f"database {db_text!r} in {redact(raw)!r} is not a number",
                           "end the URI with /0 (or another database number)") from None
+    password = _password(unquote(parts.password) if parts.password is not None else "",
+                         params.pop("password_file", None), "REDIS_PASSWORD_FILE", path, raw)
     return RedisURI(
         host=host,
         port=_port(port_text, 6379, path, raw),
         username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
+        password=password or None,
         db=db,
         tls=parts.scheme == "rediss",
         params=params,
     )
+
+
+def _password(inline: str, file: str | None, env: str, path: str, raw: str) -> str:
+    """The password: in the URL, or read from ``password_file`` (the query) or from the file
+    ``$<env>`` names when the URL has none (container secrets); a trailing newline is dropped."""
+    if file is not None and inline:
+        raise ConfigError(path, f"{redact(raw)!r} has both a password and password_file",
+                          "keep one: the password in the URL or password_file")
+    if file is None and not inline:
+        file = os.environ.get(env) or None
+        where = f"${env}"
+    else:
+        where = "password_file"
+    if file is None:
+        return inline
+    try:
+        with open(file, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(path, f"cannot read the password file {file!r} ({where}): {e.strerror or e}",
+                          f"point {where} at a file this process can read") from None
 
 
 def _check_params(params: dict[str, str], known: tuple[str, ...], path: str, raw: str) -> None:

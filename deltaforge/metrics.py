@@ -1,6 +1,6 @@
 """``/metrics`` (Prometheus, through prometheus-client), ``/health`` and ``/ready``.
 
-Served from a daemon thread on 127.0.0.1 only. A scrape renders what :class:`~deltaforge.runtime.stats.Stats`
+Served from a daemon thread, on 127.0.0.1 unless ``--metrics-bind`` says otherwise. A scrape renders what :class:`~deltaforge.runtime.stats.Stats`
 already holds (the children of the multi-process topology report into the supervisor's), plus
 what the supervisor reads at scrape time: each ring's fill and each process's resident memory
 and CPU. A scrape costs the stages nothing.
@@ -128,8 +128,9 @@ def pipeline_routes(stats: Any, pipeline: str) -> Routes:
     return {"/metrics": lambda: (200, render(stats, pipeline)), "/health": stats.health, "/ready": stats.ready}
 
 
-def serve_http(routes: Routes, port: int, name: str = "metrics") -> ThreadingHTTPServer:
-    """Serve ``routes`` on 127.0.0.1:``port`` (0 = any free port; see ``server.server_port``)."""
+def serve_http(routes: Routes, port: int, name: str = "metrics", bind: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Serve ``routes`` on ``bind``:``port`` (0 = any free port; see ``server.server_port``).
+    Loopback by default: the figures name tables, streams and hosts."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -149,10 +150,11 @@ def serve_http(routes: Routes, port: int, name: str = "metrics") -> ThreadingHTT
             pass
 
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server = ThreadingHTTPServer((bind, port), Handler)
     except OSError as e:
-        raise ConfigError("--metrics-port", f"cannot listen on 127.0.0.1:{port}: {e.strerror}",
-                          "pick a free port or leave --metrics-port out") from None
+        raise ConfigError("--metrics-port", f"cannot listen on {bind}:{port}: {e.strerror or e}",
+                          "pick a free port, an address of this host for --metrics-bind, or leave "
+                          "--metrics-port out") from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name=f"deltaforge-{name}", daemon=True).start()
     return server

@@ -269,13 +269,13 @@ class WorkerMetrics:
         return "\n".join(lines) + "\n"
 
 
-def serve_metrics(metrics: WorkerMetrics, port: int) -> ThreadingHTTPServer:
-    """Serve ``/metrics`` on 127.0.0.1:``port`` (0 = any free port) from a daemon thread."""
+def serve_metrics(metrics: WorkerMetrics, port: int, bind: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Serve ``/metrics`` on ``bind``:``port`` (0 = any free port) from a daemon thread."""
 
     def render() -> tuple[int, str]:
         return 200, metrics.prometheus()
 
-    return serve_http({"/metrics": render, "/": render}, port, "worker-metrics")
+    return serve_http({"/metrics": render, "/": render}, port, "worker-metrics", bind=bind)
 
 
 # --- the worker ------------------------------------------------------------------------------
@@ -662,12 +662,14 @@ class InvalidationWorker:
 @click.option("--claim-idle-ms", default=60000, show_default=True, type=click.IntRange(min=0),
               help="Take over entries pending this long on dead consumers (0 = off).")
 @click.option("--metrics-port", default=None, type=click.IntRange(min=0, max=65535),
-              help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+              help="Serve Prometheus metrics on --metrics-bind:PORT/metrics.")
+@click.option("--metrics-bind", default="127.0.0.1", show_default=True,
+              help="Address /metrics listens on (0.0.0.0: every interface).")
 @click.option("--stats-interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds between stats log lines.")
 def worker_command(redis_uri: str, stream: str, group: str, consumer: str | None, count: int,
                    block_ms: int, double_delete_ms: int, claim_idle_ms: int, metrics_port: int | None,
-                   stats_interval: float) -> None:
+                   metrics_bind: str, stats_interval: float) -> None:
     """Consume cache-invalidation events and delete the cache keys they name.
 
     The Python counterpart of the seed's Node worker: same stream, group and log lines.
@@ -679,9 +681,9 @@ def worker_command(redis_uri: str, stream: str, group: str, consumer: str | None
     try:
         worker = InvalidationWorker(redis_uri, stream, group, consumer, count, block_ms,
                                     double_delete_ms, claim_idle_ms, stats_interval_s=stats_interval)
-        server = serve_metrics(worker.metrics, metrics_port) if metrics_port is not None else None
+        server = serve_metrics(worker.metrics, metrics_port, metrics_bind) if metrics_port is not None else None
         if server is not None:
-            logger.info("metrics on http://127.0.0.1:%d/metrics", server.server_address[1])
+            logger.info("metrics on http://%s:%d/metrics", metrics_bind, server.server_address[1])
     except DeltaForgeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

@@ -47,11 +47,13 @@ def check_command(config: str) -> None:
 @click.option("--skip-preflight", is_flag=True, help="Start without checking the servers first.")
 @click.option("--progress-every", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds between progress lines (events, rate, position, lag, each stage's CPU share).")
+@click.option("--metrics-bind", default="127.0.0.1", show_default=True,
+              help="Address /metrics, /health and /ready listen on (0.0.0.0: every interface).")
 @click.option("--metrics-port", type=int, default=None,
               help="Serve /metrics (Prometheus) and /health on 127.0.0.1:PORT (0 = any free port).")
 @friendly_errors
 def run_command(config: str, workers: str, ring_mib: str, skip_preflight: bool, progress_every: float,
-                metrics_port: int | None) -> None:
+                metrics_port: int | None, metrics_bind: str) -> None:
     """Run the pipeline in CONFIG until SIGINT/SIGTERM."""
     from deltaforge.runtime.supervisor import Supervisor
 
@@ -78,9 +80,11 @@ def run_command(config: str, workers: str, ring_mib: str, skip_preflight: bool, 
 
         from deltaforge.metrics import pipeline_routes, serve_http
 
-        server = serve_http(pipeline_routes(supervisor.stats, cfg.metadata.name), metrics_port, "metrics")
+        server = serve_http(pipeline_routes(supervisor.stats, cfg.metadata.name), metrics_port, "metrics",
+                            bind=metrics_bind)
         logging.getLogger("deltaforge.pipeline").info(
-            "metrics on http://127.0.0.1:%d/metrics, liveness on /health, readiness on /ready", server.server_port)
+            "metrics on http://%s:%d/metrics, liveness on /health, readiness on /ready", metrics_bind,
+            server.server_port)
     tune_gc()
     sys.exit(supervisor.run())
 

@@ -1,9 +1,13 @@
-"""MySQL TLS as the DSN asks (``?ssl-mode=...&ssl-ca=...``), against a MariaDB that accepts only
-TLS (``require_secure_transport=ON``), with certificates from a private CA made at test time.
+"""Connection security against real servers.
 
-Both directions: VERIFY_IDENTITY with the right CA checks and streams; the wrong host, the
-wrong CA and DISABLED each fail with a one-line message naming the cause (and are not retried);
-an unknown DSN parameter is an error naming the nearest valid one, never ignored.
+- MySQL TLS as the DSN asks (``?ssl-mode=...&ssl-ca=...``), against a MariaDB that accepts only
+  TLS (``require_secure_transport=ON``), with certificates from a private CA made at test time.
+  Both directions: VERIFY_IDENTITY with the right CA checks and streams; the wrong host, the
+  wrong CA and DISABLED each fail with a one-line message naming the cause (never retried).
+- An unknown DSN or Redis URI parameter is an error naming the nearest valid one, never ignored.
+- Passwords from files (``password_file``, ``$MYSQL_PASSWORD_FILE``, ``$REDIS_PASSWORD_FILE``).
+- No password in logs, errors, ``/metrics``, ``/health``, ``/ready`` or any process's command
+  line, in every topology.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ import pytest
 from deltaforge.dsn import parse_mysql_dsn
 from deltaforge.errors import ConfigError
 from deltaforge.testing import MariaDBServer, RedisServer, TLSFiles
-from tests.e2e import TOPOLOGIES_SLOW, Engine, binlog_end, stream_events, wait_for, write_config
+from tests.e2e import (
+    TOPOLOGIES,
+    TOPOLOGIES_SLOW,
+    Engine,
+    binlog_end,
+    stream_events,
+    wait_for,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +156,96 @@ def test_the_redis_uri_takes_only_the_parameters_it_honours(query: str, message:
         parse_redis_uri(f"rediss://u:pw@cache.example:6380/0?{query}")
     ok = parse_redis_uri("rediss://u:pw@cache.example:6380/2?connect_timeout=3&ssl_cert_reqs=required")
     assert (ok.db, ok.params) == (2, {"connect_timeout": "3", "ssl_cert_reqs": "required"})
+
+
+# ----------------------------------------------------------------------------- passwords from files
+
+
+def test_passwords_come_from_files_for_container_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deltaforge.dsn import parse_redis_uri
+
+    secret = tmp_path / "mysql-password"
+    secret.write_text("s3cret-from-file\n")
+    assert parse_mysql_dsn(f"mysql://app@db:3306/app?password_file={secret}").password == "s3cret-from-file"
+    monkeypatch.setenv("MYSQL_PASSWORD_FILE", str(secret))
+    assert parse_mysql_dsn("mysql://app@db:3306/app").password == "s3cret-from-file"  # the URL has none
+    assert parse_mysql_dsn("mysql://app:inline@db:3306/app").password == "inline"  # the URL's wins
+    monkeypatch.setenv("REDIS_PASSWORD_FILE", str(secret))
+    uri = parse_redis_uri("redis://worker@cache:6379/0")
+    assert uri.password == "s3cret-from-file" and "s3cret" not in uri.redacted()
+    with pytest.raises(ConfigError, match=r"has both a password and password_file \(fix: keep one"):
+        parse_mysql_dsn(f"mysql://app:pw@db/app?password_file={secret}")
+    monkeypatch.setenv("MYSQL_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"cannot read the password file .*missing' \(\$MYSQL_PASSWORD_FILE\): "
+                                          r"No such file or directory \(fix: point \$MYSQL_PASSWORD_FILE at a file"):
+        parse_mysql_dsn("mysql://app@db:3306/app")
+
+
+def test_the_engine_logs_in_with_a_password_file(tmp_path: Path, mariadb: MariaDBServer,
+                                                 redis_server: RedisServer) -> None:
+    from deltaforge.testing import REPL_PASSWORD
+
+    mariadb.execute("CREATE DATABASE IF NOT EXISTS pwfile", "CREATE TABLE IF NOT EXISTS pwfile.t (id INT PRIMARY KEY)")
+    secret = tmp_path / "pw"
+    secret.write_text(REPL_PASSWORD + "\n")
+    dsn = mariadb.dsn().replace(f":{REPL_PASSWORD}@", "@") + f"?password_file={secret}"
+    res = _cli("check", str(_config(tmp_path, mariadb, redis_server, dsn, "pwfile.t")))
+    assert res.returncode == 0 and "ok   mysql: logged in as 'deltaforge'" in res.stdout, res.stdout + res.stderr
+
+
+# ----------------------------------------------------------------------------- what the engine exposes
+
+
+@pytest.mark.parametrize("workers", TOPOLOGIES)
+def test_no_password_in_logs_metrics_health_or_process_titles(tmp_path: Path, mariadb: MariaDBServer,
+                                                              redis_server: RedisServer, redis_client,  # type: ignore[no-untyped-def]
+                                                              workers: str) -> None:
+    import urllib.request
+
+    from deltaforge.testing import free_port
+    from tests.e2e import TAG_PROCESSOR
+
+    password = f"Pw-{workers}-Zq8x1vN7"
+    mariadb.execute("CREATE DATABASE IF NOT EXISTS exposed", "CREATE TABLE IF NOT EXISTS exposed.t (id INT PRIMARY KEY)",
+                    f"CREATE USER IF NOT EXISTS 'exposer'@'%' IDENTIFIED BY '{password}'",
+                    "GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO 'exposer'@'%'")
+    redis_client.execute_command("ACL", "SETUSER", "exposer", "on", f">{password}", "~*", "+@all")
+    try:
+        cfg = write_config(tmp_path, mariadb, redis_server, ["exposed.t"], start=binlog_end(mariadb),
+                           processors=TAG_PROCESSOR)
+        text = cfg.read_text().replace(f"dsn: {mariadb.dsn()}", f"dsn: mysql://exposer:{password}@127.0.0.1:{mariadb.port}/")
+        cfg.write_text(text.replace(f"uri: {redis_server.uri}",
+                                    f"uri: redis://exposer:{password}@127.0.0.1:{redis_server.port}/0"))
+        port = free_port()
+        engine = Engine(cfg, "--workers", workers, "--metrics-port", str(port), "--progress-every", "0.5",
+                        global_args=("--log-level", "DEBUG")).wait_ready(60)
+        try:
+            mariadb.execute(f"INSERT INTO exposed.t VALUES ({int(workers) + 1})")
+            wait_for(lambda: redis_client.xlen("cdc:e2e") >= 1, timeout=60, what="the row")
+            pages = [urllib.request.urlopen(f"http://127.0.0.1:{port}{p}", timeout=5).read().decode()
+                     for p in ("/metrics", "/health", "/ready")]
+            ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        finally:
+            code, out = engine.stop()
+        assert code == 0, out
+        for where, text in (("the log", out), ("/metrics, /health, /ready", "\n".join(pages)), ("ps", ps)):
+            assert password not in text, where
+        assert "exposer:***@" in out  # the DSN is shown, redacted
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "exposer")
+        redis_client.delete("cdc:e2e")
+        mariadb.execute("DROP USER IF EXISTS 'exposer'@'%'")
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
+    from deltaforge.metrics import serve_http
+
+    server = serve_http({}, 0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ConfigError, match=r"^--metrics-port: cannot listen on 203\.0\.113\.9:0: .* \(fix: pick a "
+                                          r"free port, an address of this host for --metrics-bind"):
+        serve_http({}, 0, bind="203.0.113.9")
