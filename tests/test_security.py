@@ -158,6 +158,22 @@ def test_the_redis_uri_takes_only_the_parameters_it_honours(query: str, message:
     assert (ok.db, ok.params) == (2, {"connect_timeout": "3", "ssl_cert_reqs": "required"})
 
 
+def test_a_client_certificate_logs_in_a_user_that_requires_one(tmp_path: Path, tls: TLSFiles,
+                                                                  tls_mariadb: MariaDBServer,
+                                                                  redis_server: RedisServer) -> None:
+    tls_mariadb.execute("CREATE DATABASE IF NOT EXISTS tlsdb", "CREATE TABLE IF NOT EXISTS tlsdb.t (id INT PRIMARY KEY)",
+                        "CREATE USER IF NOT EXISTS 'certuser'@'%' IDENTIFIED BY 'cert-pw' REQUIRE X509",
+                        "GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO 'certuser'@'%'")
+    base = f"mysql://certuser:cert-pw@127.0.0.1:{tls_mariadb.port}/?ssl-mode=VERIFY_IDENTITY&ssl-ca={tls.ca}"
+    with_cert = _config(tmp_path, tls_mariadb, redis_server,
+                        f"{base}&ssl-cert={tls.client_cert}&ssl-key={tls.client_key}", "tlsdb.t")
+    res = _cli("check", str(with_cert))
+    assert res.returncode == 0 and "ok   mysql: logged in as 'certuser'" in res.stdout, res.stdout + res.stderr
+    without = _config(tmp_path, tls_mariadb, redis_server, base, "tlsdb.t")
+    res = _cli("check", str(without))
+    assert res.returncode == 3 and "FAIL mysql: MySQL refused the login" in res.stdout, res.stdout
+
+
 # ----------------------------------------------------------------------------- passwords from files
 
 
