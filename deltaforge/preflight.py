@@ -824,15 +824,19 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
     from redis.retry import Retry
 
     where = f"REDIS_URI / spec.sinks[{index}].config.uri"
+    tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": uri.params.get("ssl_ca_certs"),
+                           "ssl_cert_reqs": (uri.params.get("ssl_cert_reqs") or "required").lower()} if uri.tls else {}
     client = redis.Redis(
         host=uri.host, port=uri.port, username=uri.username, password=uri.password, db=uri.db,
-        ssl=uri.tls, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S,
         # One attempt: a check reports the first failure instead of retrying with backoff.
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 0), **tls,
     )
     try:
         try:
             client.ping()
+        except redis.exceptions.NoPermissionError:
+            pass  # logged in (NOPERM comes after AUTH); the sink does not need PING, its ACL need not allow it
         except (redis.exceptions.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError) as e:
             results.append(_ok(name, "redis.reachable", f"reachable at {uri.redacted()}"))
             results.append(_auth_failure(name, uri, str(e), where))
@@ -860,25 +864,8 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
         results.append(_ok(name, "redis.auth",
                            f"authenticated as {who}" if uri.password else f"no password needed (user {who})"))
 
-        probe = f"deltaforge:preflight:{pipeline}"
-        try:
-            # PX: the probe expires by itself even if the DEL never runs.
-            client.set(probe, b"1", px=60_000)
-            client.delete(probe)
-        except redis.exceptions.ReadOnlyError as e:
-            results.append(_fail(name, "redis.writable", f"{uri.redacted()} is a read-only replica: {e}",
-                                 f"point {where} at the primary"))
+        if not _rehearse_commit(name, index, client, sc, pipeline, who, where, results):
             return
-        except redis.exceptions.NoPermissionError as e:
-            results.append(_fail(name, "redis.writable", f"user {who} may not write {probe!r}: {e}", _NOPERM_FIX))
-            return
-        except redis.exceptions.ResponseError as e:
-            if str(e).startswith("OOM"):
-                results.append(_fail(name, "redis.writable", f"Redis is out of memory: {e}",
-                                     "raise maxmemory or free memory on the server"))
-                return
-            raise
-        results.append(_ok(name, "redis.writable", f"SET/DEL of {probe!r} succeeded"))
 
         policy_result = _eviction_check(name, client)
         if policy_result is not None:
@@ -907,6 +894,69 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
                 f"delete the key (DEL {stream}) or set spec.sinks[{index}].config.stream to another name"))
     finally:
         client.close()
+
+
+def _rehearse_commit(name: str, index: int, client: Any, sc: Any, pipeline: str, who: str, where: str,
+                     results: list[CheckResult]) -> bool:
+    """Send the sink's commit, as the sink's user, on the sink's own keys, and let EXEC abort it:
+    Redis checks ACLs, read-only replicas and maxmemory when a command is queued in MULTI, so
+    every refusal shows here, and a last command queued with the wrong number of arguments makes
+    EXEC discard the whole transaction (EXECABORT), so nothing is written. Only the commands the
+    sink itself sends are used (no DISCARD or UNWATCH, which its ACL need not allow). False when
+    a FAIL was recorded."""
+    import hiredis
+
+    from deltaforge.sink.redis_conn import ACL_HINT
+    from deltaforge.sink.redis_stream import RedisStreamSink
+
+    sink = RedisStreamSink(sc, pipeline, None, f"spec.sinks[{index}]")
+    ckpt = sink.checkpoint_key
+    stream = sink.template.static  # None for a template: its keys are known only per event
+    commands: list[tuple[str, ...]] = [("WATCH", ckpt), ("GET", ckpt), ("MULTI",)]
+    if stream is not None:
+        commands.append(("XADD", stream, "*", "df-preflight", "1"))
+    commands += [("SET", ckpt, "preflight"), ("SET", ckpt), ("EXEC",)]  # (the last two: the abort)
+    from deltaforge._accel import resp
+    from deltaforge.sink.redis_conn import RedisConnection, reply_text
+
+    conn = RedisConnection(sink.uri, client_name=f"deltaforge-check-{pipeline}")  # the sink's own path
+    try:
+        conn.connect()
+        conn.send(resp.encode_commands(commands))
+        replies = [RuntimeError(reply_text(r)) if isinstance(r, hiredis.ReplyError) else r
+                   for r in conn.read_replies(len(commands))]
+    except DeltaForgeError as e:
+        results.append(_fail(name, "redis.writable", f"the commit rehearsal failed: {e.detail}", e.hint))
+        return False
+    finally:
+        conn.close()
+    for cmd, reply in zip(commands[:-2], replies[:-2], strict=True):
+        if not isinstance(reply, Exception):
+            continue
+        text = str(reply)
+        key = f" on {cmd[1]!r}" if len(cmd) > 1 else ""
+        if text.startswith("NOPERM"):
+            results.append(_fail(name, "redis.permissions", f"user {who} may not run {cmd[0]}{key}: {text}",
+                                 ACL_HINT))
+        elif text.startswith("READONLY"):
+            results.append(_fail(name, "redis.writable", f"{sink.uri.redacted()} is a read-only replica: {text}",
+                                 f"point {where} at the primary"))
+        elif text.startswith("OOM"):
+            results.append(_fail(name, "redis.writable", f"Redis is out of memory: {text}",
+                                 "raise maxmemory or free memory on the server"))
+        else:
+            results.append(_fail(name, "redis.writable", f"{cmd[0]}{key} failed: {text}", f"check {where}"))
+        return False
+    if not (isinstance(replies[-1], Exception) and str(replies[-1]).startswith("EXECABORT")):
+        # never expected: EXEC ran something. Say so rather than claim nothing was written.
+        results.append(_fail(name, "redis.writable", f"the commit rehearsal was not aborted by Redis: {replies[-1]!r}",
+                             "report this with the Redis version"))
+        return False
+    keys = f"{stream!r} and {ckpt!r}" if stream is not None else f"{ckpt!r} (the stream is a template)"
+    results.append(_ok(name, "redis.writable", f"user {who} may run the sink's commit on {keys} (WATCH, GET, "
+                       f"MULTI, {'XADD, ' if stream is not None else ''}SET, EXEC: rehearsed, aborted, nothing "
+                       "written)"))
+    return True
 
 
 def _auth_failure(name: str, uri: Any, message: str, where: str) -> CheckResult:

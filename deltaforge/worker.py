@@ -86,6 +86,9 @@ from deltaforge.dsn import parse_redis_uri, redact
 from deltaforge.errors import ConfigError, DeltaForgeError, SinkError
 from deltaforge.metrics import serve_http
 
+#: every command the worker sends (README, Security; tests/test_security.py runs a worker user with just these)
+WORKER_ACL = ("+xgroup|create", "+xreadgroup", "+xautoclaim", "+xack", "+unlink", "+scan", "+select", "+auth")
+
 logger = logging.getLogger("deltaforge.worker")
 
 #: keys per UNLINK command inside the pipeline (keeps single commands small)
@@ -432,7 +435,8 @@ class InvalidationWorker:
                 self._recover_own = True
                 raise _Retry(msg) from None
             hint = {"WRONGTYPE": f"--stream {self.stream!r} names a key that is not a stream; pick another name",
-                    "NOPERM": "grant the Redis user +@stream +unlink +scan on the stream and the cache keys",
+                    "NOPERM": f"the worker's Redis user needs {' '.join(WORKER_ACL)} on the stream and the cache "
+                              "keys (ACL SETUSER <user> ... ~<stream> ~<cache key patterns>)",
                     "NOAUTH": "put the password in --redis-uri (REDIS_URI)"}
             raise SinkError(f"Redis at {self.uri_redacted} rejected a worker command: {msg}",
                             hint.get(msg.split(" ", 1)[0], "check the Redis server log")) from None

@@ -152,7 +152,10 @@ def test_everything_ok_on_the_fixture_servers(mariadb: MariaDBServer, redis_serv
                   "match 3 table(s)", "start latest = "):
         assert check in text, (check, lines)
     assert "ok   redis[invalidation-stream]: reachable at redis://127.0.0.1:" in text
-    assert "ok   redis[invalidation-stream]: SET/DEL of 'deltaforge:preflight:pf-test' succeeded" in text
+    assert ("ok   redis[invalidation-stream]: user default may run the sink's commit on 'cache:invalidations' and "
+            "'{pf-test}:deltaforge:checkpoint:pf-test:invalidation-stream' (WATCH, GET, MULTI, XADD, SET, EXEC: "
+            "rehearsed, aborted, nothing written)") in text
+    assert "df-preflight" not in str(redis_client.xrange("cache:invalidations"))  # nothing written indeed
     assert "does not exist yet" in text
     assert redis_client.exists("deltaforge:preflight:pf-test") == 0
 
@@ -422,8 +425,9 @@ def test_redis_user_without_write_permission(redis_server: RedisServer, redis_cl
     finally:
         redis_client.execute_command("ACL", "DELUSER", "pf_ro")
     (fail,) = [r.line() for r in results if not r.ok]
-    assert fail.startswith("FAIL redis[s1]: user pf_ro may not write 'deltaforge:preflight:pf-test'")
-    assert "fix: ACL SETUSER" in fail and "+@stream" in fail
+    assert fail.startswith("FAIL redis[s1]: user pf_ro may not run WATCH on '{pf-test}:deltaforge:checkpoint:pf-test:s1': "
+                           "NOPERM"), fail
+    assert "(fix: the Redis user needs the commands +xadd +xrevrange +set +get +del +type +watch +multi +exec" in fail
     assert "Ro-pw-11" not in "\n".join(r.line() for r in results)
 
 

@@ -265,3 +265,94 @@ def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
     with pytest.raises(ConfigError, match=r"^--metrics-port: cannot listen on 203\.0\.113\.9:0: .* \(fix: pick a "
                                           r"free port, an address of this host for --metrics-bind"):
         serve_http({}, 0, bind="203.0.113.9")
+
+
+# ----------------------------------------------------------------------------- least privilege on Redis
+
+#: the documented ACLs (README, Security): the engine's sink user and the invalidation worker's
+from deltaforge.sink.redis_conn import ACL_COMMANDS as ENGINE_ACL  # noqa: E402 - (the one list)
+from deltaforge.worker import WORKER_ACL  # noqa: E402
+
+_KEYS_PROCESSOR = """  processors:
+    - type: javascript
+      id: keys
+      inline: |
+        function processBatch(events) {
+          for (const e of events) {
+            const row = e.after || e.before;
+            row._cache_keys = ['lp:' + row.id];
+          }
+          return events;
+        }
+"""
+
+
+@pytest.mark.parametrize("workers", TOPOLOGIES_SLOW)
+def test_engine_and_worker_run_with_the_documented_least_privilege_acls(
+        tmp_path: Path, mariadb: MariaDBServer, redis_server: RedisServer, redis_client, workers: str) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from deltaforge.worker import InvalidationWorker
+
+    name, stream = f"lp{workers}", f"cdc:lp{workers}"
+    # the stream, its checkpoint (tagged by the pipeline) and the checkpoint's former name (tagged by the
+    # stream: read once, to carry an older install's position over)
+    engine_keys = (f"~{stream}", f"~{{{name}}}:deltaforge:*", f"~{{{stream}}}:deltaforge:*")
+    redis_client.execute_command("ACL", "SETUSER", "lp-engine", "reset", "on", ">Eng-pw-5", *engine_keys, *ENGINE_ACL)
+    redis_client.execute_command("ACL", "SETUSER", "lp-worker", "reset", "on", ">Wrk-pw-5", f"~{stream}", "~lp:*",
+                                 *WORKER_ACL)
+    mariadb.execute("CREATE DATABASE IF NOT EXISTS lp", f"CREATE TABLE IF NOT EXISTS lp.t{workers} (id INT PRIMARY KEY)")
+    try:
+        cfg = write_config(tmp_path, mariadb, redis_server, [f"lp.t{workers}"], name=name, stream=stream,
+                           start=binlog_end(mariadb), processors=_KEYS_PROCESSOR)
+        cfg.write_text(cfg.read_text().replace(f"uri: {redis_server.uri}",
+                                               f"uri: redis://lp-engine:Eng-pw-5@127.0.0.1:{redis_server.port}/0"))
+        res = _cli("check", str(cfg))
+        assert res.returncode == 0 and "user lp-engine may run the sink's commit" in res.stdout, res.stdout + res.stderr
+        for i in (1, 2, 3):
+            redis_client.set(f"lp:{i}", "cached")
+        engine = Engine(cfg, "--workers", workers).wait_ready(60)
+        try:
+            mariadb.execute(f"INSERT INTO lp.t{workers} VALUES (1),(2),(3)")
+            wait_for(lambda: redis_client.xlen(stream) == 3 or engine.poll() is not None, timeout=60,
+                     what="3 entries written by lp-engine")
+        finally:
+            code, out = engine.stop()
+        assert code == 0 and "NOPERM" not in out, out
+        log = io.StringIO()
+        worker = InvalidationWorker(f"redis://lp-worker:Wrk-pw-5@127.0.0.1:{redis_server.port}/0", stream,
+                                    "cache-workers", "lp-0", block_ms=50, claim_idle_ms=0, out=log)
+        try:
+            while worker.process_once():
+                pass
+        finally:
+            worker.close()
+        assert redis_client.exists("lp:1", "lp:2", "lp:3") == 0, log.getvalue()  # invalidated by lp-worker
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "lp-engine", "lp-worker")
+        redis_client.delete(stream)
+
+
+def test_a_missing_acl_command_stops_the_engine_at_once_naming_it(tmp_path: Path, mariadb: MariaDBServer,
+                                                                  redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+    stream = "cdc:lp-noxadd"
+    acl = [c for c in ENGINE_ACL if c != "+xadd"]
+    redis_client.execute_command("ACL", "SETUSER", "lp-noxadd", "reset", "on", ">Nx-pw-5", "~*", *acl)
+    mariadb.execute("CREATE DATABASE IF NOT EXISTS lp", "CREATE TABLE IF NOT EXISTS lp.nx (id INT PRIMARY KEY)")
+    try:
+        cfg = write_config(tmp_path, mariadb, redis_server, ["lp.nx"], name="lpnx", stream=stream,
+                           start=binlog_end(mariadb))
+        cfg.write_text(cfg.read_text().replace(f"uri: {redis_server.uri}",
+                                               f"uri: redis://lp-noxadd:Nx-pw-5@127.0.0.1:{redis_server.port}/0"))
+        res = _cli("check", str(cfg))
+        assert res.returncode == 3, res.stdout
+        assert (f"FAIL redis[stream]: user lp-noxadd may not run XADD on '{stream}': NOPERM" in res.stdout
+                and "(fix: the Redis user needs the commands +xadd" in res.stdout), res.stdout
+        engine = Engine(cfg, "--workers", "0", "--skip-preflight").wait_ready(60)
+        mariadb.execute("INSERT INTO lp.nx VALUES (1)")
+        code, out = engine.wait(60)
+        assert code != 0 and "restarting" not in out, out
+        errors = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "NOPERM" in errors[0] and "'xadd'" in errors[0] and "+xadd" in errors[0], out
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "lp-noxadd")

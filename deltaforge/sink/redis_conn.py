@@ -45,9 +45,12 @@ RETRIABLE_PREFIXES = frozenset(
 )
 _AUTH_PREFIXES = frozenset(("NOAUTH", "WRONGPASS", "NOPERM"))
 
+#: every command a sink sends (README, Security; tests/test_security.py runs a sink user with just these)
+ACL_COMMANDS = ("+xadd", "+xrevrange", "+set", "+get", "+del", "+type", "+watch", "+multi", "+exec", "+select",
+                "+auth", "+client|setname")
 ACL_HINT = (
-    "the Redis user needs the commands +xadd +set +get +type +watch +multi +exec +select +auth "
-    "+client|setname on the stream and checkpoint keys (ACL SETUSER <user> ... ~<keys>)"
+    f"the Redis user needs the commands {' '.join(ACL_COMMANDS)} on the stream and checkpoint keys "
+    "(ACL SETUSER <user> ... ~<keys>)"
 )
 
 _RETRY_HINTS = {
