@@ -356,3 +356,64 @@ def test_a_missing_acl_command_stops_the_engine_at_once_naming_it(tmp_path: Path
         assert len(errors) == 1 and "NOPERM" in errors[0] and "'xadd'" in errors[0] and "+xadd" in errors[0], out
     finally:
         redis_client.execute_command("ACL", "DELUSER", "lp-noxadd")
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tls: TLSFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A Redis that speaks TLS only, its certificate from the private CA; yields its port."""
+    import contextlib
+    import socket
+    import time
+
+    from deltaforge.testing import free_port, require_binary
+
+    port, tmp = free_port(), tmp_path_factory.mktemp("tls-redis")
+    proc = subprocess.Popen(
+        [require_binary(("redis-server",), "redis-server"), "--port", "0", "--tls-port", str(port), "--bind",
+         "127.0.0.1", "--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key),
+         "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_rediss_with_acl_users_is_verified_by_check_engine_and_worker(
+        tmp_path: Path, tls: TLSFiles, tls_redis: int, mariadb: MariaDBServer, redis_server: RedisServer) -> None:
+    import io
+
+    import redis
+
+    from deltaforge.worker import InvalidationWorker
+
+    admin = redis.Redis(host="127.0.0.1", port=tls_redis, ssl=True, ssl_ca_certs=str(tls.ca))
+    admin.execute_command("ACL", "SETUSER", "tls-engine", "reset", "on", ">Tls-pw-7", "~cdc:tls",
+                          "~{tlspipe}:deltaforge:*", "~{cdc:tls}:deltaforge:*", *ENGINE_ACL)
+    admin.execute_command("ACL", "SETUSER", "tls-worker", "reset", "on", ">Tls-pw-8", "~cdc:tls", "~lp:*", *WORKER_ACL)
+    mariadb.execute("CREATE DATABASE IF NOT EXISTS tlsr", "CREATE TABLE IF NOT EXISTS tlsr.t (id INT PRIMARY KEY)")
+    cfg = write_config(tmp_path, mariadb, redis_server, ["tlsr.t"], name="tlspipe", stream="cdc:tls",
+                       start=binlog_end(mariadb))
+    good = f"rediss://tls-engine:Tls-pw-7@127.0.0.1:{tls_redis}/0?ssl_ca_certs={tls.ca}"
+    cfg.write_text(cfg.read_text().replace(f"uri: {redis_server.uri}", f"uri: '{good}'"))
+    res = _cli("check", str(cfg))
+    assert res.returncode == 0 and "user tls-engine may run the sink's commit on 'cdc:tls'" in res.stdout, \
+        res.stdout + res.stderr
+    cfg.write_text(cfg.read_text().replace(f"?ssl_ca_certs={tls.ca}", f"?ssl_ca_certs={tls.other_ca}"))
+    res = _cli("check", str(cfg))
+    assert res.returncode == 3 and "FAIL redis[stream]: " in res.stdout and "certificate verify failed" in res.stdout, \
+        res.stdout
+    worker = InvalidationWorker(f"rediss://tls-worker:Tls-pw-8@127.0.0.1:{tls_redis}/0?ssl_ca_certs={tls.ca}",
+                                "cdc:tls", "cache-workers", "tls-0", block_ms=50, claim_idle_ms=0, out=io.StringIO())
+    try:
+        assert worker.process_once() == 0  # the group made and read over verified TLS, as tls-worker
+    finally:
+        worker.close()
+    assert admin.xinfo_groups("cdc:tls")[0]["name"] == b"cache-workers"
+    admin.close()
