@@ -863,6 +863,7 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
         who = uri.username or "default"
         results.append(_ok(name, "redis.auth",
                            f"authenticated as {who}" if uri.password else f"no password needed (user {who})"))
+        results.append(_redis_tls_result(name, client, uri, where))
 
         if not _rehearse_commit(name, index, client, sc, pipeline, who, where, results):
             return
@@ -894,6 +895,28 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
                 f"delete the key (DEL {stream}) or set spec.sinks[{index}].config.stream to another name"))
     finally:
         client.close()
+
+
+def _redis_tls_result(name: str, client: Any, uri: Any, where: str) -> CheckResult:
+    """What the Redis connection got (as :func:`_tls_result` for MySQL)."""
+    conn = client.connection_pool.get_connection()
+    try:
+        sock: Any = getattr(conn, "_sock", None)
+        version = sock.version() if hasattr(sock, "version") else None
+        cipher = (sock.cipher() or ("?",))[0] if version else ""
+    finally:
+        client.connection_pool.release(conn)
+    verify = (uri.params.get("ssl_cert_reqs") or "required").lower() != "none"
+    if version:
+        ca = uri.params.get("ssl_ca_certs") or "the system's CAs"
+        detail = f"TLS ({version}, {cipher}), " + (f"certificate verified (CA: {ca}; host {uri.host})" if verify
+                                                   else "certificate not verified (ssl_cert_reqs=none)")
+    else:
+        detail = "plain connection, not encrypted (redis://)"
+    if uri.password and (not version or not verify) and uri.host not in _LOOPBACK:
+        return _warn(name, "redis.tls", f"{detail}: the password goes to a server that was not verified",
+                     f"use rediss:// with ?ssl_ca_certs=<the server's CA file> in {where}")
+    return _ok(name, "redis.tls", detail)
 
 
 def _rehearse_commit(name: str, index: int, client: Any, sc: Any, pipeline: str, who: str, where: str,

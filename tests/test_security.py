@@ -405,6 +405,8 @@ def test_rediss_with_acl_users_is_verified_by_check_engine_and_worker(
     res = _cli("check", str(cfg))
     assert res.returncode == 0 and "user tls-engine may run the sink's commit on 'cdc:tls'" in res.stdout, \
         res.stdout + res.stderr
+    assert "ok   redis[stream]: TLS (TLSv1.3, " in res.stdout and f"certificate verified (CA: {tls.ca}; host 127.0.0.1)" \
+        in res.stdout, res.stdout
     cfg.write_text(cfg.read_text().replace(f"?ssl_ca_certs={tls.ca}", f"?ssl_ca_certs={tls.other_ca}"))
     res = _cli("check", str(cfg))
     assert res.returncode == 3 and "FAIL redis[stream]: " in res.stdout and "certificate verify failed" in res.stdout, \
