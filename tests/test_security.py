@@ -224,7 +224,9 @@ def test_no_password_in_logs_metrics_health_or_process_titles(tmp_path: Path, ma
     password = f"Pw-{workers}-Zq8x1vN7"
     mariadb.execute("CREATE DATABASE IF NOT EXISTS exposed", "CREATE TABLE IF NOT EXISTS exposed.t (id INT PRIMARY KEY)",
                     f"CREATE USER IF NOT EXISTS 'exposer'@'%' IDENTIFIED BY '{password}'",
-                    "GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO 'exposer'@'%'")
+                    # the documented least privilege, SELECT narrowed to the captured database
+                    "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'exposer'@'%'",
+                    "GRANT SELECT ON exposed.* TO 'exposer'@'%'")
     redis_client.execute_command("ACL", "SETUSER", "exposer", "on", f">{password}", "~*", "+@all")
     try:
         cfg = write_config(tmp_path, mariadb, redis_server, ["exposed.t"], start=binlog_end(mariadb),
