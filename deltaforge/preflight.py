@@ -390,7 +390,14 @@ def _connect(dsn: Any, results: list[CheckResult], where: str = _DSN_PATH) -> tu
     import pymysql
 
     from deltaforge.source.mysql_connect import Connection
-    from deltaforge.source.mysql_errors import TLS, TRANSIENT, classify, error_code, mysql_error
+    from deltaforge.source.mysql_errors import (
+        TLS,
+        TRANSIENT,
+        classify,
+        error_code,
+        mysql_error,
+        refused_during_tls_login,
+    )
 
     name = "mysql"
     conn = Connection(
@@ -408,10 +415,11 @@ def _connect(dsn: Any, results: list[CheckResult], where: str = _DSN_PATH) -> tu
             flavor, ver = _flavor_version(str(version))
             label = f" ({'MariaDB' if flavor == 'mariadb' else 'MySQL'} {ver})"
         kind = classify(e)
-        if kind != TRANSIENT:
-            err = mysql_error(e, "connecting", where=where, user=dsn.user, tls_mode=dsn.ssl_mode)
+        if kind != TRANSIENT or refused_during_tls_login(e):
+            err = mysql_error(e, "connecting", where=where, user=dsn.user, tls_mode=dsn.ssl_mode, connecting=True)
             results.append(_ok(name, "mysql.reachable", f"reachable at {dsn.redacted()}{label}"))
-            results.append(_fail(name, "mysql.tls" if kind == TLS else "mysql.credentials", err.detail, err.hint))
+            tls = kind == TLS or refused_during_tls_login(e)
+            results.append(_fail(name, "mysql.tls" if tls else "mysql.credentials", err.detail, err.hint))
         elif code in (2003, 2005, 2006, 2013):
             msg = str(e.args[1]) if len(e.args) > 1 else str(e)
             detail, fix = _network_fix(dsn.host, dsn.port, _root_cause(e), msg, where)

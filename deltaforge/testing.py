@@ -94,6 +94,8 @@ class TLSFiles:
         self.ca, self.other_ca = dir / "ca.pem", dir / "other-ca.pem"
         self.server_cert, self.server_key = dir / "server.pem", dir / "server-key.pem"
         self.client_cert, self.client_key = dir / "client.pem", dir / "client-key.pem"
+        #: a client certificate the server does not trust (signed by the other CA)
+        self.stranger_cert, self.stranger_key = dir / "stranger.pem", dir / "stranger-key.pem"
 
     @classmethod
     def make(cls, dir: Path) -> TLSFiles:
@@ -110,10 +112,11 @@ class TLSFiles:
             run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={subject}",
                 "-keyout", f"{name}-key.pem", "-out", f"{name}.pem")
         (dir / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        for name, cn, ext in (("server", "127.0.0.1", ("-extfile", "san.ext")), ("client", "deltaforge", ())):
+        for name, cn, ca, ext in (("server", "127.0.0.1", "ca", ("-extfile", "san.ext")),
+                                  ("client", "deltaforge", "ca", ()), ("stranger", "deltaforge", "other-ca", ())):
             run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}-key.pem",
                 "-out", f"{name}.csr")
-            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem", "-CAcreateserial",
                 "-days", "2", "-out", f"{name}.pem", *ext)
         return t
 

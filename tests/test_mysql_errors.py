@@ -116,3 +116,11 @@ def test_position_errors() -> None:
     twin = mysql_error(op(1236, "A slave with the same server_uuid/server_id as this slave has connected to "
                                 "the master"), "reading")
     assert "spec.source.config.server_id" in twin.hint  # type: ignore[operator]
+
+
+def test_a_tls_eof_is_a_refused_certificate_only_while_logging_in() -> None:
+    eof = op(2006, "MySQL server has gone away (SSLEOFError(8, 'EOF occurred in violation of protocol (_ssl.c:2427)'))")
+    at_login = mysql_error(eof, "connecting to MySQL", connecting=True)
+    assert not at_login.retriable and "refused this client's TLS certificate" in str(at_login)
+    mid_stream = mysql_error(eof, "reading the binlog")  # the same EOF later: a dropped connection
+    assert mid_stream.retriable

@@ -172,6 +172,33 @@ def test_a_client_certificate_logs_in_a_user_that_requires_one(tmp_path: Path, t
     without = _config(tmp_path, tls_mariadb, redis_server, base, "tlsdb.t")
     res = _cli("check", str(without))
     assert res.returncode == 3 and "FAIL mysql: MySQL refused the login" in res.stdout, res.stdout
+    stranger = _config(tmp_path, tls_mariadb, redis_server,
+                       f"{base}&ssl-cert={tls.stranger_cert}&ssl-key={tls.stranger_key}", "tlsdb.t")
+    res = _cli("check", str(stranger))
+    assert res.returncode == 3, res.stdout
+    assert ("FAIL mysql: the MySQL server closed the TLS connection during the login while connecting: it "
+            "refused this client's TLS certificate" in res.stdout
+            and "(fix: set ssl-cert and ssl-key in" in res.stdout), res.stdout
+
+
+def test_a_password_to_an_unverified_server_off_loopback_is_a_warning() -> None:
+    from deltaforge.preflight import _tls_result
+
+    class Sock:
+        def version(self) -> str:
+            return "TLSv1.3"
+
+        def cipher(self) -> tuple[str, str, int]:
+            return ("TLS_AES_256_GCM_SHA384", "TLSv1.3", 256)
+
+    remote = parse_mysql_dsn("mysql://app:pw@db.internal:3306/app")
+    line = _tls_result("mysql", remote, Sock(), "$MYSQL_DSN").line()
+    assert line.startswith("warn mysql: TLS (TLSv1.3, TLS_AES_256_GCM_SHA384), certificate not verified "
+                           "(ssl-mode=PREFERRED): the password goes to a server that was not verified (fix: add "
+                           "?ssl-mode=VERIFY_IDENTITY&ssl-ca=<the server's CA file> to $MYSQL_DSN)"), line
+    assert _tls_result("mysql", remote, None, "x").line().startswith("warn mysql: plain connection, not encrypted")
+    local = parse_mysql_dsn("mysql://app:pw@127.0.0.1:3306/app")
+    assert _tls_result("mysql", local, Sock(), "x").line().startswith("ok   mysql: TLS (TLSv1.3")
 
 
 # ----------------------------------------------------------------------------- passwords from files

@@ -148,7 +148,7 @@ class _OneShotConnect:
             return mysql_connect.connect(**kwargs)
         except (pymysql.err.MySQLError, OSError, RuntimeError) as e:
             raise mysql_error(e, "connecting to MySQL", where=self.where, user=kwargs.get("user"),
-                              tls_mode="DISABLED" if kwargs.get("ssl_disabled") else None) from None
+                              tls_mode="DISABLED" if kwargs.get("ssl_disabled") else None, connecting=True) from None
 
 
 Tx = eventbuf.Tx  # the transaction being read (its state lives in C with the batch buffer)

@@ -142,19 +142,34 @@ def _grantee(message: str, user: str | None) -> str:
     return f"'{user}'@'<host>'" if user else "the DeltaForge user"
 
 
+def refused_during_tls_login(exc: BaseException) -> bool:
+    """The server closed the TLS connection during the login (a client certificate it does not
+    accept, or one it requires): meaningful only while connecting; later, the same EOF is a
+    dropped connection and is retried."""
+    code = error_code(exc)
+    low = str(exc.args[1] if len(exc.args) > 1 else "").lower()
+    return code in (2006, 2013) and "violation of protocol" in low
+
+
 def mysql_error(exc: BaseException, doing: str, *, where: str = DSN_PATH, user: str | None = None,
-                grant: str | None = None, tls_mode: str | None = None) -> SourceError:
+                grant: str | None = None, tls_mode: str | None = None, connecting: bool = False) -> SourceError:
     """The :class:`SourceError` (fatal) or :class:`SourceUnavailable` (retriable) for ``exc``.
 
     ``doing`` says what failed ("connecting to MySQL", "reading the binlog"); ``where``
     is :func:`dsn_location`; ``grant`` the privilege list of the fix for a privilege
-    error (default: everything the engine needs); ``tls_mode`` the DSN's ``ssl-mode``.
+    error (default: everything the engine needs); ``tls_mode`` the DSN's ``ssl-mode``;
+    ``connecting``: the failure happened while logging in (see :func:`refused_during_tls_login`).
     """
     kind = classify(exc)
     text = _text(exc)
     code = error_code(exc)
     if kind == TLS:
         return _tls_error(text, doing, where, tls_mode)
+    if connecting and refused_during_tls_login(exc):
+        return SourceError(f"the MySQL server closed the TLS connection during the login while {doing}: it refused "
+                           f"this client's TLS certificate (or requires one): {text}",
+                           f"set ssl-cert and ssl-key in {where} to a certificate the server's CA (its ssl_ca) "
+                           "signed")
     if kind == AUTH and code == 1045 and tls_mode == "DISABLED":
         # MariaDB answers a plain login to a server with require_secure_transport=ON like a bad password
         return SourceError(f"MySQL refused the login while {doing} over a plain connection (ssl-mode=DISABLED): "
