@@ -448,3 +448,22 @@ def test_rediss_with_acl_users_is_verified_by_check_engine_and_worker(
         worker.close()
     assert admin.xinfo_groups("cdc:tls")[0]["name"] == b"cache-workers"
     admin.close()
+
+
+@pytest.mark.parametrize(("server", "query", "expect"), [
+    ("tls", "ssl-mode=REQUIRED", "ok   mysql: TLS (TLSv1.3, "),
+    ("tls", "ssl-mode=VERIFY_CA&ssl-ca={ca}", "certificate verified (CA: {ca}), host name not checked (ssl-mode=VERIFY_CA)"),
+    ("tls", "", "certificate not verified (ssl-mode=PREFERRED)"),
+    ("plain", "", "ok   mysql: plain connection, not encrypted (ssl-mode=PREFERRED)"),
+    ("plain", "ssl-mode=DISABLED", "ok   mysql: plain connection, not encrypted (ssl-mode=DISABLED)"),
+    ("plain", "ssl-mode=REQUIRED", "FAIL mysql: the MySQL server does not offer TLS, and ssl-mode=REQUIRED requires it"),
+])
+def test_every_mode_against_a_tls_only_and_a_plain_server(tmp_path: Path, tls: TLSFiles, tls_mariadb: MariaDBServer,
+                                                          mariadb: MariaDBServer, redis_server: RedisServer,
+                                                          server: str, query: str, expect: str) -> None:
+    target = tls_mariadb if server == "tls" else mariadb
+    target.execute("CREATE DATABASE IF NOT EXISTS modes", "CREATE TABLE IF NOT EXISTS modes.t (id INT PRIMARY KEY)")
+    cfg = _config(tmp_path, target, redis_server, _dsn(target, query.format(ca=tls.ca)), "modes.t")
+    res = _cli("check", str(cfg))
+    assert expect.format(ca=tls.ca) in res.stdout, res.stdout
+    assert res.returncode == (3 if expect.startswith("FAIL") else 0), res.stdout
