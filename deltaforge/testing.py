@@ -367,6 +367,28 @@ class MariaDBReplica(MariaDBServer):
         self.promoted = True
 
 
+@contextlib.contextmanager
+def tls_redis(cert: Path, key: Path, ca: Path, dir: Path) -> Iterator[int]:
+    """A Redis that speaks TLS only (``cert``/``key``, clients not asked for certificates), on a
+    free loopback port it yields once the port accepts connections; stopped on exit."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [require_binary(("redis-server",), "redis-server"), "--port", "0", "--tls-port", str(port), "--bind",
+         "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--save", "", "--dir", str(dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 class RedisServer:
     """A private redis-server: RDB file in its own directory, no automatic saves, no AOF unless asked."""
 

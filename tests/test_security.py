@@ -390,28 +390,10 @@ def test_a_missing_acl_command_stops_the_engine_at_once_naming_it(tmp_path: Path
 @pytest.fixture(scope="module")
 def tls_redis(tls: TLSFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A Redis that speaks TLS only, its certificate from the private CA; yields its port."""
-    import contextlib
-    import socket
-    import time
+    from deltaforge.testing import tls_redis
 
-    from deltaforge.testing import free_port, require_binary
-
-    port, tmp = free_port(), tmp_path_factory.mktemp("tls-redis")
-    proc = subprocess.Popen(
-        [require_binary(("redis-server",), "redis-server"), "--port", "0", "--tls-port", str(port), "--bind",
-         "127.0.0.1", "--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key),
-         "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
+    with tls_redis(tls.server_cert, tls.server_key, tls.ca, tmp_path_factory.mktemp("tls-redis")) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_rediss_with_acl_users_is_verified_by_check_engine_and_worker(

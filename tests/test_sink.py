@@ -27,7 +27,7 @@ from deltaforge.sink.envelope import StreamTemplate, rfc3339_ms
 from deltaforge.sink.redis_conn import RedisConnection
 from deltaforge.sink.redis_stream import RedisStreamSink
 from deltaforge.sink.sinkset import SinkSet
-from deltaforge.testing import RedisServer, free_port, require_binary
+from deltaforge.testing import RedisServer, free_port, require_binary, tls_redis
 
 pytestmark = pytest.mark.integration
 
@@ -685,18 +685,7 @@ def test_tls_rediss(tmp_path: Any) -> None:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    port = free_port()
-    proc = subprocess.Popen(
-        [require_binary(("redis-server",), "redis-server"), "--port", "0", "--tls-port", str(port), "--bind",
-         "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
-         "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
+    with tls_redis(cert, key, cert, tmp_path) as port:
         base = f"rediss://127.0.0.1:{port}/0"
         with pytest.raises(SinkError, match=r"TLS handshake .* failed") as exc:
             make_sink(RedisSinkConfig(id="t", uri=base, stream="tls:s")).open()
@@ -710,9 +699,6 @@ def test_tls_rediss(tmp_path: Any) -> None:
         assert again.open() == make_batch(2, 2).end
         assert len(raw_tls(again)) == 4
         again.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def raw_tls(sink: RedisStreamSink) -> Any:
