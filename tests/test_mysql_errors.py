@@ -124,3 +124,10 @@ def test_a_tls_eof_is_a_refused_certificate_only_while_logging_in() -> None:
     assert not at_login.retriable and "refused this client's TLS certificate" in str(at_login)
     mid_stream = mysql_error(eof, "reading the binlog")  # the same EOF later: a dropped connection
     assert mid_stream.retriable
+
+
+def test_a_tls_alert_at_login_is_a_refused_certificate_too() -> None:
+    alert = op(2013, "Lost connection to MySQL server during query ([SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert "
+                     "unknown ca (_ssl.c:2580))")
+    err = mysql_error(alert, "connecting to MySQL", connecting=True)
+    assert not err.retriable and "refused this client's TLS certificate" in str(err)

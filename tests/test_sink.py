@@ -468,7 +468,7 @@ def test_acl_noperm_hint(redis_server: RedisServer, redis_client: Any) -> None:
     redis_client.execute_command("ACL", "SETUSER", "ro", "on", ">pw", "~*", "+@read", "+auth", "+client")
     try:
         sink = make_sink(cfg(redis_server, uri=f"redis://ro:pw@127.0.0.1:{redis_server.port}/0"))
-        with pytest.raises(SinkError, match=r"permission denied.*\+xadd \+set \+get") as exc:
+        with pytest.raises(SinkError, match=r"permission denied.*\+xadd \+xrevrange \+set \+get") as exc:
             sink.open()
             sink.write(make_batch(1, 1))
         assert "pw@" not in str(exc.value)

@@ -148,7 +148,8 @@ def refused_during_tls_login(exc: BaseException) -> bool:
     dropped connection and is retried."""
     code = error_code(exc)
     low = str(exc.args[1] if len(exc.args) > 1 else "").lower()
-    return code in (2006, 2013) and "violation of protocol" in low
+    # the refusal arrives as an EOF or as a TLS alert (unknown ca, certificate required), by timing
+    return code in (2006, 2013) and ("violation of protocol" in low or "alert" in low)
 
 
 def mysql_error(exc: BaseException, doing: str, *, where: str = DSN_PATH, user: str | None = None,
