@@ -73,6 +73,16 @@ class RedisURI(msgspec.Struct, frozen=True):
     tls: bool
     params: dict[str, str] = {}
 
+    def redis_py_kwargs(self) -> dict[str, Any]:
+        """This URI as redis-py ``Redis(...)`` arguments (address, credentials, TLS); the callers add
+        their timeouts. The one translation, so the worker and ``check`` connect as the sinks do."""
+        kw: dict[str, Any] = {"host": self.host, "port": self.port, "db": self.db, "username": self.username,
+                              "password": self.password}
+        if self.tls:
+            kw.update(ssl=True, ssl_ca_certs=self.params.get("ssl_ca_certs"),
+                      ssl_cert_reqs=(self.params.get("ssl_cert_reqs") or "required").lower())
+        return kw
+
     def redacted(self) -> str:
         scheme = "rediss" if self.tls else "redis"
         auth = ""

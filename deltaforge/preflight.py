@@ -832,13 +832,10 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
     from redis.retry import Retry
 
     where = f"REDIS_URI / spec.sinks[{index}].config.uri"
-    tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": uri.params.get("ssl_ca_certs"),
-                           "ssl_cert_reqs": (uri.params.get("ssl_cert_reqs") or "required").lower()} if uri.tls else {}
     client = redis.Redis(
-        host=uri.host, port=uri.port, username=uri.username, password=uri.password, db=uri.db,
-        socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S,
+        **uri.redis_py_kwargs(), socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S,
         # One attempt: a check reports the first failure instead of retrying with backoff.
-        retry=Retry(NoBackoff(), 0), **tls,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         try:

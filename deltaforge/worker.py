@@ -335,13 +335,11 @@ class InvalidationWorker:
         # The read timeout must outlast BLOCK, or every idle XREADGROUP would look like a dead socket.
         # from the parsed URI (the grammar the sinks use too, dsn.py), not redis-py's own URL parser
         p = uri.params
-        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": p.get("ssl_ca_certs"),
-               "ssl_cert_reqs": (p.get("ssl_cert_reqs") or "required").lower()} if uri.tls else {}
         self._redis = redis.Redis(
-            host=uri.host, port=uri.port, db=uri.db, username=uri.username, password=uri.password,
+            **uri.redis_py_kwargs(),
             socket_connect_timeout=float(p.get("connect_timeout") or 5.0),
             socket_timeout=max(float(p.get("socket_timeout") or 0.0), block_ms / 1000.0 + 10.0),
-            socket_keepalive=True, decode_responses=False, **tls,
+            socket_keepalive=True, decode_responses=False,
         )
         self._group_ready = False
         self._recover_own = True  # re-read our own unacked entries first (restart with same name)

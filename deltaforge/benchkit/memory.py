@@ -17,8 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
 
 def _status(pid: int) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -53,14 +51,10 @@ def descendants(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (all threads) and its reaped children."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17 (1-based)
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return (utime + stime + cutime + cstime) / _TICKS
+    """User + system CPU seconds of ``pid`` (all threads) and its reaped children (0 if gone)."""
+    from deltaforge.runtime.stats import cpu_seconds as process_cpu_seconds
+
+    return process_cpu_seconds(pid, reaped_children=True) or 0.0
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -79,15 +79,20 @@ class Histograms:
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int, tid: int | None = None) -> float | None:
-    """User + system CPU seconds of a process (or of one of its threads); None if it is gone."""
+def cpu_seconds(pid: int, tid: int | None = None, *, reaped_children: bool = False) -> float | None:
+    """User + system CPU seconds of a process (or of one of its threads), with ``reaped_children``
+    those of its children it has waited for too; None if it is gone."""
     path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
     try:
         with open(path) as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17 (1-based)
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS
 
 
 class StageClock:
