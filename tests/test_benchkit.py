@@ -12,7 +12,7 @@ import pytest
 
 from deltaforge.benchkit import peers
 from deltaforge.benchkit.env import BenchEnv
-from deltaforge.benchkit.latency import _percentiles, measure_latency
+from deltaforge.benchkit.latency import measure_latency, percentiles
 from deltaforge.benchkit.peers import bench_dir, ensure_node_deps, run_naive_node, run_naive_py
 from deltaforge.benchkit.stages import SINK_STREAM, measure_stages
 from deltaforge.benchkit.workload import Backlog, count_binlog_events, write_backlog
@@ -150,6 +150,6 @@ def test_node_peer_without_node_is_skipped_with_the_reason(env: BenchEnv, backlo
 
 def test_percentiles_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert _percentiles(values) == {"p50": 50.0, "p99": 99.0, "max": 100.0}
-    assert _percentiles([3.0]) == {"p50": 3.0, "p99": 3.0, "max": 3.0}
-    assert _percentiles([]) is None
+    assert percentiles(values) == {"p50": 50.0, "p99": 99.0, "max": 100.0}
+    assert percentiles([3.0]) == {"p50": 3.0, "p99": 3.0, "max": 3.0}
+    assert percentiles([]) is None

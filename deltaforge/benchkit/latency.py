@@ -74,7 +74,7 @@ _PRESET = 32
 _WARM_UP_ROWS = 50
 
 
-def _percentiles(values: list[float]) -> dict[str, float] | None:
+def percentiles(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     s = sorted(values)
@@ -85,7 +85,7 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
     return {"p50": round(rank(0.50), 2), "p99": round(rank(0.99), 2), "max": round(s[-1], 2)}
 
 
-class _Proc:
+class BenchProcess:
     """A subprocess whose stderr is collected by a thread (its tail goes into errors)."""
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], ready_marker: str | None) -> None:
@@ -314,7 +314,7 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
     db = parse_redis_uri(env.redis_uri, "--redis-uri").db
     run = _Run(env, rate, seconds, progress)
     admin = env.redis()
-    procs: list[_Proc] = []
+    procs: list[BenchProcess] = []
     threads: list[threading.Thread] = []
     pubsub = None
     saved_notify: str | None = None
@@ -342,11 +342,11 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
                 log.warning("%s", notify_error)
                 pubsub = None
             # -- the engine and the worker
-            engine = _Proc("deltaforge run", [sys.executable, "-m", "deltaforge", "run", str(cfg_path),
+            engine = BenchProcess("deltaforge run", [sys.executable, "-m", "deltaforge", "run", str(cfg_path),
                                               "--workers", workers],
                            child_env, "reading from")
             procs.append(engine)
-            worker = _Proc("deltaforge worker",
+            worker = BenchProcess("deltaforge worker",
                            [sys.executable, "-m", "deltaforge", "worker", "--redis-uri", env.redis_uri,
                             "--stream", STREAM, "--block-ms", "500", "--stats-interval", "3600"],
                            child_env, None)
@@ -410,9 +410,9 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
         progress(1.0)
     span = run.last_commit - run.first_write
     return {
-        "stream_ms": _percentiles(stream),
-        "deleted_ms": _percentiles(deleted),
-        "stream_ms_by_entry_id": _percentiles(stream_id),
+        "stream_ms": percentiles(stream),
+        "deleted_ms": percentiles(deleted),
+        "stream_ms_by_entry_id": percentiles(stream_id),
         "rows": len(run.writes),
         "matched_stream": len(stream),
         "matched_deleted": len(deleted),
@@ -426,7 +426,7 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
     }
 
 
-def _wait_group(admin: Any, worker: _Proc) -> None:
+def _wait_group(admin: Any, worker: BenchProcess) -> None:
     """Until the worker has created its consumer group (it then reads from the stream's start)."""
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while True:
