@@ -33,3 +33,15 @@ def test_every_compiled_module_has_a_stub_that_ships_in_the_wheel() -> None:
 
 def test_tests_do_not_ship() -> None:
     assert not any(p == "tests" or p.startswith("tests.") for p in _setuptools()["packages"])
+
+
+def test_the_cache_scripts_ship_in_the_wheel() -> None:
+    """LeaseCache loads its Lua with importlib.resources: without the package data it cannot start."""
+    cfg = _setuptools()
+    assert "deltaforge.cache" in cfg["packages"]
+    pkg = ROOT / "deltaforge" / "cache"
+    lua = sorted(p.relative_to(pkg).as_posix() for p in pkg.rglob("*.lua"))
+    assert lua == ["lua/acquire.lua", "lua/fill.lua", "lua/release.lua"]
+    patterns = cfg["package-data"]["deltaforge.cache"]
+    for name in lua:
+        assert any(fnmatch.fnmatch(name, pat) for pat in patterns), f"{name} not in package data {patterns}"
