@@ -4,6 +4,13 @@ The Python counterpart of the seed's Node worker (``seed/cache-invalidation.md``
 production. It reads the stream the engine writes, deletes the cache keys the JavaScript processor
 computed, and acknowledges the entries.
 
+Two Redis connections, by role: the *stream* client (``--redis-uri``, env ``REDIS_URI``) sends
+XGROUP/XREADGROUP/XAUTOCLAIM/XACK; the *cache* client (``--cache-uri``, env ``CACHE_REDIS_URI``,
+default the same URI) sends UNLINK/SCAN. They may be different deployments or different db numbers
+of one server. When both URIs parse the same there is one client and one connection. Each role
+has its ACL (``WORKER_STREAM_ACL``, ``WORKER_CACHE_ACL``; ``WORKER_ACL`` is both for one user), and
+every error names the option whose server failed.
+
 Wire format (DESIGN.md §4): ``XADD <stream> * df-event <payload> event_id <id> idempotency_key <k>``.
 The payload is read from the field ``df-event`` (else the first field, as the seed reads
 ``fields[1]``) and may be any of the three envelopes, detected by shape:
@@ -43,10 +50,20 @@ Contract:
 - Output: one line per event on stdout in the seed's words, ``Invalidated 5 keys for app.users``,
   written per batch after the ack. Everything else (stats, poison, reconnects) goes to logging
   (stderr).
-- Metrics: events, keys, poison, reclaimed; lag from commit (payload ``ts_ms``) to delete, p50/p99
-  over the recent window. Note that MySQL binlog timestamps have one-second resolution, so the lag
-  reads up to 1 s high. A summary is logged every ``stats_interval_s``; ``--metrics-port`` serves
-  them in Prometheus text format on 127.0.0.1.
+- Metrics: counters (events, keys, poison, reclaimed, ...) and two lag figures, both taken when
+  the batch's UNLINK round trip has returned (``time.time()``), one observation per event with
+  keys:
+
+  - *stream lag*: from the entry id's millisecond part (Redis' clock at XADD) to the delete;
+  - *binlog lag*: from the event's binlog timestamp (``ts_ms``, else ``source.ts_ms``) to the
+    delete. MySQL/MariaDB binlog timestamps have one-second resolution, so this figure reads up
+    to 1 s high; that is why the stream figure exists.
+
+  Both need the worker's clock in sync with Redis' and MySQL's (same host, or NTP); a negative
+  lag (clock skew) counts as 0. Histograms ``deltaforge_worker_stream_lag_seconds``,
+  ``deltaforge_worker_binlog_lag_seconds`` and ``deltaforge_worker_batch_seconds`` (one batch's
+  delete round trip), p50/p99 over the recent window in the stats line logged every
+  ``stats_interval_s``; ``--metrics-port`` serves them through prometheus-client on 127.0.0.1.
 
 Hazards:
 
@@ -55,10 +72,17 @@ Hazards:
   not interrupted (that could leave delivered entries pending), so shutdown takes up to
   ``block_ms`` (plus ``double_delete_ms`` for the last second deletes). A second signal exits at
   once (128 + signal number) leaving the batch pending, to be re-read or reclaimed.
-- Keys matched by a pattern are never the stream itself (``*`` would otherwise delete it).
-- Connection loss (or LOADING, timeouts) is retried with capped exponential backoff, forever; only
-  errors the operator must fix (auth, ACL, a stream key of the wrong type) end the worker, as a
-  one-line :class:`~deltaforge.errors.SinkError`.
+- Keys matched by a pattern are never the stream itself (``*`` would otherwise delete it) when the
+  cache is the stream's server and db. "Same server" compares host (``localhost``, ``127.0.0.1``
+  and ``::1`` count as one), port and db: reach one server under two different names and a
+  broad pattern can delete the stream.
+- Connection loss (or LOADING, timeouts) on either server is retried with capped exponential
+  backoff, forever, by this loop alone (redis-py's own retries are off, so every failure is
+  logged at once); the batch in hand stays pending and is re-read. Only errors the operator must
+  fix (auth, ACL, a stream key of the wrong type) end the worker, as a one-line
+  :class:`~deltaforge.errors.SinkError` naming ``--redis-uri`` or ``--cache-uri``. The cache
+  connection is opened (AUTH, SELECT) at start, so a wrong cache password shows at once rather
+  than with the first batch.
 - SCAN over a pattern walks the whole keyspace; patterns are de-duplicated per batch but stay
   expensive on large databases. Prefer exact keys in the processor.
 """
@@ -67,27 +91,45 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from http.server import ThreadingHTTPServer
-from typing import Any, TextIO, TypeVar
+from typing import Any, Literal, TextIO, TypeVar
 
 import click
 import msgspec
 import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from deltaforge.dsn import parse_redis_uri, redact
+from deltaforge.dsn import RedisURI, parse_redis_uri, redact
 from deltaforge.errors import ConfigError, DeltaForgeError, SinkError
 from deltaforge.metrics import serve_http
 
-#: every command the worker sends (README, Security; tests/test_security.py runs a worker user with just these)
-WORKER_ACL = ("+xgroup|create", "+xreadgroup", "+xautoclaim", "+xack", "+unlink", "+scan", "+select", "+auth")
+# Every command the worker sends, by connection (README, Security; tests/test_security.py runs
+# worker users with exactly these). +auth/+select: the login, on any connection.
+_STREAM_COMMANDS = ("+xgroup|create", "+xreadgroup", "+xautoclaim", "+xack")
+_CACHE_COMMANDS = ("+unlink", "+scan")
+_LOGIN_ACL = ("+select", "+auth")
+#: the stream's user (``--redis-uri``), on ``~<stream>``
+WORKER_STREAM_ACL = (*_STREAM_COMMANDS, *_LOGIN_ACL)
+#: the cache's user (``--cache-uri``), on ``~<cache key patterns>``
+WORKER_CACHE_ACL = (*_CACHE_COMMANDS, *_LOGIN_ACL)
+#: one user for both (no ``--cache-uri``): the union
+WORKER_ACL = (*_STREAM_COMMANDS, *_CACHE_COMMANDS, *_LOGIN_ACL)
+
+STREAM_OPTION = "--redis-uri (REDIS_URI)"
+CACHE_OPTION = "--cache-uri (CACHE_REDIS_URI)"
 
 logger = logging.getLogger("deltaforge.worker")
 
@@ -95,8 +137,12 @@ logger = logging.getLogger("deltaforge.worker")
 _UNLINK_CHUNK = 512
 #: SCAN COUNT hint for pattern keys
 _SCAN_COUNT = 1000
-#: lag samples kept for the percentiles
+#: lag samples kept for the percentiles of the stats line
 _LAG_WINDOW = 8192
+#: histogram bounds (seconds) of the lags and the batch time: sub-millisecond to a backlog
+LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+#: cache hosts that are this machine: the same server as the stream's under another spelling
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
 
@@ -203,9 +249,65 @@ def parse_payload(raw: bytes | str) -> ParsedEvent:
 
 # --- metrics ---------------------------------------------------------------------------------
 
+Figure = Literal["stream", "binlog"]
+
+#: (name without ``deltaforge_worker_`` and ``_total``, help) of every counter; WorkerMetrics has
+#: an int attribute of each name
+_COUNTERS = (
+    ("events", "Stream entries handled (acked)"),
+    ("keys", "Cache keys (and patterns) deleted"),
+    ("poison", "Unparseable entries acked and skipped"),
+    ("reclaimed", "Entries taken over from dead consumers"),
+    ("second_deletes", "Delayed second deletes run"),
+    ("reconnects", "Redis errors retried with backoff"),
+    ("trimmed_pending", "Pending entries found deleted from the stream (trimmed before they were acked), acked"),
+    ("gaps", "Gap entries seen: the engine's max_len_hard cut unacked entries"),
+    ("gap_entries", "Entries lost for this group according to gap entries"),
+)
+
+
+#: :data:`LAG_BUCKETS_S` in ms, the unit the hot path measures in (no conversion per event)
+_BUCKETS_MS = tuple(b * 1000.0 for b in LAG_BUCKETS_S)
+
+
+class _Histogram:
+    """Bucket counts (not cumulative; the last is +Inf) and a sum, observed in ms, exposed in seconds
+    over :data:`LAG_BUCKETS_S`.
+
+    Not locked: :class:`WorkerMetrics` holds its lock around both observing and reading.
+    """
+
+    __slots__ = ("counts", "doc", "name", "sum_ms")
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name, self.doc = name, doc
+        self.counts = [0] * (len(_BUCKETS_MS) + 1)
+        self.sum_ms = 0.0
+
+    def observe_many(self, values_ms: Sequence[float]) -> None:
+        counts = self.counts
+        for v in values_ms:  # ~0.15 µs each, against a batch round trip of ~1 ms
+            counts[bisect_left(_BUCKETS_MS, v)] += 1  # bisect_left: a value equal to a bound is in it (le)
+        self.sum_ms += sum(values_ms)
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative, buckets = 0, []
+        for bound, n in zip((*LAG_BUCKETS_S, math.inf), self.counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        return HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=self.sum_ms / 1000.0)
+
+
+def _lags_ms(done_ms: float, starts_ms: Sequence[float]) -> list[float]:
+    lags = [done_ms - t for t in starts_ms]
+    if lags and min(lags) < 0:  # clock skew: counted as 0 (clamped only then, off the common path)
+        lags = [max(0.0, lag) for lag in lags]
+    return lags
+
 
 class WorkerMetrics:
-    """Counters and a lag window. Updated once per batch; read by the stats log and /metrics."""
+    """Counters, lag histograms and lag windows. Updated once per batch by the worker's thread; read
+    by the stats log and by ``/metrics`` (another thread, through prometheus-client)."""
 
     def __init__(self) -> None:
         self.events = 0
@@ -219,20 +321,44 @@ class WorkerMetrics:
         #: gap entries seen, and the entries they say this group lost
         self.gaps = 0
         self.gap_entries = 0
-        self._lags: collections.deque[float] = collections.deque(maxlen=_LAG_WINDOW)
+        self.stream_lag = _Histogram(
+            "deltaforge_worker_stream_lag_seconds",
+            "Stream entry id (Redis' clock at XADD) to the cache delete, per event with keys")
+        self.binlog_lag = _Histogram(
+            "deltaforge_worker_binlog_lag_seconds",
+            "Binlog event timestamp to the cache delete, per event with keys (1 s resolution: reads up to 1 s high)")
+        self.batch_seconds = _Histogram(
+            "deltaforge_worker_batch_seconds", "One batch's delete round trip (UNLINKs, SCANs of patterns)")
+        self._windows: dict[Figure, collections.deque[float]] = {
+            "stream": collections.deque(maxlen=_LAG_WINDOW), "binlog": collections.deque(maxlen=_LAG_WINDOW)}
         self._lock = threading.Lock()
         self._last_events = 0
         self._last_keys = 0
+        self._registry = CollectorRegistry(auto_describe=False)  # its own: never the process-global one
+        self._registry.register(self)  # type: ignore[arg-type]  # a collector by protocol (collect)
 
-    def record(self, events: int, keys: int, lags_ms: Iterable[float]) -> None:
+    def record(self, events: int, keys: int, done_ms: float, xadd_ms: Sequence[float],
+               binlog_ms: Sequence[float], batch_ms: float | None) -> None:
+        """One batch: its counts; for each event with keys, its XADD time and its binlog time (if
+        any), to be subtracted from ``done_ms`` (the wall clock when the deletes had run); the
+        delete round trip."""
+        stream_lags, binlog_lags = _lags_ms(done_ms, xadd_ms), _lags_ms(done_ms, binlog_ms)
         with self._lock:
             self.events += events
             self.keys += keys
-            self._lags.extend(lags_ms)
+            if stream_lags:
+                self.stream_lag.observe_many(stream_lags)
+                self._windows["stream"].extend(stream_lags)
+            if binlog_lags:
+                self.binlog_lag.observe_many(binlog_lags)
+                self._windows["binlog"].extend(binlog_lags)
+            if batch_ms is not None:
+                self.batch_seconds.observe_many((batch_ms,))
 
-    def lag_percentiles(self) -> tuple[float | None, float | None]:
+    def lag_percentiles(self, figure: Figure) -> tuple[float | None, float | None]:
+        """p50 and p99 of the ``stream`` or ``binlog`` lag over the recent window, in ms."""
         with self._lock:
-            lags = sorted(self._lags)
+            lags = sorted(self._windows[figure])
         if not lags:
             return None, None
         last = len(lags) - 1
@@ -240,36 +366,32 @@ class WorkerMetrics:
 
     def summary(self) -> str:
         """One log line; counts are since the previous summary."""
-        p50, p99 = self.lag_percentiles()
         events, keys = self.events - self._last_events, self.keys - self._last_keys
         self._last_events, self._last_keys = self.events, self.keys
-        lag = f"lag p50 {p50:.0f} ms p99 {p99:.0f} ms" if p50 is not None else "lag n/a"
+        parts = []
+        figures: tuple[tuple[Figure, str, str], ...] = (("stream", ".1f", ""),
+                                                         ("binlog", ".0f", " (1 s resolution)"))
+        for figure, fmt, note in figures:
+            p50, p99 = self.lag_percentiles(figure)
+            parts.append(f"{figure} n/a" if p50 is None or p99 is None
+                         else f"{figure} p50 {p50:{fmt}} ms p99 {p99:{fmt}} ms{note}")
         return (f"worker stats: {events} events, {keys} keys since last report "
                 f"({self.events} events, {self.poison} poison, {self.reclaimed} reclaimed, "
-                f"{self.trimmed_pending} trimmed while pending, {self.gaps} gaps in total); {lag}")
+                f"{self.trimmed_pending} trimmed while pending, {self.gaps} gaps in total); "
+                f"lag: {', '.join(parts)}")
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        """prometheus-client's collector protocol: every counter and histogram, read under the lock."""
+        with self._lock:
+            families: list[CounterMetricFamily | HistogramMetricFamily] = [
+                CounterMetricFamily(f"deltaforge_worker_{name}", doc, value=getattr(self, name))
+                for name, doc in _COUNTERS]
+            families += [h.family() for h in (self.stream_lag, self.binlog_lag, self.batch_seconds)]
+        yield from families
 
     def prometheus(self) -> str:
-        p50, p99 = self.lag_percentiles()
-        lines = []
-        for name, kind, value, text in (
-            ("events", "counter", self.events, "Stream entries handled (acked)"),
-            ("keys", "counter", self.keys, "Cache keys (and patterns) deleted"),
-            ("poison", "counter", self.poison, "Unparseable entries acked and skipped"),
-            ("reclaimed", "counter", self.reclaimed, "Entries taken over from dead consumers"),
-            ("second_deletes", "counter", self.second_deletes, "Delayed second deletes run"),
-            ("reconnects", "counter", self.reconnects, "Redis errors retried with backoff"),
-            ("trimmed_pending", "counter", self.trimmed_pending,
-             "Pending entries found deleted from the stream (trimmed before they were acked), acked"),
-            ("gaps", "counter", self.gaps, "Gap entries seen: the engine's max_len_hard cut unacked entries"),
-            ("gap_entries", "counter", self.gap_entries, "Entries lost for this group according to gap entries"),
-        ):
-            metric = f"deltaforge_worker_{name}_total"
-            lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}", f"{metric} {value}"]
-        lines += ["# HELP deltaforge_worker_lag_ms Commit-to-delete lag over the recent window",
-                  "# TYPE deltaforge_worker_lag_ms summary"]
-        for q, v in (("0.5", p50), ("0.99", p99)):
-            lines.append(f'deltaforge_worker_lag_ms{{quantile="{q}"}} {"NaN" if v is None else f"{v:.1f}"}')
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition (what ``/metrics`` serves)."""
+        return generate_latest(self._registry).decode()
 
 
 def serve_metrics(metrics: WorkerMetrics, port: int, bind: str = "127.0.0.1") -> ThreadingHTTPServer:
@@ -284,8 +406,70 @@ def serve_metrics(metrics: WorkerMetrics, port: int, bind: str = "127.0.0.1") ->
 # --- the worker ------------------------------------------------------------------------------
 
 
+class _Server(msgspec.Struct, frozen=True):
+    """One of the worker's Redis servers, as its errors name it."""
+
+    name: str  # "Redis", "the stream's Redis", "the cache Redis"
+    option: str  # STREAM_OPTION or CACHE_OPTION
+    redacted: str
+    acl: tuple[str, ...]
+    keys: str  # the ACL key patterns the user needs there
+
+    def at(self) -> str:
+        return f"{self.name} at {self.redacted}"
+
+
 class _Retry(Exception):
-    """Internal: a transient Redis failure; the loop backs off and tries again."""
+    """Internal: a transient Redis failure on ``server``; the loop backs off and tries again."""
+
+    def __init__(self, reason: str, server: _Server) -> None:
+        super().__init__(reason)
+        self.server = server
+
+
+class _CacheFailed(Exception):
+    """Internal: a Redis error from the cache client, so that it is blamed on the cache's URI
+    (``--cache-uri``; ``--redis-uri`` when the two are one client)."""
+
+    def __init__(self, error: redis.RedisError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _no_retry() -> Retry:
+    """redis-py >= 6 retries a failed command itself (10 times here, seconds of silence on a dead
+    server). The worker's loop owns retries: it logs each, backs off and re-reads the batch."""
+    return Retry(NoBackoff(), 0)
+
+
+#: error codes redis-py strips from the message, naming them by the exception's class instead
+_CODE_CLASSES: tuple[tuple[type[redis.RedisError], str], ...] = (
+    (redis.exceptions.NoPermissionError, "NOPERM"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),  # a ClusterDownError: before it
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+)
+
+
+def _error_code(e: redis.RedisError) -> str:
+    """The error reply's code (``NOPERM``, ``NOGROUP``, ...), whether redis-py kept it in the message,
+    named it by class, or a pipeline prefixed the message (``Command # 1 (UNLINK k) of pipeline
+    caused error: ...``)."""
+    for cls, code in _CODE_CLASSES:
+        if isinstance(e, cls):
+            return code
+    msg = str(e)
+    _, sep, reply = msg.partition("caused error: ")
+    return (reply if sep else msg).split(" ", 1)[0]
+
+
+def _same_db(a: RedisURI, b: RedisURI) -> bool:
+    """Whether two URIs reach the same server and db (host spelled differently for loopback only)."""
+    def where(u: RedisURI) -> tuple[str, int, int]:
+        host = u.host.lower()
+        return ("loopback" if host in _LOOPBACK else host, u.port, u.db)
+    return where(a) == where(b)
 
 
 T = TypeVar("T")
@@ -312,8 +496,10 @@ class InvalidationWorker:
         *,
         stats_interval_s: float = 60.0,
         out: TextIO | None = None,
+        cache_uri: str | None = None,
     ) -> None:
-        uri = parse_redis_uri(redis_uri, "--redis-uri (REDIS_URI)")  # one-line ConfigError if malformed
+        uri = parse_redis_uri(redis_uri, STREAM_OPTION)  # one-line ConfigError if malformed
+        cache = uri if cache_uri is None else parse_redis_uri(cache_uri, CACHE_OPTION)
         for name, value, low in (("--count", count, 1), ("--block-ms", block_ms, 1),
                                  ("--double-delete-ms", double_delete_ms, 0),
                                  ("--claim-idle-ms", claim_idle_ms, 0)):
@@ -339,8 +525,33 @@ class InvalidationWorker:
             **uri.redis_py_kwargs(),
             socket_connect_timeout=float(p.get("connect_timeout") or 5.0),
             socket_timeout=max(float(p.get("socket_timeout") or 0.0), block_ms / 1000.0 + 10.0),
-            socket_keepalive=True, decode_responses=False,
+            socket_keepalive=True, decode_responses=False, retry=_no_retry(),
         )
+        #: UNLINK and SCAN go here: the stream's client itself when the URIs are equal (one connection)
+        self._cache: redis.Redis = self._redis
+        self._cache_connected = True
+        if cache == uri:
+            self.cache_uri_redacted = self.uri_redacted
+            self._stream_server = self._cache_server = _Server(
+                "Redis", STREAM_OPTION, self.uri_redacted, WORKER_ACL, f"~{stream} ~<cache key patterns>")
+        else:
+            assert cache_uri is not None
+            self.cache_uri_redacted = redact(cache_uri)
+            c = cache.params
+            # no BLOCK here: UNLINK and SCAN answer at once, so a silent server is a dead one after 10 s
+            self._cache = redis.Redis(
+                **cache.redis_py_kwargs(),
+                socket_connect_timeout=float(c.get("connect_timeout") or 5.0),
+                socket_timeout=float(c.get("socket_timeout") or 10.0),
+                socket_keepalive=True, decode_responses=False, retry=_no_retry(),
+            )
+            self._cache_connected = False
+            self._stream_server = _Server("the stream's Redis", STREAM_OPTION, self.uri_redacted,
+                                          WORKER_STREAM_ACL, f"~{stream}")
+            self._cache_server = _Server("the cache Redis", CACHE_OPTION, self.cache_uri_redacted,
+                                         WORKER_CACHE_ACL, "~<cache key patterns>")
+        #: spare the stream from patterns only where it lives: elsewhere a key of that name is a cache key
+        self._spare_stream = _same_db(uri, cache)
         self._group_ready = False
         self._recover_own = True  # re-read our own unacked entries first (restart with same name)
         self._claim_cursor = "0-0"
@@ -359,6 +570,8 @@ class InvalidationWorker:
 
     def close(self) -> None:
         self._redis.close()
+        if self._cache is not self._redis:
+            self._cache.close()
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set or :meth:`request_stop` is called.
@@ -371,8 +584,9 @@ class InvalidationWorker:
 
         delay = _BACKOFF_FIRST_S
         next_stats = time.monotonic() + self.stats_interval_s
-        logger.info("Starting cache invalidation worker: %s (stream %s, group %s, %s)",
-                    self.consumer, self.stream, self.group, self.uri_redacted)
+        cache = "" if self._cache is self._redis else f", cache {self.cache_uri_redacted}"
+        logger.info("Starting cache invalidation worker: %s (stream %s, group %s, %s%s)",
+                    self.consumer, self.stream, self.group, self.uri_redacted, cache)
         try:
             while not stopping():
                 try:
@@ -380,15 +594,22 @@ class InvalidationWorker:
                     delay = _BACKOFF_FIRST_S
                 except _Retry as e:
                     self.metrics.reconnects += 1
-                    logger.warning("Redis at %s unavailable (%s); retrying in %.1fs",
-                                   self.uri_redacted, e, delay)
+                    logger.warning("%s unavailable (%s); retrying in %.1fs", e.server.at(), e, delay)
                     self._sleep(delay, stopping)
                     delay = min(delay * 2, _BACKOFF_MAX_S)
                 now = time.monotonic()
                 if now >= next_stats:
                     logger.info("%s", self.metrics.summary())
                     next_stats = now + self.stats_interval_s
-            self._drain_second_deletes(stopping_is_final=True)
+            try:
+                self._drain_second_deletes(stopping_is_final=True)
+            except _CacheFailed as e:
+                failure = self._classify(e.error, self._cache_server)
+                if isinstance(failure, SinkError):
+                    raise failure from None
+                # no retries at shutdown: the entries are acked, only the second deletes are lost
+                logger.warning("%s unavailable at shutdown (%s): %d batches' delayed second deletes not run",
+                               self._cache_server.at(), failure, len(self._second))
         finally:
             logger.info("%s", self.metrics.summary())
             logger.info("worker %s stopped", self.consumer)
@@ -412,34 +633,39 @@ class InvalidationWorker:
         """
         try:
             return self._process_once()
-        except redis.AuthenticationError as e:
-            raise SinkError(f"Redis at {self.uri_redacted} refused the credentials: {e}",
-                            "fix the user/password in --redis-uri (REDIS_URI)") from None
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            # BusyLoadingError is a ConnectionError. Whatever was read but not acked stays
-            # pending for this consumer: re-read it after reconnecting.
-            self._recover_own = True
-            raise _Retry(str(e) or type(e).__name__) from None
-        except redis.ResponseError as e:
-            msg = str(e)
-            if msg.startswith("NOGROUP"):
-                # Redis restarted without persistence, or someone destroyed the group.
-                logger.warning("consumer group %s on %s is gone (%s); creating it again",
-                               self.group, self.stream, msg)
-                self._group_ready = False
-                self._recover_own = True
-                raise _Retry("consumer group missing") from None
-            if msg.startswith(("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")):
-                self._recover_own = True
-                raise _Retry(msg) from None
-            hint = {"WRONGTYPE": f"--stream {self.stream!r} names a key that is not a stream; pick another name",
-                    "NOPERM": f"the worker's Redis user needs {' '.join(WORKER_ACL)} on the stream and the cache "
-                              "keys (ACL SETUSER <user> ... ~<stream> ~<cache key patterns>)",
-                    "NOAUTH": "put the password in --redis-uri (REDIS_URI)"}
-            raise SinkError(f"Redis at {self.uri_redacted} rejected a worker command: {msg}",
-                            hint.get(msg.split(" ", 1)[0], "check the Redis server log")) from None
+        except _CacheFailed as e:
+            raise self._classify(e.error, self._cache_server) from None
+        except (redis.AuthenticationError, redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+            raise self._classify(e, self._stream_server) from None
+
+    def _classify(self, e: redis.RedisError, server: _Server) -> _Retry | SinkError:
+        """The loop's one decision on a Redis error from ``server``: retry, or stop with the fix."""
+        if isinstance(e, redis.AuthenticationError):  # before ConnectionError: it is one
+            return SinkError(f"{server.at()} refused the credentials: {e}",
+                             f"fix the user/password in {server.option}")
+        # Whatever was read but not acked stays pending for this consumer: re-read it after the retry
+        # (also when the cache failed: the batch's deletes did not all run).
+        self._recover_own = True
+        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):  # BusyLoadingError is one
+            return _Retry(str(e) or type(e).__name__, server)
+        msg, code = str(e), _error_code(e)
+        if code == "NOGROUP":
+            # Redis restarted without persistence, or someone destroyed the group.
+            logger.warning("consumer group %s on %s is gone (%s); creating it again", self.group, self.stream, msg)
+            self._group_ready = False
+            return _Retry("consumer group missing", server)
+        if code in ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"):
+            return _Retry(f"{code} {msg}" if code not in msg else msg, server)
+        hint = {"WRONGTYPE": f"--stream {self.stream!r} names a key that is not a stream; pick another name",
+                "NOPERM": f"the user in {server.option} needs {' '.join(server.acl)} on {server.keys} "
+                          f"(ACL SETUSER <user> ... {server.keys} {' '.join(server.acl)})",
+                "NOAUTH": f"put the password in {server.option}"}
+        return SinkError(f"{server.at()} rejected a worker command ({code}): {msg}",
+                         hint.get(code, "check the Redis server log"))
 
     def _process_once(self) -> int:
+        if not self._cache_connected:
+            self._connect_cache()
         if not self._group_ready:
             self._ensure_group()
         if self._second:
@@ -543,7 +769,8 @@ class InvalidationWorker:
         lines: list[str] = []
         plain: list[str] = []
         patterns: list[str] = []
-        stamps: list[float] = []
+        xadd_ms: list[int] = []  # per event with keys: its entry id's ms (Redis' clock at XADD)
+        binlog_ms: list[float] = []  # per event with keys and a timestamp: its binlog ts_ms
         keys_total = 0
         gone: list[bytes] = []
         for eid, fields in entries:
@@ -572,14 +799,20 @@ class InvalidationWorker:
                 (patterns if "*" in k else plain).append(k)
             keys_total += len(keys)
             lines.append(f"Invalidated {len(keys)} keys for {event.table}\n")
+            xadd_ms.append(int(eid.partition(b"-")[0]))  # b"1732981234567-0": ms, then a sequence
             if event.ts_ms is not None:
-                stamps.append(event.ts_ms)
+                binlog_ms.append(event.ts_ms)
         if gone:
             self._report_trimmed(gone, 0, "XREADGROUP")
         plain = list(dict.fromkeys(plain))  # one UNLINK per key even if many events name it
         patterns = list(dict.fromkeys(patterns))
+        batch_ms: float | None = None
         if plain or patterns:
+            started = time.perf_counter()
             self._invalidate(plain, patterns)
+            batch_ms = (time.perf_counter() - started) * 1000.0
+        # The lags end here, when the delete round trip has returned (wall clock: the starts are
+        # Redis' and MySQL's wall clocks).
         done_ms = time.time() * 1000.0
         # Acks go only after the deletes succeeded (a failure above raises and skips this).
         pipe = self._redis.pipeline(transaction=False)
@@ -588,28 +821,47 @@ class InvalidationWorker:
         pipe.execute()
         if self.double_delete_ms and (plain or patterns):
             self._second.append((time.monotonic() + self.double_delete_ms / 1000.0, plain, patterns))
-        self.metrics.record(len(ids), keys_total, [max(0.0, done_ms - ts) for ts in stamps])
+        self.metrics.record(len(ids), keys_total, done_ms, xadd_ms, binlog_ms, batch_ms)
         if lines:
             out = self._out or sys.stdout
             out.write("".join(lines))
             out.flush()
 
+    def _connect_cache(self) -> None:
+        """Open the cache connection (AUTH, SELECT) now: redis-py connects lazily, and a wrong cache
+        password would otherwise show only with the first batch that has keys."""
+        pool = self._cache.connection_pool
+        try:
+            pool.release(pool.get_connection())
+        except redis.RedisError as e:
+            raise _CacheFailed(e) from e
+        self._cache_connected = True
+
     def _invalidate(self, plain: list[str], patterns: list[str]) -> None:
-        if plain:
-            pipe = self._redis.pipeline(transaction=False)
-            for chunk in _chunks(plain, _UNLINK_CHUNK):
-                pipe.unlink(*chunk)
-            pipe.execute()
-        for pattern in patterns:
-            cursor = 0
-            while True:
-                cursor, found = self._redis.scan(cursor, match=pattern, count=_SCAN_COUNT)
-                # A broad pattern ("*", "cache*") must not take the invalidation stream with it.
-                found = [k for k in found if k != self._stream_key]
-                if found:
-                    self._redis.unlink(*found)
-                if not cursor:
-                    break
+        """UNLINK ``plain`` (one pipelined round trip) and what ``patterns`` match, on the cache client.
+
+        Redis errors come out as :class:`_CacheFailed`, to be blamed on the cache's URI.
+        """
+        cache = self._cache
+        try:
+            if plain:
+                pipe = cache.pipeline(transaction=False)
+                for chunk in _chunks(plain, _UNLINK_CHUNK):
+                    pipe.unlink(*chunk)
+                pipe.execute()
+            for pattern in patterns:
+                cursor = 0
+                while True:
+                    cursor, found = cache.scan(cursor, match=pattern, count=_SCAN_COUNT)
+                    if self._spare_stream:
+                        # A broad pattern ("*", "cache*") must not take the invalidation stream with it.
+                        found = [k for k in found if k != self._stream_key]
+                    if found:
+                        cache.unlink(*found)
+                    if not cursor:
+                        break
+        except redis.RedisError as e:
+            raise _CacheFailed(e) from e
 
     def _drain_second_deletes(self, *, stopping_is_final: bool) -> None:
         """Run the second deletes that are due; on the final drain, wait for all of them.
@@ -634,13 +886,7 @@ class InvalidationWorker:
         for i in range(due):
             plain += self._second[i][1]
             patterns += self._second[i][2]
-        try:
-            self._invalidate(list(dict.fromkeys(plain)), list(dict.fromkeys(patterns)))
-        except (redis.ConnectionError, redis.TimeoutError):
-            if stopping_is_final:
-                logger.warning("Redis unavailable at shutdown: %d delayed second deletes not run", len(plain))
-                return
-            raise
+        self._invalidate(list(dict.fromkeys(plain)), list(dict.fromkeys(patterns)))
         for _ in range(due):
             self._second.popleft()
         self.metrics.second_deletes += due
@@ -651,7 +897,10 @@ class InvalidationWorker:
 
 @click.command("worker")
 @click.option("--redis-uri", envvar="REDIS_URI", required=True,
-              help="Redis holding the stream and the cache keys (env REDIS_URI).")
+              help="Redis holding the stream, and the cache keys unless --cache-uri says otherwise (env REDIS_URI).")
+@click.option("--cache-uri", envvar="CACHE_REDIS_URI", default=None,
+              help="Redis holding the cache keys: another server, or another db of the stream's "
+                   "(env CACHE_REDIS_URI) [default: --redis-uri].")
 @click.option("--stream", default="cache:invalidations", show_default=True)
 @click.option("--group", default="cache-workers", show_default=True, help="Consumer group.")
 @click.option("--consumer", default=None, help="Consumer name [default: worker-<hostname>-<pid>].")
@@ -669,9 +918,9 @@ class InvalidationWorker:
               help="Address /metrics listens on (0.0.0.0: every interface).")
 @click.option("--stats-interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds between stats log lines.")
-def worker_command(redis_uri: str, stream: str, group: str, consumer: str | None, count: int,
-                   block_ms: int, double_delete_ms: int, claim_idle_ms: int, metrics_port: int | None,
-                   metrics_bind: str, stats_interval: float) -> None:
+def worker_command(redis_uri: str, cache_uri: str | None, stream: str, group: str, consumer: str | None,
+                   count: int, block_ms: int, double_delete_ms: int, claim_idle_ms: int,
+                   metrics_port: int | None, metrics_bind: str, stats_interval: float) -> None:
     """Consume cache-invalidation events and delete the cache keys they name.
 
     The Python counterpart of the seed's Node worker: same stream, group and log lines.
@@ -682,7 +931,8 @@ def worker_command(redis_uri: str, stream: str, group: str, consumer: str | None
         setup_logging()
     try:
         worker = InvalidationWorker(redis_uri, stream, group, consumer, count, block_ms,
-                                    double_delete_ms, claim_idle_ms, stats_interval_s=stats_interval)
+                                    double_delete_ms, claim_idle_ms, stats_interval_s=stats_interval,
+                                    cache_uri=cache_uri)
         server = serve_metrics(worker.metrics, metrics_port, metrics_bind) if metrics_port is not None else None
         if server is not None:
             logger.info("metrics on http://%s:%d/metrics", metrics_bind, server.server_address[1])

@@ -300,7 +300,7 @@ def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
 
 #: the documented ACLs (README, Security): the engine's sink user and the invalidation worker's
 from deltaforge.sink.redis_conn import ACL_COMMANDS as ENGINE_ACL  # noqa: E402 - (the one list)
-from deltaforge.worker import WORKER_ACL  # noqa: E402
+from deltaforge.worker import WORKER_ACL, WORKER_CACHE_ACL, WORKER_STREAM_ACL, InvalidationWorker  # noqa: E402
 
 _KEYS_PROCESSOR = """  processors:
     - type: javascript
@@ -360,6 +360,73 @@ def test_engine_and_worker_run_with_the_documented_least_privilege_acls(
     finally:
         redis_client.execute_command("ACL", "DELUSER", "lp-engine", "lp-worker")
         redis_client.delete(stream)
+
+
+def _split_worker(redis_server: RedisServer, cache: RedisServer, stream: str, stream_user: str,
+                  cache_user: str) -> InvalidationWorker:
+    """The stream on ``redis_server`` as ``stream_user``, the cache in db 2 of ``cache`` as ``cache_user``."""
+    import io
+
+    return InvalidationWorker(f"redis://{stream_user}@127.0.0.1:{redis_server.port}/0", stream, "cache-workers",
+                              "split-0", block_ms=50, claim_idle_ms=0, out=io.StringIO(),
+                              cache_uri=f"redis://{cache_user}@127.0.0.1:{cache.port}/2")
+
+
+def test_worker_runs_with_a_stream_user_and_a_cache_user_each_with_its_own_acl(
+        redis_server: RedisServer, redis_client, redis_own: RedisServer) -> None:  # type: ignore[no-untyped-def]
+    import orjson
+
+    stream = "cdc:split"
+    redis_client.execute_command("ACL", "SETUSER", "split-stream", "reset", "on", ">Str-pw-6", f"~{stream}",
+                                 *WORKER_STREAM_ACL)
+    cache = redis_own.client(db=2)  # db 2: SELECT is in WORKER_CACHE_ACL
+    cache.execute_command("ACL", "SETUSER", "split-cache", "reset", "on", ">Cch-pw-6", "~lp:*", *WORKER_CACHE_ACL)
+    cache.mset({"lp:1": "cached", "lp:2": "cached", "lp:3:a": "cached", "lp:3:b": "cached"})
+    for keys in (["lp:1", "lp:2"], ["lp:3:*"]):
+        redis_client.xadd(stream, {"df-event": orjson.dumps({"table": "lp.t", "after": {"_cache_keys": keys}})})
+    worker = _split_worker(redis_server, redis_own, stream, "split-stream:Str-pw-6", "split-cache:Cch-pw-6")
+    try:
+        assert worker.process_once() == 2
+    finally:
+        worker.close()
+        redis_client.execute_command("ACL", "DELUSER", "split-stream")
+    assert cache.dbsize() == 0
+    assert redis_client.xpending(stream, "cache-workers")["pending"] == 0
+    redis_client.delete(stream)
+    cache.close()
+
+
+@pytest.mark.parametrize("side", ["stream", "cache"])
+def test_worker_nopermission_names_the_uri_and_the_acl_of_that_connection(
+        redis_server: RedisServer, redis_client, redis_own: RedisServer, side: str) -> None:  # type: ignore[no-untyped-def]
+    import orjson
+
+    from deltaforge.errors import SinkError
+
+    stream = "cdc:split-noperm"
+    # the stream user without the right to create the group; the cache user without the cache's keys
+    stream_acl = [c for c in WORKER_STREAM_ACL if c != "+xgroup|create"] if side == "stream" else WORKER_STREAM_ACL
+    redis_client.execute_command("ACL", "SETUSER", "np-stream", "reset", "on", ">Np-pw-6", f"~{stream}", *stream_acl)
+    cache = redis_own.client(db=2)
+    cache.execute_command("ACL", "SETUSER", "np-cache", "reset", "on", ">Np-pw-7",
+                          "~other:*" if side == "cache" else "~lp:*", *WORKER_CACHE_ACL)
+    redis_client.xadd(stream, {"df-event": orjson.dumps({"table": "lp.t", "after": {"_cache_keys": ["lp:1"]}})})
+    worker = _split_worker(redis_server, redis_own, stream, "np-stream:Np-pw-6", "np-cache:Np-pw-7")
+    try:
+        with pytest.raises(SinkError) as info:
+            while worker.process_once():
+                pass
+    finally:
+        worker.close()
+        redis_client.execute_command("ACL", "DELUSER", "np-stream")
+        redis_client.delete(stream)
+        cache.close()
+    text = str(info.value)
+    assert "NOPERM" in text and "\n" not in text and "Np-pw" not in text
+    if side == "stream":
+        assert "--redis-uri (REDIS_URI)" in text and " ".join(WORKER_STREAM_ACL) in text and "+unlink" not in text
+    else:
+        assert "--cache-uri (CACHE_REDIS_URI)" in text and " ".join(WORKER_CACHE_ACL) in text and "+xack" not in text
 
 
 def test_a_missing_acl_command_stops_the_engine_at_once_naming_it(tmp_path: Path, mariadb: MariaDBServer,

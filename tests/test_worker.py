@@ -66,13 +66,13 @@ def users_update() -> dict[str, Any]:
                         {"id": 1, "email": "alice.new@example.com", "name": "Alice"}, list(USER_KEYS))
 
 
-def xadd_event(r: Any, event: dict[str, Any] | bytes, stream: str = STREAM) -> bytes:
+def xadd_event(r: Any, event: dict[str, Any] | bytes, stream: str = STREAM, entry_id: str = "*") -> bytes:
     payload = event if isinstance(event, bytes) else orjson.dumps(event)
     event_id = event["event_id"] if isinstance(event, dict) else "x"
     # field order matters: df-event first, so that fields[1] is the payload
-    entry_id: bytes = r.xadd(stream, {"df-event": payload, "event_id": event_id,
-                                      "idempotency_key": f"acme|app.users|0-1-7|{event_id}"})
-    return entry_id
+    added: bytes = r.xadd(stream, {"df-event": payload, "event_id": event_id,
+                                   "idempotency_key": f"acme|app.users|0-1-7|{event_id}"}, id=entry_id)
+    return added
 
 
 def set_keys(r: Any, keys: list[str]) -> None:
@@ -162,8 +162,9 @@ def test_update_deletes_the_five_keys_acks_and_logs_like_the_seed(make_worker: A
     assert pending(redis_client) == 0
     assert out_text(worker) == "Invalidated 5 keys for app.users\n"
     assert worker.metrics.events == 1 and worker.metrics.keys == 5
-    p50, p99 = worker.metrics.lag_percentiles()
-    assert p50 is not None and p99 is not None and 0 <= p50 <= p99
+    for figure in ("stream", "binlog"):
+        p50, p99 = worker.metrics.lag_percentiles(figure)
+        assert p50 is not None and p99 is not None and 0 <= p50 <= p99
 
 
 def test_delete_event_takes_keys_from_before(make_worker: Any, redis_client: Any) -> None:
@@ -402,6 +403,132 @@ def test_survives_a_redis_restart(make_worker: Any, monkeypatch: pytest.MonkeyPa
         server.stop()
 
 
+# --- the cache on another Redis (--cache-uri) and the lag figures --------------------------------
+
+
+def test_a_separate_cache_redis_gets_the_deletes_and_the_streams_redis_keeps_its_keys(
+        make_worker: Any, redis_client: Any, redis_own: RedisServer) -> None:
+    cache = redis_own.client()
+    worker = make_worker(cache_uri=redis_own.uri)
+    assert worker._cache is not worker._redis
+    pages = ["product:7:a", "product:7:b"]
+    # On another server a key named like the stream is a cache key: a pattern deletes it there.
+    set_keys(cache, [*USER_KEYS, *pages, STREAM, "user:2"])
+    set_keys(redis_client, [*USER_KEYS, *pages])  # same names on the stream's Redis: not the cache
+    xadd_event(redis_client, users_update())
+    xadd_event(redis_client, native_event("app.products", "u", {"id": 7}, {"id": 7}, ["product:7:*", "cache:*"]))
+
+    assert worker.process_once() == 2
+
+    assert cache.keys("*") == [b"user:2"]
+    assert existing(redis_client, [*USER_KEYS, *pages]) == [*USER_KEYS, *pages]
+    assert redis_client.type(STREAM) == b"stream" and pending(redis_client) == 0
+    assert out_text(worker) == "Invalidated 5 keys for app.users\nInvalidated 2 keys for app.products\n"
+    cache.close()
+
+
+def test_the_cache_on_another_db_of_the_streams_server(make_worker: Any, redis_server: RedisServer,
+                                                       redis_client: Any) -> None:
+    db3 = redis_server.client(db=3)
+    worker = make_worker(cache_uri=redis_server.uri.rsplit("/", 1)[0] + "/3")
+    set_keys(db3, [*USER_KEYS, STREAM])  # in db 3 a key of the stream's name is a cache key
+    set_keys(redis_client, USER_KEYS)
+    xadd_event(redis_client, users_update())
+    xadd_event(redis_client, native_event("app.users", "u", {"id": 1}, {"id": 1}, ["*"]))
+
+    assert worker.process_once() == 2
+
+    assert db3.keys("*") == []
+    assert existing(redis_client, USER_KEYS) == USER_KEYS
+    assert redis_client.type(STREAM) == b"stream" and pending(redis_client) == 0
+    db3.close()
+
+
+def test_equal_uris_share_one_client_and_only_the_streams_db_spares_the_stream(
+        make_worker: Any, redis_server: RedisServer) -> None:
+    uri = redis_server.uri
+    for same in (None, uri):
+        worker = make_worker(cache_uri=same)
+        assert worker._cache is worker._redis and worker._spare_stream
+    other_spelling = make_worker(cache_uri=uri.replace("127.0.0.1", "localhost"))
+    assert other_spelling._cache is not other_spelling._redis and other_spelling._spare_stream
+    assert not make_worker(cache_uri=uri.rsplit("/", 1)[0] + "/1")._spare_stream
+
+
+def test_a_stalled_cache_is_retried_and_the_batch_handled_again(make_worker: Any, redis_client: Any,
+                                                                 redis_own: RedisServer,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    cache = redis_own.client()
+    worker = make_worker(cache_uri=f"{redis_own.uri}?socket_timeout=0.3", block_ms=100)
+    with caplog.at_level(logging.INFO, logger="deltaforge.worker"):
+        running = RunningWorker(worker)
+        try:
+            set_keys(cache, ["order:1", "order:2"])
+            xadd_event(redis_client, native_event("app.orders", "u", {"id": 1}, {"id": 1}, ["order:1"]))
+            wait_until(lambda: not cache.exists("order:1"), what="the first delete")
+            with redis_own.frozen_for_a_while():
+                xadd_event(redis_client, native_event("app.orders", "u", {"id": 2}, {"id": 2}, ["order:2"]))
+                wait_until(lambda: worker.metrics.reconnects >= 1, what="a retry")
+                assert pending(redis_client) == 1  # read, not acked: its delete has not run
+            wait_until(lambda: pending(redis_client) == 0, what="the batch handled again")
+        finally:
+            running.join()
+    assert not cache.exists("order:2")
+    assert f"the cache Redis at {redis_own.uri}?socket_timeout=0.3 unavailable (Timeout" in caplog.text
+    assert "retrying" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert out_text(worker) == "Invalidated 1 keys for app.orders\n" * 2
+    cache.close()
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """``{le: cumulative count}`` of one histogram in a Prometheus text exposition, plus sum and count."""
+    found = {m.group(1): float(m.group(2))
+             for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.MULTILINE)}
+    for part in ("sum", "count"):
+        m = re.search(rf"^{name}_{part} (\S+)$", text, re.MULTILINE)
+        assert m is not None, f"no {name}_{part} in /metrics"
+        found[part] = float(m.group(1))
+    return found
+
+
+def test_lag_histograms_on_metrics_from_the_entry_id_and_the_binlog_timestamp(
+        make_worker: Any, redis_client: Any) -> None:
+    from deltaforge.worker import serve_metrics
+
+    worker = make_worker()
+    server = serve_metrics(worker.metrics, 0)
+    now_ms = int(time.time() * 1000)
+    keys = [f"user:{i}" for i in range(3)]
+    set_keys(redis_client, keys)
+    for i, key in enumerate(keys):
+        event = native_event("app.users", "u", {"id": i}, {"id": i}, [key])
+        event["ts_ms"] = event["source"]["ts_ms"] = now_ms - 3000  # committed 3 s ago
+        xadd_event(redis_client, event, entry_id=f"{now_ms - 1500}-{i}")  # XADDed 1.5 s ago
+
+    assert worker.process_once() == 3
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        server.shutdown()
+
+    assert "deltaforge_worker_events_total 3.0" in text
+    assert "# TYPE deltaforge_worker_stream_lag_seconds histogram" in text
+    stream, binlog = (_samples(text, f"deltaforge_worker_{f}_lag_seconds") for f in ("stream", "binlog"))
+    for hist, floor in ((stream, 1.5), (binlog, 3.0)):
+        assert hist["count"] == hist["+Inf"] == 3  # one sample per event with keys
+        assert hist["sum"] >= 3 * floor
+    # the lags only grow after the XADD: every sample is above the bucket below 1.5 s (3 s)
+    assert stream["1.0"] == 0 and binlog["2.0"] == 0
+    batch = _samples(text, "deltaforge_worker_batch_seconds")
+    assert batch["count"] == 1  # one delete round trip for the batch
+    m = re.search(r"lag: stream p50 ([\d.]+) ms p99 ([\d.]+) ms, binlog p50 (\d+) ms p99 (\d+) ms "
+                  r"\(1 s resolution\)", worker.metrics.summary())
+    assert m is not None, worker.metrics.summary()
+    assert 1500 <= float(m.group(1)) <= float(m.group(2)) and 3000 <= int(m.group(3)) <= int(m.group(4))
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 
@@ -420,6 +547,53 @@ def test_cli_reports_wrong_credentials_in_one_line() -> None:
     assert "refused the credentials" in result.output
     assert "wrong" not in result.output  # the password is redacted
     assert "Traceback" not in result.output
+
+
+def test_cli_names_the_cache_uri_when_its_password_is_wrong(redis_server: RedisServer) -> None:
+    with RedisServer(password="s3cret") as cache:
+        result = CliRunner().invoke(worker_command, ["--redis-uri", redis_server.uri, "--block-ms", "50",
+                                                     "--cache-uri", f"redis://:wrong@127.0.0.1:{cache.port}/0"])
+    assert result.exit_code == 1
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "the cache Redis at" in line and "refused the credentials" in line
+    assert "--cache-uri (CACHE_REDIS_URI)" in line and "REDIS_URI)" not in line.replace("CACHE_REDIS_URI)", "")
+    assert "wrong" not in result.output  # the password is redacted
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_cli_cache_uri_from_the_option_or_the_environment(redis_server: RedisServer, redis_client: Any,
+                                                          redis_own: RedisServer, how: str) -> None:
+    cache = redis_own.client()
+    set_keys(cache, USER_KEYS)
+    set_keys(redis_client, USER_KEYS)
+    xadd_event(redis_client, users_update())
+    env = {**os.environ, "REDIS_URI": redis_server.uri}
+    args = ["--block-ms", "100"]
+    if how == "env":
+        env["CACHE_REDIS_URI"] = redis_own.uri
+    else:
+        env.pop("CACHE_REDIS_URI", None)
+        args += ["--cache-uri", redis_own.uri]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from deltaforge.worker import worker_command; worker_command()", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == "Invalidated 5 keys for app.users\n"
+        assert existing(cache, USER_KEYS) == []
+        assert existing(redis_client, USER_KEYS) == USER_KEYS
+        wait_until(lambda: pending(redis_client) == 0, what="ack")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        err = proc.stderr.read()
+        assert f"cache {redis_own.uri}" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cache.close()
 
 
 def test_cli_subprocess_processes_then_exits_0_on_sigterm(redis_server: RedisServer, redis_client: Any) -> None:
@@ -445,8 +619,10 @@ def test_cli_subprocess_processes_then_exits_0_on_sigterm(redis_server: RedisSer
         assert metrics_url is not None
         with urllib.request.urlopen(metrics_url, timeout=5) as resp:
             text = resp.read().decode()
-        assert "deltaforge_worker_events_total 1" in text
-        assert 'deltaforge_worker_lag_ms{quantile="0.99"}' in text
+        assert "deltaforge_worker_events_total 1.0" in text
+        for figure in ("stream", "binlog"):
+            assert f'deltaforge_worker_{figure}_lag_seconds_bucket{{le="+Inf"}} 1.0' in text
+        assert "deltaforge_worker_batch_seconds_count 1.0" in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         rest = proc.stderr.read()
