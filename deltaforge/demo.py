@@ -6,6 +6,11 @@ invalidation worker, applies a short scripted set of writes (the seed's
 ``UPDATE app.users SET email = 'alice.new@example.com' WHERE id = 1`` among them)
 and shows each stream entry and each invalidation as it happens. Everything is
 removed on exit or Ctrl-C.
+
+``deltaforge demo --consistency`` shows the fill race instead (docs/cache-protocol.md): the
+bench's consistency phase (:mod:`deltaforge.benchkit.consistency`) on the same kind of throwaway
+servers, with a live line per second of the stale keys each fill protocol holds, then the
+final comparison of every cached key with the database.
 """
 
 from __future__ import annotations
@@ -112,9 +117,16 @@ def _tail_stream(client: Any, stream: str, stop: threading.Event) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Pipeline YAML (default: conf/pipeline.yaml of this checkout).")
 @click.option("--keep-running", is_flag=True, help="After the script, keep streaming until Ctrl-C.")
+@click.option("--consistency", is_flag=True,
+              help="Show the cache fill race live: plain fills, double delete and LeaseCache side by side.")
+@click.option("--seconds", type=click.FloatRange(min=1), default=15.0, show_default=True,
+              help="With --consistency: how long the writers run.")
 @friendly_errors
-def demo_command(config_path: str | None, keep_running: bool) -> None:
+def demo_command(config_path: str | None, keep_running: bool, consistency: bool, seconds: float) -> None:
     """Run the seed's cache-invalidation pipeline end to end on throwaway servers."""
+    if consistency:
+        _consistency_demo(seconds)
+        return
     from deltaforge.config import load_config
     from deltaforge.runtime.supervisor import Supervisor
     from deltaforge.testing import MariaDBServer, RedisServer
@@ -189,6 +201,44 @@ def demo_command(config_path: str | None, keep_running: bool) -> None:
         redis_srv.stop()
         mysql.stop()
         _say("servers stopped and removed", "yellow")
+
+
+def _consistency_demo(seconds: float) -> None:
+    from deltaforge.benchkit.consistency import LABELS, ConsistencySettings, measure_consistency
+    from deltaforge.benchkit.env import open_env
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    s = ConsistencySettings(seconds=seconds)
+    _say("starting a throwaway MariaDB and Redis ...", "yellow")
+    _say(f"writers: {s.rate:,} single-row UPDATEs/s on {s.hot_rows} users and {s.hot_rows} products; readers: "
+         f"{s.reads_per_s}/s per protocol, each waiting 0..{s.fill_delay_ms:g} ms between the database read "
+         "and the cache write (the race); one `deltaforge worker` per protocol's cache", "yellow")
+
+    def progress(state: dict[str, Any]) -> None:
+        if state.get("done"):
+            return
+        missed = "   ".join(f"{LABELS[p]}: {n}" for p, n in state["missed"].items())
+        _say(f"  t={state['elapsed']:4.0f}s  {state['written']:>7,} commits   stale keys now   {missed}",
+             "cyan")
+
+    try:
+        with open_env() as env:
+            _say("engine and workers starting; the writers begin once they are up", "yellow")
+            result = measure_consistency(env, s, progress=progress, side_by_side=True, live_stale=True)
+    except KeyboardInterrupt:
+        _say("\ninterrupted; servers stopped and removed", "yellow")
+        return
+    _say(f"\nwriters stopped after {result['written']:,} commits; readers stopped, workers drained. "
+         "Every cached key against the database:", "yellow")
+    for p in result["protocols"].values():
+        w = p["window_ms"]
+        window = f"p50 {w['p50']:.1f} / p99 {w['p99']:.1f} / max {w['max']:.1f} ms" if w else "not measured"
+        colour = "green" if p["stale_keys"] == 0 else "red"
+        _say(f"  {p['label']:<24} {p['stale_keys']:>4} stale of {p['cached_keys']:>4} cached keys; "
+             f"commit -> delete {window}", colour)
+    _say("A stale key stays stale until its row changes again: nothing else removes it without a TTL. "
+         "LeaseCache refuses the late fill (docs/cache-protocol.md). Servers stopped and removed.", "yellow")
 
 
 _EXPECTED = {title: n for n, (title, _) in enumerate(SCRIPT, start=1)}

@@ -24,9 +24,11 @@ Contract:
 - The consumer group is created if missing (``XGROUP CREATE <stream> <group> 0 MKSTREAM``), also
   after a Redis restart without persistence lost it (``NOGROUP``).
 - One batch = one XREADGROUP of up to ``count`` entries. All keys of the batch are UNLINKed in one
-  pipelined round trip (keys containing ``*`` go through SCAN MATCH + UNLINK, as the seed does);
-  only then are the entries XACKed, in a second round trip. A crash between the two re-delivers
-  the batch (at-least-once); deleting a key twice is harmless.
+  round trip (keys containing ``*`` go through SCAN MATCH + UNLINK first, as the seed does), and
+  the entries are XACKed only after the deletes: in the same MULTI/EXEC when the stream and the
+  cache are one client (two round trips per batch in all), else in a second round trip on the
+  stream's client. A crash before the ack re-delivers the batch (at-least-once); deleting a key
+  twice is harmless, and a LeaseCache lease (docs/cache-protocol.md) is revoked by any delete.
 - Entries this consumer read but did not ack (a Redis connection lost mid-batch, or a restart
   with the same ``--consumer``) are re-read first (``XREADGROUP ... 0``). Entries left pending by
   dead consumers are taken over with XAUTOCLAIM once idle longer than ``claim_idle_ms``
@@ -125,8 +127,9 @@ _LOGIN_ACL = ("+select", "+auth")
 WORKER_STREAM_ACL = (*_STREAM_COMMANDS, *_LOGIN_ACL)
 #: the cache's user (``--cache-uri``), on ``~<cache key patterns>``
 WORKER_CACHE_ACL = (*_CACHE_COMMANDS, *_LOGIN_ACL)
-#: one user for both (no ``--cache-uri``): the union
-WORKER_ACL = (*_STREAM_COMMANDS, *_CACHE_COMMANDS, *_LOGIN_ACL)
+#: one user for both (no ``--cache-uri``): the union, and MULTI/EXEC (a batch's deletes and its ack
+#: go in one transaction, one round trip)
+WORKER_ACL = (*_STREAM_COMMANDS, *_CACHE_COMMANDS, "+multi", "+exec", *_LOGIN_ACL)
 
 STREAM_OPTION = "--redis-uri (REDIS_URI)"
 CACHE_OPTION = "--cache-uri (CACHE_REDIS_URI)"
@@ -649,6 +652,10 @@ class InvalidationWorker:
         if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):  # BusyLoadingError is one
             return _Retry(str(e) or type(e).__name__, server)
         msg, code = str(e), _error_code(e)
+        if "EXEC without MULTI" in msg:
+            # MULTI was refused (NOPERM) and the batch's commands ran unwrapped, in order: the deletes
+            # before the ack, so nothing was acked undeleted; EXEC then fails with this.
+            code, msg = "NOPERM", f"the user may not run MULTI, so EXEC failed: {msg}"
         if code == "NOGROUP":
             # Redis restarted without persistence, or someone destroyed the group.
             logger.warning("consumer group %s on %s is gone (%s); creating it again", self.group, self.stream, msg)
@@ -807,18 +814,33 @@ class InvalidationWorker:
         plain = list(dict.fromkeys(plain))  # one UNLINK per key even if many events name it
         patterns = list(dict.fromkeys(patterns))
         batch_ms: float | None = None
-        if plain or patterns:
-            started = time.perf_counter()
-            self._invalidate(plain, patterns)
+        started = time.perf_counter()
+        if self._cache is self._redis and plain:
+            # One client: the deletes and the ack in one MULTI/EXEC, one round trip. A command
+            # Redis refuses while queueing (NOPERM, READONLY, OOM) aborts the whole EXEC, so an
+            # entry is never acked without its deletes; UNLINK has no run-time error.
+            if patterns:
+                self._invalidate([], patterns)
+            pipe = self._redis.pipeline(transaction=True)
+            for chunk in _chunks(plain, _UNLINK_CHUNK):
+                pipe.unlink(*chunk)
+            for chunk in _chunks(ids, _UNLINK_CHUNK):
+                pipe.xack(self.stream, self.group, *chunk)
+            pipe.execute()
             batch_ms = (time.perf_counter() - started) * 1000.0
-        # The lags end here, when the delete round trip has returned (wall clock: the starts are
-        # Redis' and MySQL's wall clocks).
-        done_ms = time.time() * 1000.0
-        # Acks go only after the deletes succeeded (a failure above raises and skips this).
-        pipe = self._redis.pipeline(transaction=False)
-        for chunk in _chunks(ids, _UNLINK_CHUNK):
-            pipe.xack(self.stream, self.group, *chunk)
-        pipe.execute()
+            done_ms = time.time() * 1000.0
+        else:
+            if plain or patterns:
+                self._invalidate(plain, patterns)
+                batch_ms = (time.perf_counter() - started) * 1000.0
+            # The lags end here, when the delete round trip has returned (wall clock: the starts are
+            # Redis' and MySQL's wall clocks).
+            done_ms = time.time() * 1000.0
+            # Acks go only after the deletes succeeded (a failure above raises and skips this).
+            pipe = self._redis.pipeline(transaction=False)
+            for chunk in _chunks(ids, _UNLINK_CHUNK):
+                pipe.xack(self.stream, self.group, *chunk)
+            pipe.execute()
         if self.double_delete_ms and (plain or patterns):
             self._second.append((time.monotonic() + self.double_delete_ms / 1000.0, plain, patterns))
         self.metrics.record(len(ids), keys_total, done_ms, xadd_ms, binlog_ms, batch_ms)

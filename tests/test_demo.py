@@ -51,3 +51,17 @@ def test_demo_stops_cleanly_on_sigterm() -> None:
     assert "servers stopped and removed" in text, text
     assert "Traceback" not in text
     _assert_servers_gone(text)
+
+
+def test_demo_consistency_shows_each_protocol_live_and_lease_cache_ends_fresh() -> None:
+    res = subprocess.run([sys.executable, "-m", "deltaforge", "demo", "--consistency", "--seconds", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    live = [line for line in out.splitlines() if "stale keys now" in line]
+    assert live and all("plain GET/SET:" in line and "LeaseCache:" in line for line in live), out
+    final = {label: line for line in out.splitlines()
+             for label in ("plain GET/SET", "plain + double delete", "LeaseCache") if line.strip().startswith(label)}
+    assert set(final) == {"plain GET/SET", "plain + double delete", "LeaseCache"}, out
+    assert re.search(r"LeaseCache\s+0 stale of\s+\d+ cached keys", final["LeaseCache"]), final["LeaseCache"]
+    assert "servers stopped and removed" in out.lower()

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -427,6 +428,41 @@ def test_worker_nopermission_names_the_uri_and_the_acl_of_that_connection(
         assert "--redis-uri (REDIS_URI)" in text and " ".join(WORKER_STREAM_ACL) in text and "+unlink" not in text
     else:
         assert "--cache-uri (CACHE_REDIS_URI)" in text and " ".join(WORKER_CACHE_ACL) in text and "+xack" not in text
+
+
+@pytest.mark.parametrize("missing", ["+unlink", "+multi"])
+def test_one_worker_user_missing_a_command_acks_nothing_and_deletes_nothing(
+        redis_server: RedisServer, redis_client, missing: str) -> None:  # type: ignore[no-untyped-def]
+    """One client: the deletes and the ack share a MULTI, which Redis aborts as a whole; without
+    +multi the error says so."""
+    import orjson
+
+    from deltaforge.errors import SinkError
+
+    stream, group = f"cdc:one-noperm{missing[1:]}", "g"
+    acl = [c for c in WORKER_ACL if c != missing]
+    redis_client.execute_command("ACL", "SETUSER", "one-np", "reset", "on", ">One-pw-3", f"~{stream}", "~lp1:*", *acl)
+    redis_client.set("lp1:1", "cached")
+    redis_client.xadd(stream, {"df-event": orjson.dumps({"table": "lp.t", "after": {"_cache_keys": ["lp1:1"]}})})
+    worker = InvalidationWorker(f"redis://one-np:One-pw-3@127.0.0.1:{redis_server.port}/0", stream, group,
+                                "c1", 100, 100, 0, 0, out=io.StringIO())
+    try:
+        with pytest.raises(SinkError) as info:
+            while worker.process_once():
+                pass
+        text = str(info.value)
+        assert "NOPERM" in text and missing in text and "\n" not in text, text
+        if missing == "+unlink":
+            assert redis_client.get("lp1:1") == b"cached"  # the MULTI was aborted whole: nothing deleted
+            assert redis_client.xpending(stream, group)["pending"] == 1  # ... and nothing acked
+        else:
+            # MULTI refused: the commands ran unwrapped, in order, so the ack came after the delete
+            assert redis_client.get("lp1:1") is None
+            assert "may not run MULTI" in text
+    finally:
+        worker.close()
+        redis_client.execute_command("ACL", "DELUSER", "one-np")
+        redis_client.delete(stream, "lp1:1")
 
 
 def test_a_missing_acl_command_stops_the_engine_at_once_naming_it(tmp_path: Path, mariadb: MariaDBServer,
