@@ -64,7 +64,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deltaforge.benchkit.env import BenchError
+import redis
+
+from deltaforge.benchkit.env import BenchError, key_events, run_failed
 from deltaforge.benchkit.latency import STREAM, BenchProcess, percentiles
 from deltaforge.benchkit.workload import engine_environ, prepare_schema, seed_yaml
 from deltaforge.dsn import parse_redis_uri
@@ -414,35 +416,25 @@ def measure_consistency(env: BenchEnv, s: ConsistencySettings | None = None,
     events: dict[int, dict[str, list[tuple[float, bool]]]] = {}
     engine: BenchProcess | None = None
     subscriber: threading.Thread | None = None
-    pubsub = None
-    saved_notify: str | None = None
-    window_note: str | None = None
     protocols: dict[str, Any] = {}
     codes: dict[str, int] = {}
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
-    with tempfile.TemporaryDirectory(prefix="deltaforge-consistency-") as tmp:
+    with contextlib.suppress(redis.RedisError):  # CONFIG refused: the default, 16, is assumed
+        databases = int(admin.config_get("databases").get("databases", 16))
+        if databases < 4:
+            raise BenchError(f"the bench's Redis has {databases} databases; the consistency phase uses 4 "
+                             "(the stream and one cache per protocol)", "set `databases 16` in redis.conf (the default)")
+    # key events: generic (del) and string (set), for the caches' dbs
+    notify = key_events(admin, "Eg$", [f"__keyevent@{db}__:{kind}" for db, _uri in caches.values()
+                                       for kind in ("del", "set")], "staleness window")
+    with contextlib.closing(admin), tempfile.TemporaryDirectory(prefix="deltaforge-consistency-") as tmp, \
+            notify as key_notes:
         cfg_path = Path(tmp) / "pipeline.yaml"
         cfg_path.write_text(seed_yaml("latest"))
         child_env = {**engine_environ(env), "PYTHONUNBUFFERED": "1"}
+        pubsub = key_notes.pubsub
         try:
-            try:
-                databases = int(admin.config_get("databases").get("databases", 16))
-                if databases < 4:
-                    raise BenchError(f"the bench's Redis has {databases} databases; the consistency phase "
-                                     "uses 4 (the stream and one cache per protocol)",
-                                     "set `databases 16` in redis.conf (the default)")
-                saved_notify = str(admin.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
-                admin.config_set("notify-keyspace-events", "Eg$")  # key events: generic (del), string (set)
-                pubsub = admin.pubsub()
-                pubsub.subscribe(*(f"__keyevent@{db}__:{kind}" for db, _uri in caches.values()
-                                   for kind in ("del", "set")))
-            except BenchError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a managed Redis may refuse CONFIG: report, go on
-                window_note = f"keyspace notifications unavailable ({e}); staleness window not measured"
-                log.warning("%s", window_note)
-                saved_notify, pubsub = None, None
             engine = BenchProcess("deltaforge run", [sys.executable, "-m", "deltaforge", "run", str(cfg_path),
                                                      "--workers", workers], child_env, "reading from")
             engine.wait_ready(_READY_TIMEOUT_S)
@@ -464,20 +456,8 @@ def measure_consistency(env: BenchEnv, s: ConsistencySettings | None = None,
                 subscriber.join(5)
             if engine is not None:
                 codes[engine.name] = engine.stop()
-            if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
-            if saved_notify is not None:
-                with contextlib.suppress(Exception):
-                    admin.config_set("notify-keyspace-events", saved_notify)
-            admin.close()
             sys.setswitchinterval(switch)
-    if errors:
-        err = errors[0]
-        if isinstance(err, BenchError):
-            raise err
-        raise BenchError(f"consistency run failed: {type(err).__name__}: {err}",
-                         "check the servers; rerun with --debug for the traceback") from err
+    run_failed("consistency", errors)
     for p in protocols.values():
         if pubsub is None:
             p["window_ms"], p["window_samples"] = None, 0
@@ -488,7 +468,7 @@ def measure_consistency(env: BenchEnv, s: ConsistencySettings | None = None,
         else next(iter(protocols.values()))["written"],
         "keys": len(keys),
         "protocols": protocols,
-        "window_note": window_note,
+        "window_note": key_notes.note,
         "exit_codes": codes,
     }
     if progress is not None:

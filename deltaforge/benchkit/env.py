@@ -18,6 +18,7 @@ Hazards:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,3 +192,49 @@ def stream_rate(redis_client: Any, stream: str) -> tuple[int, float]:
 def _id_ms(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.split("-", 1)[0])
+
+
+@dataclass
+class KeyEvents:
+    """What :func:`key_events` set up: a subscribed ``pubsub``, or None and the ``note`` why not."""
+
+    pubsub: Any = None
+    note: str | None = None
+
+
+@contextlib.contextmanager
+def key_events(admin: redis.Redis, flags: str, channels: list[str], measured: str) -> Iterator[KeyEvents]:
+    """``notify-keyspace-events`` set to ``flags`` and ``channels`` subscribed for the block; the
+    setting is restored and the subscription closed on exit. A Redis that refuses CONFIG (a managed
+    service, an ACL) yields no pubsub and a note that ``measured`` was not measured; the run goes on."""
+    events = KeyEvents()
+    saved: str | None = None
+    try:
+        try:
+            saved = str(admin.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
+            admin.config_set("notify-keyspace-events", flags)
+            events.pubsub = admin.pubsub()
+            events.pubsub.subscribe(*channels)
+        except Exception as e:  # noqa: BLE001 - report and go on without the figure
+            events.note = f"keyspace notifications unavailable ({e}); {measured} not measured"
+            logging.getLogger("deltaforge.bench").warning("%s", events.note)
+            events.pubsub = None
+        yield events
+    finally:
+        if events.pubsub is not None:
+            with contextlib.suppress(Exception):
+                events.pubsub.close()
+        if saved is not None:
+            with contextlib.suppress(Exception):
+                admin.config_set("notify-keyspace-events", saved)
+
+
+def run_failed(phase: str, errors: list[BaseException]) -> None:
+    """Raise the first error a phase's threads recorded, as the BenchError the command reports."""
+    if not errors:
+        return
+    err = errors[0]
+    if isinstance(err, BenchError):
+        raise err
+    raise BenchError(f"{phase} run failed: {type(err).__name__}: {err}",
+                     "check the servers; rerun with --debug for the traceback") from err

@@ -52,7 +52,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from deltaforge.benchkit.env import BenchError
+from deltaforge.benchkit.env import BenchError, key_events, run_failed
 from deltaforge.benchkit.workload import engine_environ, prepare_schema, seed_yaml
 from deltaforge.dsn import parse_redis_uri
 
@@ -316,31 +316,21 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
     admin = env.redis()
     procs: list[BenchProcess] = []
     threads: list[threading.Thread] = []
-    pubsub = None
-    saved_notify: str | None = None
-    notify_error: str | None = None
     codes: dict[str, int] = {}
     cores: dict[str, float | None] = {}
     # Three threads here take timestamps: a thread woken by its socket must not wait the default
     # 5 ms for the GIL, or the figures measure the interpreter's scheduling, not the pipeline.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
-    with tempfile.TemporaryDirectory(prefix="deltaforge-bench-") as tmp:
+    # keyspace notifications of deletions (UNLINK is published as "del"; "unlink" in case a version differs)
+    notify = key_events(admin, "Eg", [f"__keyevent@{db}__:del", f"__keyevent@{db}__:unlink"], "deletion latency")
+    with contextlib.closing(admin), tempfile.TemporaryDirectory(prefix="deltaforge-bench-") as tmp, \
+            notify as events:
         cfg_path = Path(tmp) / "pipeline.yaml"
         cfg_path.write_text(seed_yaml("latest"))
         child_env = {**engine_environ(env), "PYTHONUNBUFFERED": "1"}
+        pubsub = events.pubsub
         try:
-            # -- keyspace notifications for deletions
-            try:
-                saved_notify = str(admin.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
-                admin.config_set("notify-keyspace-events", "Eg")
-                pubsub = admin.pubsub()
-                pubsub.subscribe(f"__keyevent@{db}__:del", f"__keyevent@{db}__:unlink")
-            except Exception as e:  # noqa: BLE001 - a managed Redis may refuse CONFIG: report, go on
-                saved_notify = None
-                notify_error = f"keyspace notifications unavailable ({e}); deletion latency not measured"
-                log.warning("%s", notify_error)
-                pubsub = None
             # -- the engine and the worker
             engine = BenchProcess("deltaforge run", [sys.executable, "-m", "deltaforge", "run", str(cfg_path),
                                               "--workers", workers],
@@ -383,20 +373,8 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
                 t.join(5)
             for p in reversed(procs):
                 codes[p.name] = p.stop()
-            if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
-            if saved_notify is not None:
-                with contextlib.suppress(Exception):
-                    admin.config_set("notify-keyspace-events", saved_notify)
-            admin.close()
             sys.setswitchinterval(switch)
-    if run.errors:
-        err = run.errors[0]
-        if isinstance(err, BenchError):
-            raise err
-        raise BenchError(f"latency run failed: {type(err).__name__}: {err}",
-                         "check the servers; rerun with --debug for the traceback") from err
+    run_failed("latency", run.errors)
     for name, code in codes.items():
         if code != 0:
             tail = next(p.tail() for p in procs if p.name == name)
@@ -420,7 +398,7 @@ def measure_latency(env: BenchEnv, rate: int = 2000, seconds: float = 10.0,
         "target_rate": rate,
         "workers": workers,
         "deletion_channels": dict(run.deletion_channels),
-        "deleted_note": notify_error,
+        "deleted_note": events.note,
         "exit_codes": codes,
         "cores": cores,
     }
