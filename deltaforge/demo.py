@@ -238,7 +238,9 @@ def _consistency_demo(seconds: float) -> None:
         _say(f"  {p['label']:<24} {p['stale_keys']:>4} stale of {p['cached_keys']:>4} cached keys; "
              f"commit -> delete {window}", colour)
     _say("A stale key stays stale until its row changes again: nothing else removes it without a TTL. "
-         "LeaseCache refuses the late fill (docs/cache-protocol.md). Servers stopped and removed.", "yellow")
+         "LeaseCache refuses the late fill (docs/cache-protocol.md). The three protocols shared this machine "
+         "(three workers, three sets of readers); `deltaforge bench --phases consistency` runs one at a time "
+         "for the staleness window. Servers stopped and removed.", "yellow")
 
 
 _EXPECTED = {title: n for n, (title, _) in enumerate(SCRIPT, start=1)}
