@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,3 +239,15 @@ def run_failed(phase: str, errors: list[BaseException]) -> None:
         raise err
     raise BenchError(f"{phase} run failed: {type(err).__name__}: {err}",
                      "check the servers; rerun with --debug for the traceback") from err
+
+
+def guarded(fn: Callable[[], None], errors: list[BaseException], stop: threading.Event) -> Callable[[], None]:
+    """``fn`` for a phase's thread: an exception is recorded in ``errors`` (for :func:`run_failed`)
+    and sets ``stop``, so the other threads end too."""
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by the main thread
+            errors.append(e)
+            stop.set()
+    return run

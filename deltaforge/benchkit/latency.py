@@ -52,7 +52,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from deltaforge.benchkit.env import BenchError, key_events, run_failed
+from deltaforge.benchkit.env import BenchError, guarded, key_events, run_failed
 from deltaforge.benchkit.workload import engine_environ, prepare_schema, seed_yaml
 from deltaforge.dsn import parse_redis_uri
 
@@ -170,13 +170,7 @@ class _Run:
 
     # ------------------------------------------------------------------ threads
     def guard(self, fn: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as e:  # noqa: BLE001 - re-raised by the main thread
-                self.errors.append(e)
-                self.stop.set()
-        return run
+        return guarded(fn, self.errors, self.stop)
 
     def writer(self, ids: list[int]) -> None:
         conn = self.env.mysql()
