@@ -774,6 +774,10 @@ def _check_sinks(sinks: list[SinkSpec], ctx: _Ctx) -> None:
         seen_ids[c.id] = i
         with _located(ctx, f"{p}.uri"):
             uri = parse_redis_uri(c.uri, f"{p}.uri")
+        if uri.topology == "cluster":
+            raise ctx.error(f"{p}.uri", "the engine's Redis sink does not write to a Redis Cluster yet "
+                            f"({uri.redacted()})", "point it at a single Redis, or at a Sentinel-managed "
+                            "primary with redis+sentinel://sentinel1:26379,.../0?service=<name>")
         with _located(ctx, f"{p}.stream"):
             StreamTemplate(c.stream, f"{p}.stream")
         if c.dlq_stream is not None:

@@ -1,4 +1,5 @@
-"""Connection strings for MySQL/MariaDB (``mysql://``) and Redis (``redis://``, ``rediss://``).
+"""Connection strings for MySQL/MariaDB (``mysql://``) and Redis (``redis://``, ``rediss://``;
+``redis+cluster://`` and ``redis+sentinel://`` with a list of seed addresses, ``rediss+...`` for TLS).
 
 Passwords never leave this module in clear text except into the driver:
 ``redacted`` forms (``mysql://app:***@db:3306/app``) are what logs and errors show.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -23,6 +25,12 @@ SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"
 MYSQL_PARAMS = ("ssl-mode", "ssl-ca", "ssl-cert", "ssl-key", "ssl-cipher", "password_file")
 #: every parameter a redis:// or rediss:// URI may carry (the sinks' and ``deltaforge worker``'s)
 REDIS_PARAMS = ("db", "connect_timeout", "socket_timeout", "ssl_ca_certs", "ssl_cert_reqs", "password_file")
+#: and a redis+sentinel:// URI: the monitored master's name, the sentinels' own credentials
+SENTINEL_PARAMS = ("service", "sentinel_username", "sentinel_password")
+#: scheme -> (topology, TLS)
+REDIS_SCHEMES = {"redis": ("single", False), "rediss": ("single", True),
+                 "redis+cluster": ("cluster", False), "rediss+cluster": ("cluster", True),
+                 "redis+sentinel": ("sentinel", False), "rediss+sentinel": ("sentinel", True)}
 
 
 class MySQLDSN(msgspec.Struct, frozen=True):
@@ -65,6 +73,9 @@ class MySQLDSN(msgspec.Struct, frozen=True):
 
 
 class RedisURI(msgspec.Struct, frozen=True):
+    """A parsed Redis URI. ``host``/``port`` is the first (for ``single``: the only) address;
+    ``seeds`` every address given: cluster nodes to discover the slot map from, or sentinels."""
+
     host: str
     port: int
     username: str | None
@@ -72,6 +83,9 @@ class RedisURI(msgspec.Struct, frozen=True):
     db: int
     tls: bool
     params: dict[str, str] = {}
+    topology: str = "single"  # "single" | "cluster" | "sentinel"
+    seeds: tuple[tuple[str, int], ...] = ()
+    service: str | None = None  # sentinel: the monitored master's name
 
     def redis_py_kwargs(self) -> dict[str, Any]:
         """This URI as redis-py ``Redis(...)`` arguments (address, credentials, TLS); the callers add
@@ -85,10 +99,14 @@ class RedisURI(msgspec.Struct, frozen=True):
 
     def redacted(self) -> str:
         scheme = "rediss" if self.tls else "redis"
+        if self.topology != "single":
+            scheme += f"+{self.topology}"
         auth = ""
         if self.username or self.password:
             auth = f"{self.username or ''}:***@" if self.password else f"{self.username}@"
-        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+        hosts = ",".join(f"{h}:{p}" for h, p in self.seeds) if self.seeds else f"{self.host}:{self.port}"
+        service = f"?service={self.service}" if self.service else ""
+        return f"{scheme}://{auth}{hosts}/{self.db}{service}"
 
 
 def _port(text: str | None, default: int, path: str, raw: str) -> int:
@@ -146,22 +164,37 @@ def parse_mysql_dsn(dsn: str, path: str = "spec.source.config.dsn") -> MySQLDSN:
 
 
 def parse_redis_uri(uri: str, path: str = "spec.sinks[0].config.uri") -> RedisURI:
-    """``redis://[user[:password]@]host[:port][/db]``; ``rediss://`` for TLS."""
+    """``redis://[user[:password]@]host[:port][/db]``; ``rediss://`` for TLS.
+
+    ``redis+cluster://[user[:password]@]host:port[,host:port...]`` names seed nodes of a Redis
+    Cluster (database 0 only, as on any cluster); ``redis+sentinel://[user[:password]@]host:port
+    [,host:port...][/db]?service=<master name>`` names sentinels and the master they monitor (the
+    credentials are the master's; ``sentinel_username``/``sentinel_password`` the sentinels' own,
+    if they require any). ``rediss+cluster``/``rediss+sentinel``: TLS to every node.
+    """
     raw = uri.strip()
-    parts = urlsplit(raw)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(path, f"expected a redis:// or rediss:// URI, found {redact(raw)!r}",
-                          "write redis://[user:password@]host:6379/0")
-    try:
-        host = parts.hostname or ""
-        port_text = str(parts.port) if parts.port is not None else None
-    except ValueError as e:
-        raise ConfigError(path, f"cannot parse {redact(raw)!r}: {e}", "write redis://host:6379/0") from None
-    if not host:
-        raise ConfigError(path, f"no host in {redact(raw)!r}", "write redis://host:6379/0")
-    db_text = parts.path.lstrip("/") or "0"
-    params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    _check_params(params, REDIS_PARAMS, path, raw)
+    scheme, sep, rest = raw.partition("://")
+    known = REDIS_SCHEMES.get(scheme.lower()) if sep else None
+    if known is None:
+        raise ConfigError(path, f"expected a redis:// or rediss:// URI (or redis+sentinel://, redis+cluster://), "
+                          f"found {redact(raw)!r}", "write redis://[user:password@]host:6379/0")
+    topology, tls = known
+    if topology == "single":
+        parts = urlsplit(raw)
+        try:
+            host = parts.hostname or ""
+            port_text = str(parts.port) if parts.port is not None else None
+        except ValueError as e:
+            raise ConfigError(path, f"cannot parse {redact(raw)!r}: {e}", "write redis://host:6379/0") from None
+        if not host:
+            raise ConfigError(path, f"no host in {redact(raw)!r}", "write redis://host:6379/0")
+        seeds = ((host, _port(port_text, 6379, path, raw)),)
+        user_text, password_text = parts.username, parts.password
+        db_text, query = parts.path.lstrip("/") or "0", parts.query
+    else:
+        seeds, user_text, password_text, db_text, query = _parse_seeds(scheme, rest, path, raw)
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    _check_params(params, REDIS_PARAMS + (SENTINEL_PARAMS if topology == "sentinel" else ()), path, raw)
     reqs = params.get("ssl_cert_reqs")
     if reqs is not None and reqs.lower() not in ("none", "optional", "required"):
         raise ConfigError(path, f"ssl_cert_reqs={reqs!r} in {redact(raw)!r} is not none, optional or required",
@@ -172,17 +205,59 @@ def parse_redis_uri(uri: str, path: str = "spec.sinks[0].config.uri") -> RedisUR
     except ValueError:
         raise ConfigError(path, f"database {db_text!r} in {redact(raw)!r} is not a number",
                           "end the URI with /0 (or another database number)") from None
-    password = _password(unquote(parts.password) if parts.password is not None else "",
+    if topology == "cluster" and db != 0:
+        raise ConfigError(path, f"database {db} in {redact(raw)!r}: a Redis Cluster has database 0 only",
+                          "end the URI with /0, or drop the database")
+    service = params.pop("service", None)
+    if topology == "sentinel" and not service:
+        raise ConfigError(path, f"no service in {redact(raw)!r}: which master should the sentinels name?",
+                          "add ?service=<the name in `sentinel monitor <name> ...`>, e.g. ?service=mymaster")
+    password = _password(unquote(password_text) if password_text is not None else "",
                          params.pop("password_file", None), "REDIS_PASSWORD_FILE", path, raw)
     return RedisURI(
-        host=host,
-        port=_port(port_text, 6379, path, raw),
-        username=unquote(parts.username) if parts.username else None,
+        host=seeds[0][0],
+        port=seeds[0][1],
+        username=unquote(user_text) if user_text else None,
         password=password or None,
         db=db,
-        tls=parts.scheme == "rediss",
+        tls=tls,
         params=params,
+        topology=topology,
+        seeds=seeds,
+        service=service,
     )
+
+
+def _parse_seeds(scheme: str, rest: str, path: str,
+                 raw: str) -> tuple[tuple[tuple[str, int], ...], str | None, str | None, str, str]:
+    """``[user[:password]@]host:port[,host:port...][/db][?query]`` of a cluster or sentinel URI
+    (urlsplit reads one host only). Returns (seeds, user, password, db text, query)."""
+    example = f"{scheme}://host1:{'26379' if 'sentinel' in scheme else '7000'},host2:..."
+    head, _, query = rest.partition("?")
+    netloc, _, db_path = head.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    user: str | None = None
+    password: str | None = None
+    if at:
+        user_part, colon, pw = userinfo.partition(":")
+        user, password = user_part or None, (pw if colon else None)
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):  # [::1]:7000
+            host, _, port_text = item[1:].partition("]")
+            port_text = port_text.lstrip(":")
+        else:
+            host, _, port_text = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
+        if not host:
+            raise ConfigError(path, f"address {item!r} in {redact(raw)!r} has no host", f"write {example}")
+        default = 26379 if "sentinel" in scheme else 6379
+        seeds.append((host, _port(port_text or None, default, path, raw)))
+    if not seeds:
+        raise ConfigError(path, f"no host in {redact(raw)!r}", f"write {example}")
+    return tuple(seeds), user, password, db_path.strip("/") or "0", query
 
 
 def _password(inline: str, file: str | None, env: str, path: str, raw: str) -> str:
@@ -230,8 +305,14 @@ def _tls_context(mode: str, ca: str | None, cert: str | None, key: str | None, c
     return ctx
 
 
+#: secrets a URI may carry in its query (the sentinels' own password), masked wherever URIs are shown
+QUERY_SECRET = re.compile(r"([?&]sentinel_password=)([^&\s'\"]+)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """Replace the password of any ``scheme://user:password@host`` with ``***``."""
+    """Replace the password of any ``scheme://user:password@host`` (and a ``sentinel_password``
+    in the query) with ``***``."""
+    url = QUERY_SECRET.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

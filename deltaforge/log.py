@@ -1,6 +1,6 @@
 """Logging: human-readable by default, one JSON object per line with ``--log-format json``.
 
-A filter scrubs ``scheme://user:password@`` from every message, so a DSN or URI
+A filter scrubs ``scheme://user:password@`` (and a ``sentinel_password=`` query parameter) from every message, so a DSN or URI
 that slips into a log line (or an exception text) never shows its password.
 """
 
@@ -17,7 +17,9 @@ _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)", re
 
 
 def scrub(text: str) -> str:
-    return _URL_PASSWORD.sub(r"\1***\3", text)
+    from deltaforge.dsn import QUERY_SECRET  # the one list of secrets a URI's query may carry
+
+    return QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", text))
 
 
 class _ScrubFilter(logging.Filter):

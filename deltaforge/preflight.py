@@ -825,18 +825,63 @@ def check_redis(cfg: Any) -> list[CheckResult]:
     return out
 
 
+def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResult]) -> bool:
+    """The ``redis.topology`` line of a Sentinel URI: which master each reachable sentinel names for
+    the service, and its replicas. False (with a failed result) when no sentinel names one."""
+    import redis
+
+    from deltaforge.redisclient import sentinel
+
+    s = sentinel(uri, connect_timeout=CONNECT_TIMEOUT_S)
+    named: dict[tuple[str, int], int] = {}
+    unreachable: list[str] = []
+    replicas = 0
+    for node in s.sentinels:
+        addr = "{host}:{port}".format(**node.connection_pool.connection_kwargs)
+        try:
+            reply = node.sentinel_get_master_addr_by_name(uri.service)
+            if reply:
+                key = (str(reply[0]), int(reply[1]))
+                named[key] = named.get(key, 0) + 1
+                replicas = max(replicas, len(node.sentinel_slaves(uri.service) or []))
+        except redis.AuthenticationError as e:
+            results.append(_fail(name, "redis.topology", f"sentinel {addr} refused the credentials: {e}",
+                                 f"set sentinel_username/sentinel_password in {where} to the sentinels' own"))
+            return False
+        except redis.RedisError as e:
+            unreachable.append(f"{addr} ({_root_cause(e) or e})")
+    if not named:
+        detail = (f"no sentinel of {uri.redacted()} names a master for service {uri.service!r}"
+                  + (f"; unreachable: {', '.join(unreachable)}" if unreachable else ""))
+        results.append(_fail(name, "redis.topology", detail,
+                             f"check the sentinel addresses in {where} and `sentinel monitor {uri.service} ...`"))
+        return False
+    (host, port), votes = max(named.items(), key=lambda kv: kv[1])
+    total = len(s.sentinels)
+    detail = (f"Sentinel: service {uri.service!r}, master {host}:{port} named by {votes} of {total} sentinels, "
+              f"{replicas} replica(s)")
+    if len(named) > 1 or unreachable:
+        others = ", ".join(f"{h}:{p}" for (h, p) in named if (h, p) != (host, port))
+        detail += (f"; disagreeing: {others}" if others else "") + (
+            f"; unreachable: {', '.join(unreachable)}" if unreachable else "")
+        results.append(_warn(name, "redis.topology", detail,
+                             "a failover may be in progress; if it persists, check the sentinels"))
+    else:
+        results.append(_ok(name, "redis.topology", detail))
+    return True
+
+
 def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
                      results: list[CheckResult]) -> None:
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+
+    from deltaforge.redisclient import redis_py_client
 
     where = f"REDIS_URI / spec.sinks[{index}].config.uri"
-    client = redis.Redis(
-        **uri.redis_py_kwargs(), socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S,
-        # One attempt: a check reports the first failure instead of retrying with backoff.
-        retry=Retry(NoBackoff(), 0),
-    )
+    if uri.topology == "sentinel" and not _sentinel_topology(name, uri, where, results):
+        return
+    # One attempt: a check reports the first failure instead of retrying with backoff.
+    client = redis_py_client(uri, connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S, retries=0)
     try:
         try:
             client.ping()

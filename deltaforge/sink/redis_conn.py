@@ -117,10 +117,33 @@ class RedisConnection:
         self.socket_timeout = _float_param(uri, "socket_timeout", 30.0)
         self._sock: socket.socket | None = None
         self._reader: Any = None
+        #: the server connected to: the URI's host, or the master the sentinels named
+        self.address: tuple[str, int] = (uri.host, uri.port)
 
     @property
     def where(self) -> str:
+        if self.uri.topology == "sentinel":
+            return f"{self.uri.redacted()} (master {self.address[0]}:{self.address[1]})"
         return self.uri.redacted()
+
+    def _sentinel_master(self) -> tuple[str, int]:
+        """Ask the sentinels where the master is now (on every connect: a failover moves it)."""
+        import redis
+
+        from deltaforge.redisclient import sentinel_master
+
+        uri = self.uri
+        try:
+            return sentinel_master(uri, connect_timeout=self.connect_timeout)
+        except redis.AuthenticationError as e:
+            raise SinkError(f"the sentinels of {uri.redacted()} refused the credentials: {e}",
+                            "set sentinel_username/sentinel_password in the sink URI to the sentinels' own "
+                            "(the user:password part is the master's)") from None
+        except redis.RedisError as e:  # MasterNotFoundError is a ConnectionError
+            raise SinkUnavailable(
+                f"no sentinel of {uri.redacted()} names a master for service {uri.service!r} now: {e}",
+                f"check the sentinels and `sentinel monitor {uri.service} ...` (a failover in progress "
+                "resolves itself; DeltaForge retries)") from None
 
     @property
     def connected(self) -> bool:
@@ -130,8 +153,10 @@ class RedisConnection:
         """Open the socket and run the handshake (AUTH, SELECT, CLIENT SETNAME) in one round trip."""
         self.close()
         uri = self.uri
+        if uri.topology == "sentinel":
+            self.address = self._sentinel_master()
         try:
-            sock = socket.create_connection((uri.host, uri.port), timeout=self.connect_timeout)
+            sock = socket.create_connection(self.address, timeout=self.connect_timeout)
         except (TimeoutError, OSError) as e:
             raise SinkUnavailable(
                 f"cannot connect to Redis at {self.where}: {e.strerror or e}",
@@ -187,7 +212,7 @@ class RedisConnection:
         if params.get("ssl_cert_reqs", "").lower() == "none":
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        return ctx.wrap_socket(sock, server_hostname=self.uri.host)
+        return ctx.wrap_socket(sock, server_hostname=self.address[0])
 
     def send(self, data: bytes) -> None:
         sock = self._sock

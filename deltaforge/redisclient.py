@@ -1,0 +1,93 @@
+"""redis-py clients for a parsed :class:`~deltaforge.dsn.RedisURI`, whatever its topology.
+
+The one translation from the project's URI grammar to redis-py, used by ``deltaforge worker``,
+:class:`deltaforge.cache.LeaseCache`, ``deltaforge check`` and the bench (the engine's sink speaks
+RESP itself, ``deltaforge/sink/redis_conn.py``, and asks :func:`sentinel_master` where to go):
+
+- ``redis://`` / ``rediss://``: ``redis.Redis``;
+- ``redis+sentinel://``: the master the sentinels name for ``service``, through redis-py's
+  ``Sentinel.master_for``: a client whose connections ask the sentinels again after a connection
+  error, so it follows a failover;
+- ``redis+cluster://``: ``redis.cluster.RedisCluster`` over the seed nodes; it keeps the slot map
+  and follows MOVED and ASK.
+
+Hazards:
+- redis-py retries failed commands on its own by default (ten times, silently). Callers that run
+  their own backoff and log it pass ``retries=0`` so a failure reaches them at once.
+- A cluster client rejects multi-key commands whose keys span slots (CROSSSLOT); callers group
+  keys by :func:`key_slot` first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from deltaforge.dsn import RedisURI
+
+
+def key_slot(key: str | bytes) -> int:
+    """The cluster hash slot of ``key`` (hash tags honoured)."""
+    from redis.cluster import key_slot as _slot
+
+    return int(_slot(key.encode() if isinstance(key, str) else key))
+
+
+def _tls_kwargs(uri: RedisURI) -> dict[str, Any]:
+    if not uri.tls:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": uri.params.get("ssl_ca_certs"),
+            "ssl_cert_reqs": (uri.params.get("ssl_cert_reqs") or "required").lower()}
+
+
+def _timeouts(uri: RedisURI, connect_timeout: float | None, socket_timeout: float | None) -> dict[str, float]:
+    """The URI's ``connect_timeout``/``socket_timeout`` win over the caller's defaults (5 s each);
+    a caller's socket timeout that must outlast a blocking read is raised to it, never lowered."""
+    p = uri.params
+    connect = float(p.get("connect_timeout") or connect_timeout or 5.0)
+    read = float(p.get("socket_timeout") or 0.0)
+    read = max(read, socket_timeout or 0.0) or 5.0
+    return {"socket_connect_timeout": connect, "socket_timeout": read}
+
+
+def redis_py_client(uri: RedisURI, *, connect_timeout: float | None = None, socket_timeout: float | None = None,
+                    retries: int | None = None, **extra: Any) -> Any:
+    """A redis-py client for ``uri``: ``redis.Redis`` (single node, or the sentinels' master) or
+    ``redis.cluster.RedisCluster``. ``retries=0`` turns redis-py's own command retries off."""
+    common: dict[str, Any] = {"username": uri.username, "password": uri.password, **_tls_kwargs(uri),
+                              **_timeouts(uri, connect_timeout, socket_timeout), **extra}
+    if retries is not None:
+        common["retry"] = Retry(NoBackoff(), retries)
+    if uri.topology == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        if retries is not None:
+            common.pop("retry")
+            common["cluster_error_retry_attempts"] = max(retries, 1)  # one retry follows a MOVED
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in uri.seeds], **common)
+    if uri.topology == "sentinel":
+        return sentinel(uri, connect_timeout=connect_timeout).master_for(uri.service, db=uri.db, **common)
+    return redis.Redis(host=uri.host, port=uri.port, db=uri.db, **common)
+
+
+def sentinel(uri: RedisURI, *, connect_timeout: float | None = None) -> Any:
+    """A ``redis.sentinel.Sentinel`` over the URI's sentinels (their own credentials from
+    ``sentinel_username``/``sentinel_password``; TLS as the URI says)."""
+    from redis.sentinel import Sentinel
+
+    p = uri.params
+    timeouts = _timeouts(uri, connect_timeout, None)
+    sentinel_kwargs: dict[str, Any] = {"username": p.get("sentinel_username"),
+                                       "password": p.get("sentinel_password"), **_tls_kwargs(uri), **timeouts}
+    return Sentinel(list(uri.seeds), sentinel_kwargs=sentinel_kwargs, **_tls_kwargs(uri), **timeouts)
+
+
+def sentinel_master(uri: RedisURI, *, connect_timeout: float | None = None) -> tuple[str, int]:
+    """The address the sentinels give for ``uri.service`` now (redis-py checks that the sentinel
+    answering sees the master up and is not in the minority). Raises ``redis.sentinel.MasterNotFoundError``
+    (a ``ConnectionError``) when no sentinel knows a master for it."""
+    host, port = sentinel(uri, connect_timeout=connect_timeout).discover_master(uri.service)
+    return str(host), int(port)
