@@ -756,7 +756,7 @@ def _check_processors(procs: list[ProcessorSpec], base_dir: Path, ctx: _Ctx) -> 
         _check_choice(proc.on_error, f"{p}.on_error", ctx, ON_ERROR_MODES)
 
 
-def _check_sinks(sinks: list[SinkSpec], ctx: _Ctx) -> None:
+def _check_sinks(sinks: list[SinkSpec], ctx: _Ctx, pipeline: str) -> None:
     if not sinks:
         raise ctx.error("spec.sinks", "no sinks listed", "add one: - type: redis, config: {id, uri, stream}")
     seen_ids: dict[str, int] = {}
@@ -775,9 +775,10 @@ def _check_sinks(sinks: list[SinkSpec], ctx: _Ctx) -> None:
         with _located(ctx, f"{p}.uri"):
             uri = parse_redis_uri(c.uri, f"{p}.uri")
         if uri.topology == "cluster":
-            raise ctx.error(f"{p}.uri", "the engine's Redis sink does not write to a Redis Cluster yet "
-                            f"({uri.redacted()})", "point it at a single Redis, or at a Sentinel-managed "
-                            "primary with redis+sentinel://sentinel1:26379,.../0?service=<name>")
+            from deltaforge.sink.envelope import cluster_layout
+
+            with _located(ctx, f"{p}.stream"):
+                cluster_layout(c.stream, c.dlq_stream, c.checkpoint_key, pipeline, c.id, p)
         with _located(ctx, f"{p}.stream"):
             StreamTemplate(c.stream, f"{p}.stream")
         if c.dlq_stream is not None:
@@ -859,7 +860,7 @@ def _validate(cfg: PipelineConfig, base_dir: Path, ctx: _Ctx) -> None:
                         "use a non-empty label without '|' (it is part of idempotency keys), or remove it")
     _check_source(cfg.spec.source, ctx)
     _check_processors(cfg.spec.processors, base_dir, ctx)
-    _check_sinks(cfg.spec.sinks, ctx)
+    _check_sinks(cfg.spec.sinks, ctx, cfg.metadata.name)
     _check_policy(cfg.spec, ctx)
     _check_batch(cfg.spec.batch, ctx)
 

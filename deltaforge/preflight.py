@@ -825,6 +825,49 @@ def check_redis(cfg: Any) -> list[CheckResult]:
     return out
 
 
+def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, where: str,
+                      results: list[CheckResult]) -> tuple[str, int] | None:
+    """The ``redis.topology`` line of a cluster URI: its masters and replicas, whether every slot is
+    served, and which master holds the sink's slot (returned; None with a failed result)."""
+    import redis
+
+    from deltaforge.redisclient import cluster_slot_owner
+    from deltaforge.sink.envelope import cluster_layout
+
+    layout = cluster_layout(str(sc.stream), getattr(sc, "dlq_stream", None), getattr(sc, "checkpoint_key", None),
+                            pipeline, str(sc.id), f"spec.sinks[{index}].config")
+    try:
+        owner = cluster_slot_owner(uri, layout.slot, connect_timeout=CONNECT_TIMEOUT_S)
+        node = redis.Redis(host=owner[0], port=owner[1], username=uri.username, password=uri.password,
+                           socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S,
+                           **({"ssl": True, "ssl_ca_certs": uri.params.get("ssl_ca_certs"),
+                               "ssl_cert_reqs": (uri.params.get("ssl_cert_reqs") or "required").lower()}
+                              if uri.tls else {}))
+        try:
+            info = node.execute_command("CLUSTER INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+        finally:
+            node.close()
+    except redis.AuthenticationError as e:
+        results.append(_auth_failure(name, uri, str(e), where))
+        return None
+    except redis.RedisError as e:
+        results.append(_fail(name, "redis.topology", f"no node of the cluster {uri.redacted()} answers for slot "
+                             f"{layout.slot} of the sink's keys: {e}", f"check the seed addresses in {where} and "
+                             "CLUSTER INFO on the nodes"))
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    state, served = fields.get("cluster_state", "?").strip(), fields.get("cluster_slots_ok", "?").strip()
+    detail = (f"Cluster: {fields.get('cluster_size', '?').strip()} masters, {fields.get('cluster_known_nodes', '?').strip()} "
+              f"nodes, state {state}, {served} of 16384 slots served; the sink's keys (slot {layout.slot}: "
+              f"checkpoint {layout.checkpoint_key}) on {owner[0]}:{owner[1]}")
+    if state != "ok":
+        results.append(_fail(name, "redis.topology", detail, "fix the cluster (CLUSTER INFO, redis-cli --cluster check)"))
+        return None
+    results.append(_ok(name, "redis.topology", detail))
+    return owner
+
+
 def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResult]) -> bool:
     """The ``redis.topology`` line of a Sentinel URI: which master each reachable sentinel names for
     the service, and its replicas. False (with a failed result) when no sentinel names one."""
@@ -880,6 +923,12 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
     where = f"REDIS_URI / spec.sinks[{index}].config.uri"
     if uri.topology == "sentinel" and not _sentinel_topology(name, uri, where, results):
         return
+    if uri.topology == "cluster":
+        # Every key of the sink lives in one slot (config.py refused the rest): check its owner.
+        owner = _cluster_topology(name, index, uri, sc, pipeline, where, results)
+        if owner is None:
+            return
+        uri = msgspec.structs.replace(uri, host=owner[0], port=owner[1], topology="single", seeds=(owner,))
     # One attempt: a check reports the first failure instead of retrying with backoff.
     client = redis_py_client(uri, connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S, retries=0)
     try:

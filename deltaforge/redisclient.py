@@ -91,3 +91,27 @@ def sentinel_master(uri: RedisURI, *, connect_timeout: float | None = None) -> t
     (a ``ConnectionError``) when no sentinel knows a master for it."""
     host, port = sentinel(uri, connect_timeout=connect_timeout).discover_master(uri.service)
     return str(host), int(port)
+
+
+def cluster_slot_owner(uri: RedisURI, slot: int, *, connect_timeout: float | None = None) -> tuple[str, int]:
+    """The address of the master serving ``slot`` now, from ``CLUSTER SLOTS`` of the first seed
+    node that answers (asked again on every connect: resharding and failovers move slots).
+    Raises ``redis.ConnectionError`` when no seed answers or no node serves the slot."""
+    errors: list[str] = []
+    for host, port in uri.seeds:
+        client = redis.Redis(host=host, port=port, username=uri.username, password=uri.password,
+                             **_tls_kwargs(uri), **_timeouts(uri, connect_timeout, None),
+                             retry=Retry(NoBackoff(), 0))
+        try:
+            for first, last, master, *_replicas in client.execute_command("CLUSTER SLOTS"):
+                if int(first) <= slot <= int(last):
+                    node_host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+                    return (node_host or host), int(master[1])
+            errors.append(f"{host}:{port} knows no node serving slot {slot}")
+        except redis.AuthenticationError:
+            raise
+        except redis.RedisError as e:
+            errors.append(f"{host}:{port}: {e}")
+        finally:
+            client.close()
+    raise redis.ConnectionError("; ".join(errors) or "no seed node given")

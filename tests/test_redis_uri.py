@@ -66,20 +66,47 @@ def test_secrets_in_the_query_are_masked_in_errors_and_logs() -> None:
     assert "topsecret" not in redact(uri) and "topsecret" not in scrub(f"connecting to {uri}")
 
 
-def test_the_engine_sink_refuses_a_cluster_uri_with_the_way_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from deltaforge.config import load_config
-
+def _cluster_config(tmp_path, stream: str, extra: str = ""):  # type: ignore[no-untyped-def]
     cfg = tmp_path / "p.yaml"
-    cfg.write_text("""apiVersion: deltaforge/v1
+    cfg.write_text(f"""apiVersion: deltaforge/v1
 kind: Pipeline
-metadata: {name: p, tenant: t}
+metadata: {{name: p, tenant: t}}
 spec:
-  source: {type: mysql, config: {id: s, dsn: "mysql://u:p@127.0.0.1:3307/app", tables: [app.t]}}
+  source: {{type: mysql, config: {{id: s, dsn: "mysql://u:p@127.0.0.1:3307/app", tables: [app.t]}}}}
   sinks:
     - type: redis
-      config: {id: r, uri: "redis+cluster://127.0.0.1:7000,127.0.0.1:7001", stream: s}
+      config: {{id: r, uri: "redis+cluster://127.0.0.1:7000,127.0.0.1:7001", stream: "{stream}"{extra}}}
 """)
+    return cfg
+
+
+def test_on_a_cluster_a_template_without_a_hash_tag_is_refused_with_the_tag_to_add(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from deltaforge.config import load_config
+
     with pytest.raises(ConfigError) as info:
-        load_config(cfg)
-    assert "spec.sinks[0].config.uri" in str(info.value) and "Redis Cluster" in str(info.value)
-    assert "redis+sentinel://" in str(info.value)
+        load_config(_cluster_config(tmp_path, "cdc:$${table}"))
+    text = str(info.value)
+    assert "spec.sinks[0].config.stream" in text and "hash slots" in text and '"{cdc}:${table}"' in text
+
+
+@pytest.mark.parametrize(("extra", "path"), [(", dlq_stream: other:dlq", "dlq_stream"),
+                                             (", checkpoint_key: elsewhere:ckpt", "checkpoint_key")])
+def test_on_a_cluster_keys_outside_the_streams_slot_are_refused(tmp_path, extra: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    from deltaforge.config import load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(_cluster_config(tmp_path, "cache:invalidations", extra))
+    assert f"spec.sinks[0].config.{path}" in str(info.value) and "{cache:invalidations}" in str(info.value)
+
+
+def test_on_a_cluster_every_key_of_the_sink_shares_the_streams_slot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from deltaforge.config import load_config
+    from deltaforge.redisclient import key_slot
+    from deltaforge.sink.redis_stream import RedisStreamSink
+
+    for stream in ("cache:invalidations", "{cdc}:$${table}"):
+        cfg = load_config(_cluster_config(tmp_path, stream))
+        sink = RedisStreamSink(cfg.spec.sinks[0].config, "p", "t", "spec.sinks[0]")
+        tag = "cache:invalidations" if "{" not in stream else "cdc"  # $$ is a literal $ in the YAML
+        assert sink.slot == key_slot(tag) == key_slot(sink.checkpoint_key)
+        assert sink.dlq_template.hash_tag() == tag and sink.template.hash_tag() in (None, tag)

@@ -261,3 +261,49 @@ class StreamTemplate:
         if first_var >= 0 and self.text.find("{") > first_var:
             return None
         return tag
+
+
+class ClusterLayout(msgspec.Struct, frozen=True):
+    """Where a sink's keys live on a Redis Cluster: one hash slot for all of them."""
+
+    slot: int
+    checkpoint_key: str
+    dlq_stream: str
+
+
+def cluster_layout(stream: str, dlq_stream: str | None, checkpoint_key: str | None, pipeline: str,
+                   sink_id: str, path: str) -> ClusterLayout:
+    """The keys of a sink on a Redis Cluster, all in the slot of the stream: a MULTI may only touch
+    one slot, and the entries, the dead letters and the checkpoint commit in one MULTI.
+
+    A fixed stream lives in its own slot; a template needs a fixed hash tag (``{cdc}:${table}``)
+    so that every stream it renders shares one. The checkpoint key and the dead-letter stream
+    default to that slot (``{<tag or stream>}:deltaforge:checkpoint:...``, ``{<stream>}:dlq`` for a
+    fixed stream without a tag); ones set by hand must be in it. Raises ConfigError otherwise.
+    """
+    from deltaforge.redisclient import key_slot
+
+    template = StreamTemplate(stream, f"{path}.stream")
+    tag = template.hash_tag() or template.static
+    if tag is None:
+        prefix = stream.split("${", 1)[0]
+        tagged = f"{{{prefix.rstrip(':')}}}:{stream[len(prefix):]}" if prefix.rstrip(":") else f"{{{pipeline}}}:{stream}"
+        raise ConfigError(f"{path}.stream", f"on a Redis Cluster the stream template {stream!r} spreads a batch "
+                          "over hash slots, and a MULTI (entries + checkpoint, exactly once) may only touch one",
+                          f"give it a hash tag so that every stream shares one slot, e.g. stream: \"{tagged}\"")
+    slot = key_slot(f"{{{tag}}}") if template.hash_tag() or "}" not in tag else key_slot(tag)
+    ckpt = checkpoint_key or f"{{{tag}}}:deltaforge:checkpoint:{pipeline}:{sink_id}"
+    if key_slot(ckpt) != slot:
+        raise ConfigError(f"{path}.checkpoint_key", f"{ckpt!r} is in hash slot {key_slot(ckpt)}, the stream in "
+                          f"{slot}: on a Redis Cluster they commit in one MULTI, so they must share a slot",
+                          f"give it the stream's hash tag, e.g. {{{tag}}}:deltaforge:checkpoint:{pipeline}:{sink_id}")
+    dlq = dlq_stream or (f"{stream}:dlq" if template.hash_tag() else f"{{{tag}}}:dlq")
+    dlq_template = StreamTemplate(dlq, f"{path}.dlq_stream")
+    dlq_tag = dlq_template.hash_tag()
+    dlq_slot = key_slot(dlq_template.static) if dlq_template.static is not None else (
+        key_slot(f"{{{dlq_tag}}}") if dlq_tag else None)
+    if dlq_slot != slot:
+        raise ConfigError(f"{path}.dlq_stream", f"{dlq!r} is not in the stream's hash slot ({slot}): on a Redis "
+                          "Cluster dead letters commit in the same MULTI as the entries",
+                          f"give it the stream's hash tag, e.g. dlq_stream: \"{{{tag}}}:dlq\", or remove it")
+    return ClusterLayout(slot=slot, checkpoint_key=ckpt, dlq_stream=dlq)

@@ -41,7 +41,7 @@ from deltaforge.errors import ConfigError, SinkError, SinkUnavailable
 #: first word of a Redis error reply -> a retry can cure it
 RETRIABLE_PREFIXES = frozenset(
     ("LOADING", "READONLY", "OOM", "MASTERDOWN", "TRYAGAIN", "BUSY", "CLUSTERDOWN",
-     "NOREPLICAS", "MISCONF", "UNBLOCKED")
+     "NOREPLICAS", "MISCONF", "UNBLOCKED", "MOVED", "ASK")
 )
 _AUTH_PREFIXES = frozenset(("NOAUTH", "WRONGPASS", "NOPERM"))
 
@@ -57,6 +57,9 @@ _RETRY_HINTS = {
     "LOADING": "Redis is loading its dataset; DeltaForge retries until it is ready",
     "READONLY": "the URI points at a replica; point it at the primary (DeltaForge retries meanwhile)",
     "OOM": "Redis reached maxmemory; raise maxmemory, trim the streams (max_len) or let consumers catch up",
+    "MOVED": "the stream's hash slot moved to another node (resharding or a failover); DeltaForge reconnects "
+             "to its new owner and retries, the checkpoint not advanced",
+    "ASK": "the stream's hash slot is being migrated; DeltaForge retries until the migration completes",
     "MASTERDOWN": "the replica lost its primary; fix replication or point the URI at the primary",
     "MISCONF": "Redis cannot persist (see its log: stop-writes-on-bgsave-error); fix the disk or the setting",
     "BUSY": "a Lua script or function is running too long on Redis; SCRIPT KILL it or wait",
@@ -110,9 +113,11 @@ def _float_param(uri: RedisURI, name: str, default: float) -> float:
 class RedisConnection:
     """One socket to one Redis server. Not thread-safe; one per sink."""
 
-    def __init__(self, uri: RedisURI, *, client_name: str | None = None) -> None:
+    def __init__(self, uri: RedisURI, *, client_name: str | None = None, slot: int | None = None) -> None:
         self.uri = uri
         self.client_name = client_name
+        #: on a Redis Cluster: the hash slot every key sent on this connection lives in
+        self.slot = slot
         self.connect_timeout = _float_param(uri, "connect_timeout", 5.0)
         self.socket_timeout = _float_param(uri, "socket_timeout", 30.0)
         self._sock: socket.socket | None = None
@@ -124,7 +129,28 @@ class RedisConnection:
     def where(self) -> str:
         if self.uri.topology == "sentinel":
             return f"{self.uri.redacted()} (master {self.address[0]}:{self.address[1]})"
+        if self.uri.topology == "cluster":
+            return f"{self.uri.redacted()} (slot {self.slot} on {self.address[0]}:{self.address[1]})"
         return self.uri.redacted()
+
+    def _slot_owner(self) -> tuple[str, int]:
+        """Ask the cluster which master serves our slot now (on every connect: MOVED brings us here)."""
+        import redis
+
+        from deltaforge.redisclient import cluster_slot_owner
+
+        if self.slot is None:
+            raise SinkError(f"no hash slot given for a connection to the cluster {self.uri.redacted()}",
+                            "a DeltaForge bug: report it")
+        try:
+            return cluster_slot_owner(self.uri, self.slot, connect_timeout=self.connect_timeout)
+        except redis.AuthenticationError as e:
+            raise SinkError(f"the cluster {self.uri.redacted()} refused the credentials: {e}",
+                            "fix the user/password in the sink URI") from None
+        except redis.RedisError as e:
+            raise SinkUnavailable(f"no node of the cluster {self.uri.redacted()} serves slot {self.slot} now: {e}",
+                                  "check the cluster (CLUSTER INFO); a failover in progress resolves itself, "
+                                  "DeltaForge retries") from None
 
     def _sentinel_master(self) -> tuple[str, int]:
         """Ask the sentinels where the master is now (on every connect: a failover moves it)."""
@@ -155,6 +181,8 @@ class RedisConnection:
         uri = self.uri
         if uri.topology == "sentinel":
             self.address = self._sentinel_master()
+        elif uri.topology == "cluster":
+            self.address = self._slot_owner()
         try:
             sock = socket.create_connection(self.address, timeout=self.connect_timeout)
         except (TimeoutError, OSError) as e:

@@ -111,7 +111,7 @@ from deltaforge.model import (
     Source,
     position_le,
 )
-from deltaforge.sink.envelope import Envelope, StreamTemplate
+from deltaforge.sink.envelope import Envelope, StreamTemplate, cluster_layout
 from deltaforge.sink.redis_conn import RedisConnection, classify, reply_text
 from deltaforge.sink.trim import StreamTrimmer
 
@@ -186,6 +186,12 @@ class RedisStreamSink:
         self.uri = parse_redis_uri(cfg.uri, f"{path}.uri")
         self.template = StreamTemplate(cfg.stream, f"{path}.stream")
         dlq = getattr(cfg, "dlq_stream", None)
+        named_key = getattr(cfg, "checkpoint_key", None)
+        #: on a Redis Cluster, the one hash slot of every key this sink touches (None elsewhere)
+        self.slot: int | None = None
+        if self.uri.topology == "cluster":
+            layout = cluster_layout(cfg.stream, dlq, named_key, pipeline_name, cfg.id, path)
+            self.slot, named_key, dlq = layout.slot, layout.checkpoint_key, layout.dlq_stream
         self.dlq_template = StreamTemplate(dlq or f"{cfg.stream}:dlq", f"{path}.dlq_stream")
         envelope = getattr(cfg.envelope, "type", cfg.envelope)
         self.envelope = Envelope(envelope, pipeline_name, path=f"{path}.envelope.type")
@@ -203,8 +209,8 @@ class RedisStreamSink:
         self.trimmer: StreamTrimmer | None = StreamTrimmer(
             self.uri, max_len=max_len, max_len_hard=max_len_hard, pipeline=pipeline_name, sink_id=self.id,
             path=path, client_name=_NAME_UNSAFE.sub("_", f"deltaforge:{pipeline_name}:{self.id}:trim"),
+            slot=self.slot,
         ) if max_len or max_len_hard else None
-        named_key = getattr(cfg, "checkpoint_key", None)
         self.checkpoint_key: str = named_key or default_checkpoint_key(self.template, pipeline_name, self.id)
         self._legacy_key = None if named_key else legacy_checkpoint_key(self.template, pipeline_name, self.id)
         self.owner = uuid.uuid4().hex
@@ -229,7 +235,7 @@ class RedisStreamSink:
         return _NAME_UNSAFE.sub("_", f"deltaforge:{self.pipeline}:{self.id}")
 
     def _connect(self) -> RedisConnection:
-        conn = RedisConnection(self.uri, client_name=self._client_name())
+        conn = RedisConnection(self.uri, client_name=self._client_name(), slot=self.slot)
         conn.connect()
         self._conn = conn
         return conn

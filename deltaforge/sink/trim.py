@@ -439,8 +439,9 @@ class StreamTrimmer:
 
     def __init__(self, uri: RedisURI, *, max_len: int | None, max_len_hard: int | None, pipeline: str,
                  sink_id: str, path: str, client_name: str | None = None,
-                 metrics: TrimMetrics = TRIM_METRICS) -> None:
+                 metrics: TrimMetrics = TRIM_METRICS, slot: int | None = None) -> None:
         self.uri = uri
+        self.slot = slot  # on a Redis Cluster: the sink's one hash slot
         self.max_len = int(max_len or 0)
         self.max_len_hard = int(max_len_hard or 0)
         self.limit = self.max_len or self.max_len_hard
@@ -504,7 +505,7 @@ class StreamTrimmer:
         """Trim ``streams`` now (one pipelined round trip); log and count what happened."""
         conn = self._conn
         if conn is None:
-            conn = RedisConnection(self.uri, client_name=self.client_name)
+            conn = RedisConnection(self.uri, client_name=self.client_name, slot=self.slot)
             conn.connect()
             self._conn = conn
         args = (str(self.max_len), str(self.max_len_hard), str(self.scan_cap), self._gap_meta)
