@@ -844,8 +844,7 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
                                "ssl_cert_reqs": (uri.params.get("ssl_cert_reqs") or "required").lower()}
                               if uri.tls else {}))
         try:
-            info = node.execute_command("CLUSTER INFO")
-            text = info.decode() if isinstance(info, bytes) else str(info)
+            info = node.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
         finally:
             node.close()
     except redis.AuthenticationError as e:
@@ -856,9 +855,11 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
                              f"{layout.slot} of the sink's keys: {e}", f"check the seed addresses in {where} and "
                              "CLUSTER INFO on the nodes"))
         return None
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    state, served = fields.get("cluster_state", "?").strip(), fields.get("cluster_slots_ok", "?").strip()
-    detail = (f"Cluster: {fields.get('cluster_size', '?').strip()} masters, {fields.get('cluster_known_nodes', '?').strip()} "
+    if isinstance(info, bytes):
+        info = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+    fields = {str(k): str(v).strip() for k, v in info.items()}
+    state, served = fields.get("cluster_state", "?"), fields.get("cluster_slots_ok", "?")
+    detail = (f"Cluster: {fields.get('cluster_size', '?')} masters, {fields.get('cluster_known_nodes', '?')} "
               f"nodes, state {state}, {served} of 16384 slots served; the sink's keys (slot {layout.slot}: "
               f"checkpoint {layout.checkpoint_key}) on {owner[0]}:{owner[1]}")
     if state != "ok":
@@ -884,7 +885,7 @@ def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResul
         try:
             reply = node.sentinel_get_master_addr_by_name(uri.service)
             if reply:
-                key = (str(reply[0]), int(reply[1]))
+                key = (reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0]), int(reply[1]))
                 named[key] = named.get(key, 0) + 1
                 replicas = max(replicas, len(node.sentinel_slaves(uri.service) or []))
         except redis.AuthenticationError as e:

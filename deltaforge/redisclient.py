@@ -15,12 +15,18 @@ Hazards:
 - redis-py retries failed commands on its own by default (ten times, silently). Callers that run
   their own backoff and log it pass ``retries=0`` so a failure reaches them at once.
 - A cluster client rejects multi-key commands whose keys span slots (CROSSSLOT); callers group
-  keys by :func:`key_slot` first.
+  keys by :func:`key_slot` first (:func:`by_slot`).
+- Building a ``RedisCluster`` connects at once (CLUSTER SLOTS and COMMAND on a seed) and raises
+  ``redis.exceptions.RedisClusterException``, which is not a ``RedisError``, when no seed answers;
+  ``redis.Redis`` and the sentinels' master connect on first use.
+- redis-py's ``ClusterPipeline`` refuses ``pipe.evalsha(...)``; ``pipe.execute_command("EVALSHA",
+  sha, 1, key, ...)`` routes by the key like any single-key command.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -34,6 +40,25 @@ def key_slot(key: str | bytes) -> int:
     from redis.cluster import key_slot as _slot
 
     return int(_slot(key.encode() if isinstance(key, str) else key))
+
+
+K = TypeVar("K", str, bytes)
+
+
+def by_slot(keys: Iterable[K]) -> dict[int, list[K]]:
+    """``keys`` grouped by hash slot, each group in the keys' order: one multi-key command per group
+    never spans slots."""
+    groups: dict[int, list[K]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key), []).append(key)
+    return groups
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a ``redis.cluster.RedisCluster`` (per-slot routing, no cross-slot MULTI)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
 
 
 def _tls_kwargs(uri: RedisURI) -> dict[str, Any]:
@@ -65,8 +90,9 @@ def redis_py_client(uri: RedisURI, *, connect_timeout: float | None = None, sock
         from redis.cluster import ClusterNode, RedisCluster
 
         if retries is not None:
-            common.pop("retry")
-            common["cluster_error_retry_attempts"] = max(retries, 1)  # one retry follows a MOVED
+            # RedisCluster takes `retry` for itself, not for its node connections (those never retry);
+            # one retry re-reads the slot map after a connection error, as redis-py's default does.
+            common["retry"] = Retry(NoBackoff(), max(retries, 1))
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in uri.seeds], **common)
     if uri.topology == "sentinel":
         return sentinel(uri, connect_timeout=connect_timeout).master_for(uri.service, db=uri.db, **common)
@@ -90,7 +116,11 @@ def sentinel_master(uri: RedisURI, *, connect_timeout: float | None = None) -> t
     answering sees the master up and is not in the minority). Raises ``redis.sentinel.MasterNotFoundError``
     (a ``ConnectionError``) when no sentinel knows a master for it."""
     host, port = sentinel(uri, connect_timeout=connect_timeout).discover_master(uri.service)
-    return str(host), int(port)
+    return _text(host), int(port)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def cluster_slot_owner(uri: RedisURI, slot: int, *, connect_timeout: float | None = None) -> tuple[str, int]:
@@ -105,8 +135,7 @@ def cluster_slot_owner(uri: RedisURI, slot: int, *, connect_timeout: float | Non
         try:
             for first, last, master, *_replicas in client.execute_command("CLUSTER SLOTS"):
                 if int(first) <= slot <= int(last):
-                    node_host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
-                    return (node_host or host), int(master[1])
+                    return (_text(master[0]) or host), int(master[1])
             errors.append(f"{host}:{port} knows no node serving slot {slot}")
         except redis.AuthenticationError:
             raise
