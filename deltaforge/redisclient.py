@@ -42,7 +42,7 @@ def key_slot(key: str | bytes) -> int:
     return int(_slot(key.encode() if isinstance(key, str) else key))
 
 
-K = TypeVar("K", str, bytes)
+K = TypeVar("K", bound="str | bytes")
 
 
 def by_slot(keys: Iterable[K]) -> dict[int, list[K]]:

@@ -8,8 +8,14 @@ Two Redis connections, by role: the *stream* client (``--redis-uri``, env ``REDI
 XGROUP/XREADGROUP/XAUTOCLAIM/XACK; the *cache* client (``--cache-uri``, env ``CACHE_REDIS_URI``,
 default the same URI) sends UNLINK/SCAN. They may be different deployments or different db numbers
 of one server. When both URIs parse the same there is one client and one connection. Each role
-has its ACL (``WORKER_STREAM_ACL``, ``WORKER_CACHE_ACL``; ``WORKER_ACL`` is both for one user), and
-every error names the option whose server failed.
+has its ACL (``WORKER_STREAM_ACL``, ``WORKER_CACHE_ACL``; ``WORKER_ACL`` is both for one user;
+``WORKER_CLUSTER_ACL`` on a cluster), and every error names the option whose server failed.
+
+Topologies (docs/worker.md, "Redis Cluster and Sentinel"): either URI may be ``redis://``, a
+``redis+sentinel://`` master (followed across failovers) or a ``redis+cluster://``, each through
+:func:`deltaforge.redisclient.redis_py_client`. On a cluster the stream commands route by the
+stream's slot; a batch's keys are UNLINKed one command per hash slot (CROSSSLOT otherwise), all in
+one cluster pipeline (one round trip per master), and patterns are SCANned on every master.
 
 Wire format (DESIGN.md §4): ``XADD <stream> * df-event <payload> event_id <id> idempotency_key <k>``.
 The payload is read from the field ``df-event`` (else the first field, as the seed reads
@@ -26,8 +32,8 @@ Contract:
 - One batch = one XREADGROUP of up to ``count`` entries. All keys of the batch are UNLINKed in one
   round trip (keys containing ``*`` go through SCAN MATCH + UNLINK first, as the seed does), and
   the entries are XACKed only after the deletes: in the same MULTI/EXEC when the stream and the
-  cache are one client (two round trips per batch in all), else in a second round trip on the
-  stream's client. A crash before the ack re-delivers the batch (at-least-once); deleting a key
+  cache are one client that is not a cluster's (two round trips per batch in all), else in a
+  second round trip on the stream's client. A crash before the ack re-delivers the batch (at-least-once); deleting a key
   twice is harmless, and a LeaseCache lease (docs/cache-protocol.md) is revoked by any delete.
 - Entries this consumer read but did not ack (a Redis connection lost mid-batch, or a restart
   with the same ``--consumer``) are re-read first (``XREADGROUP ... 0``). Entries left pending by
@@ -75,12 +81,18 @@ Hazards:
   ``block_ms`` (plus ``double_delete_ms`` for the last second deletes). A second signal exits at
   once (128 + signal number) leaving the batch pending, to be re-read or reclaimed.
 - Keys matched by a pattern are never the stream itself (``*`` would otherwise delete it) when the
-  cache is the stream's server and db. "Same server" compares host (``localhost``, ``127.0.0.1``
-  and ``::1`` count as one), port and db: reach one server under two different names and a
-  broad pattern can delete the stream.
+  cache may be the stream's server and db (:func:`_same_db`). For two single servers "same"
+  compares host (``localhost``, ``127.0.0.1`` and ``::1`` count as one), port and db: reach one
+  server under two different names and a broad pattern can delete the stream. With a cluster or
+  Sentinel on either side the stream is spared unless the URIs prove otherwise (another db,
+  another Sentinel service): conservative.
 - Connection loss (or LOADING, timeouts) on either server is retried with capped exponential
   backoff, forever, by this loop alone (redis-py's own retries are off, so every failure is
-  logged at once); the batch in hand stays pending and is re-read. Only errors the operator must
+  logged at once); the batch in hand stays pending and is re-read. So are a failover or a slot
+  migration in progress (READONLY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, and UNBLOCKED: a master
+  demoted, or the stream's key migrated away, ends a blocked XREADGROUP with it); after any
+  retried error a cluster client re-reads its slot map before the next attempt. A cluster client
+  connects when built, so it is built in the loop: an unreachable cluster at start is retried too. Only errors the operator must
   fix (auth, ACL, a stream key of the wrong type) end the worker, as a one-line
   :class:`~deltaforge.errors.SinkError` naming ``--redis-uri`` or ``--cache-uri``. The cache
   connection is opened (AUTH, SELECT) at start, so a wrong cache password shows at once rather
@@ -111,12 +123,12 @@ import msgspec
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
 from deltaforge.dsn import RedisURI, parse_redis_uri, redact
 from deltaforge.errors import ConfigError, DeltaForgeError, SinkError
 from deltaforge.metrics import serve_http
+from deltaforge.redisclient import by_slot, is_cluster, redis_py_client
 
 # Every command the worker sends, by connection (README, Security; tests/test_security.py runs
 # worker users with exactly these). +auth/+select: the login, on any connection.
@@ -130,6 +142,9 @@ WORKER_CACHE_ACL = (*_CACHE_COMMANDS, *_LOGIN_ACL)
 #: one user for both (no ``--cache-uri``): the union, and MULTI/EXEC (a batch's deletes and its ack
 #: go in one transaction, one round trip)
 WORKER_ACL = (*_STREAM_COMMANDS, *_CACHE_COMMANDS, "+multi", "+exec", *_LOGIN_ACL)
+#: and on a Redis Cluster, what redis-py's cluster client sends besides: the slot map, the command
+#: table (and COMMAND GETKEYS for XREADGROUP's movable keys), ASKING during a slot migration
+WORKER_CLUSTER_ACL = ("+cluster|slots", "+command", "+asking")
 
 STREAM_OPTION = "--redis-uri (REDIS_URI)"
 CACHE_OPTION = "--cache-uri (CACHE_REDIS_URI)"
@@ -434,16 +449,14 @@ class _CacheFailed(Exception):
     """Internal: a Redis error from the cache client, so that it is blamed on the cache's URI
     (``--cache-uri``; ``--redis-uri`` when the two are one client)."""
 
-    def __init__(self, error: redis.RedisError) -> None:
+    def __init__(self, error: redis.RedisError | RedisClusterException) -> None:
         super().__init__(str(error))
         self.error = error
 
 
-def _no_retry() -> Retry:
-    """redis-py >= 6 retries a failed command itself (10 times here, seconds of silence on a dead
-    server). The worker's loop owns retries: it logs each, backs off and re-reads the batch."""
-    return Retry(NoBackoff(), 0)
-
+#: what the stream's client raises that the loop classifies (a RedisClusterException is no RedisError)
+_STREAM_ERRORS = (redis.AuthenticationError, redis.ConnectionError, redis.TimeoutError, redis.ResponseError,
+                  redis.exceptions.ClusterError, RedisClusterException)
 
 #: error codes redis-py strips from the message, naming them by the exception's class instead
 _CODE_CLASSES: tuple[tuple[type[redis.RedisError], str], ...] = (
@@ -452,7 +465,28 @@ _CODE_CLASSES: tuple[tuple[type[redis.RedisError], str], ...] = (
     (redis.exceptions.MasterDownError, "MASTERDOWN"),  # a ClusterDownError: before it
     (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
     (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.MovedError, "MOVED"),  # an AskError: before it
+    (redis.exceptions.AskError, "ASK"),
 )
+
+#: codes of a failover or a slot migration in progress, or a restart: retried, never fatal.
+#: UNBLOCKED: a master turned replica (CLUSTER FAILOVER, a Sentinel failover) ends its blocked
+#: XREADGROUPs with it; MOVED/ASK reach the loop only when redis-py's redirect budget ran out.
+_TRANSIENT_CODES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "UNBLOCKED",
+                              "MOVED", "ASK"})
+#: RedisClusterException messages (no RedisError underneath) of a cluster that is changing or unreachable
+_CLUSTER_TRANSIENT = ("cannot be connected", "not covered", "could not agree", "No targets")
+
+
+def _redis_cause(e: BaseException) -> redis.RedisError | None:
+    """The RedisError a RedisClusterException wraps (a seed's AuthenticationError, ConnectionError,
+    the NOPERM behind "Cluster mode is not enabled"), if any."""
+    seen: BaseException | None = e.__cause__ or e.__context__
+    for _ in range(8):  # a short chain; bounded in case of a cycle
+        if seen is None or isinstance(seen, redis.RedisError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _error_code(e: redis.RedisError) -> str:
@@ -468,11 +502,24 @@ def _error_code(e: redis.RedisError) -> str:
 
 
 def _same_db(a: RedisURI, b: RedisURI) -> bool:
-    """Whether two URIs reach the same server and db (host spelled differently for loopback only)."""
-    def where(u: RedisURI) -> tuple[str, int, int]:
+    """Whether the stream's URI ``a`` and the cache's ``b`` may reach the same keyspace, so that
+    patterns must spare the stream. Conservative: True whenever the URIs cannot tell.
+
+    Two single servers: same host (spelled differently for loopback only), port and db. Two
+    Sentinel URIs: same service and db (other sentinels may watch the same master). Anything with
+    a cluster, or a Sentinel master against a single address: the same db is enough (overlapping
+    seeds say "same cluster", disjoint ones do not say "another")."""
+    if a.db != b.db:
+        return False
+
+    def where(u: RedisURI) -> tuple[str, int]:
         host = u.host.lower()
-        return ("loopback" if host in _LOOPBACK else host, u.port, u.db)
-    return where(a) == where(b)
+        return ("loopback" if host in _LOOPBACK else host, u.port)
+    if a.topology == b.topology == "single":
+        return where(a) == where(b)
+    if a.topology == b.topology == "sentinel":
+        return a.service == b.service
+    return True
 
 
 T = TypeVar("T")
@@ -521,38 +568,39 @@ class InvalidationWorker:
         self.stats_interval_s = stats_interval_s
         self._out = out
         self.metrics = WorkerMetrics()
-        # The read timeout must outlast BLOCK, or every idle XREADGROUP would look like a dead socket.
-        # from the parsed URI (the grammar the sinks use too, dsn.py), not redis-py's own URL parser
-        p = uri.params
-        self._redis = redis.Redis(
-            **uri.redis_py_kwargs(),
-            socket_connect_timeout=float(p.get("connect_timeout") or 5.0),
-            socket_timeout=max(float(p.get("socket_timeout") or 0.0), block_ms / 1000.0 + 10.0),
-            socket_keepalive=True, decode_responses=False, retry=_no_retry(),
-        )
-        #: UNLINK and SCAN go here: the stream's client itself when the URIs are equal (one connection)
-        self._cache: redis.Redis = self._redis
-        self._cache_connected = True
-        if cache == uri:
+        self._stream_uri, self._cache_uri = uri, cache
+        #: one client for both roles (equal URIs): one connection, and the batch's deletes and ack in
+        #: one MULTI/EXEC unless it is a cluster (the stream and the keys live in different slots)
+        self._one_client = cache == uri
+        self._transactional = self._one_client and uri.topology != "cluster"
+        cluster_acl = WORKER_CLUSTER_ACL if uri.topology == "cluster" else ()
+        if self._one_client:
             self.cache_uri_redacted = self.uri_redacted
             self._stream_server = self._cache_server = _Server(
-                "Redis", STREAM_OPTION, self.uri_redacted, WORKER_ACL, f"~{stream} ~<cache key patterns>")
+                "Redis", STREAM_OPTION, self.uri_redacted, (*WORKER_ACL, *cluster_acl),
+                f"~{stream} ~<cache key patterns>")
         else:
             assert cache_uri is not None
             self.cache_uri_redacted = redact(cache_uri)
-            c = cache.params
-            # no BLOCK here: UNLINK and SCAN answer at once, so a silent server is a dead one after 10 s
-            self._cache = redis.Redis(
-                **cache.redis_py_kwargs(),
-                socket_connect_timeout=float(c.get("connect_timeout") or 5.0),
-                socket_timeout=float(c.get("socket_timeout") or 10.0),
-                socket_keepalive=True, decode_responses=False, retry=_no_retry(),
-            )
-            self._cache_connected = False
             self._stream_server = _Server("the stream's Redis", STREAM_OPTION, self.uri_redacted,
-                                          WORKER_STREAM_ACL, f"~{stream}")
-            self._cache_server = _Server("the cache Redis", CACHE_OPTION, self.cache_uri_redacted,
-                                         WORKER_CACHE_ACL, "~<cache key patterns>")
+                                          (*WORKER_STREAM_ACL, *cluster_acl), f"~{stream}")
+            self._cache_server = _Server(
+                "the cache Redis", CACHE_OPTION, self.cache_uri_redacted,
+                (*WORKER_CACHE_ACL, *(WORKER_CLUSTER_ACL if cache.topology == "cluster" else ())),
+                "~<cache key patterns>")
+        # The clients: redis.Redis (single, or the sentinels' master, which follows failovers) or a
+        # RedisCluster. A cluster client connects when built and fails then, so it is built in the
+        # loop (_open), where its errors are retried or reported like any other; the others now.
+        self._redis: Any = None
+        #: UNLINK and SCAN go here: the stream's client itself when the URIs are equal (one connection)
+        self._cache: Any = None
+        self._cache_connected = self._one_client
+        #: set by a retried error: re-read the cluster clients' slot maps before the next attempt
+        self._refresh_slots = False
+        if uri.topology != "cluster":
+            self._open_stream()
+        if not self._one_client and cache.topology != "cluster":
+            self._open_cache()
         #: spare the stream from patterns only where it lives: elsewhere a key of that name is a cache key
         self._spare_stream = _same_db(uri, cache)
         self._group_ready = False
@@ -572,9 +620,23 @@ class InvalidationWorker:
         self._stop_requested = True
 
     def close(self) -> None:
-        self._redis.close()
-        if self._cache is not self._redis:
-            self._cache.close()
+        for client in {id(c): c for c in (self._redis, self._cache) if c is not None}.values():
+            client.close()
+
+    def _open_stream(self) -> None:
+        # The read timeout must outlast BLOCK, or every idle XREADGROUP would look like a dead socket;
+        # retries=0: this loop's backoff owns the retries and logs each.
+        self._redis = redis_py_client(self._stream_uri, socket_timeout=self.block_ms / 1000.0 + 10.0, retries=0,
+                                      socket_keepalive=True, decode_responses=False)
+        if self._one_client:
+            self._cache = self._redis
+
+    def _open_cache(self) -> None:
+        # no BLOCK here: UNLINK and SCAN answer at once, so a silent server is a dead one after 10 s
+        # (unless the URI says otherwise)
+        timeout = None if self._cache_uri.params.get("socket_timeout") else 10.0
+        self._cache = redis_py_client(self._cache_uri, socket_timeout=timeout, retries=0,
+                                      socket_keepalive=True, decode_responses=False)
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set or :meth:`request_stop` is called.
@@ -587,7 +649,7 @@ class InvalidationWorker:
 
         delay = _BACKOFF_FIRST_S
         next_stats = time.monotonic() + self.stats_interval_s
-        cache = "" if self._cache is self._redis else f", cache {self.cache_uri_redacted}"
+        cache = "" if self._one_client else f", cache {self.cache_uri_redacted}"
         logger.info("Starting cache invalidation worker: %s (stream %s, group %s, %s%s)",
                     self.consumer, self.stream, self.group, self.uri_redacted, cache)
         try:
@@ -638,19 +700,33 @@ class InvalidationWorker:
             return self._process_once()
         except _CacheFailed as e:
             raise self._classify(e.error, self._cache_server) from None
-        except (redis.AuthenticationError, redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+        except _STREAM_ERRORS as e:
             raise self._classify(e, self._stream_server) from None
 
-    def _classify(self, e: redis.RedisError, server: _Server) -> _Retry | SinkError:
+    def _classify(self, e: redis.RedisError | RedisClusterException, server: _Server) -> _Retry | SinkError:
         """The loop's one decision on a Redis error from ``server``: retry, or stop with the fix."""
+        if isinstance(e, RedisClusterException):
+            cause = _redis_cause(e)
+            if cause is not None:
+                return self._classify(cause, server)
         if isinstance(e, redis.AuthenticationError):  # before ConnectionError: it is one
             return SinkError(f"{server.at()} refused the credentials: {e}",
                              f"fix the user/password in {server.option}")
         # Whatever was read but not acked stays pending for this consumer: re-read it after the retry
-        # (also when the cache failed: the batch's deletes did not all run).
+        # (also when the cache failed: the batch's deletes did not all run). A cluster client re-reads
+        # its slot map first: the error may be a failover or a migration it has not seen.
         self._recover_own = True
+        self._refresh_slots = True
         if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):  # BusyLoadingError is one
             return _Retry(str(e) or type(e).__name__, server)
+        if isinstance(e, RedisClusterException):
+            msg = str(e)
+            if isinstance(e, SlotNotCoveredError) or any(s in msg for s in _CLUSTER_TRANSIENT):
+                return _Retry(msg, server)
+            return SinkError(f"{server.at()}: the cluster client failed: {msg}",
+                             f"check the cluster (redis-cli --cluster check <node>) and the nodes in {server.option}")
+        if isinstance(e, redis.exceptions.ClusterError) and not isinstance(e, redis.ResponseError):
+            return _Retry(f"cluster: {e}", server)  # redirected too often ("TTL exhausted"): a moving slot map
         msg, code = str(e), _error_code(e)
         if "EXEC without MULTI" in msg:
             # MULTI was refused (NOPERM) and the batch's commands ran unwrapped, in order: the deletes
@@ -661,8 +737,11 @@ class InvalidationWorker:
             logger.warning("consumer group %s on %s is gone (%s); creating it again", self.group, self.stream, msg)
             self._group_ready = False
             return _Retry("consumer group missing", server)
-        if code in ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"):
+        if code in _TRANSIENT_CODES:
             return _Retry(f"{code} {msg}" if code not in msg else msg, server)
+        if "cluster support disabled" in msg:
+            return SinkError(f"{server.at()} is not a cluster node: {msg}",
+                             f"use redis:// (or redis+sentinel://) in {server.option} for a server not in cluster mode")
         hint = {"WRONGTYPE": f"--stream {self.stream!r} names a key that is not a stream; pick another name",
                 "NOPERM": f"the user in {server.option} needs {' '.join(server.acl)} on {server.keys} "
                           f"(ACL SETUSER <user> ... {server.keys} {' '.join(server.acl)})",
@@ -671,8 +750,7 @@ class InvalidationWorker:
                          hint.get(code, "check the Redis server log"))
 
     def _process_once(self) -> int:
-        if not self._cache_connected:
-            self._connect_cache()
+        self._open()
         if not self._group_ready:
             self._ensure_group()
         if self._second:
@@ -818,7 +896,7 @@ class InvalidationWorker:
         patterns = list(dict.fromkeys(patterns))
         batch_ms: float | None = None
         started = time.perf_counter()
-        if self._cache is self._redis and plain:
+        if self._transactional and plain:
             # One client: the deletes and the ack in one MULTI/EXEC, one round trip. A command
             # Redis refuses while queueing (NOPERM, READONLY, OOM) aborts the whole EXEC, so an
             # entry is never acked without its deletes; UNLINK has no run-time error.
@@ -827,8 +905,8 @@ class InvalidationWorker:
             pipe = self._redis.pipeline(transaction=True)
             for chunk in _chunks(plain, _UNLINK_CHUNK):
                 pipe.unlink(*chunk)
-            for chunk in _chunks(ids, _UNLINK_CHUNK):
-                pipe.xack(self.stream, self.group, *chunk)
+            for id_chunk in _chunks(ids, _UNLINK_CHUNK):
+                pipe.xack(self.stream, self.group, *id_chunk)
             pipe.execute()
             batch_ms = (time.perf_counter() - started) * 1000.0
             done_ms = time.time() * 1000.0
@@ -841,8 +919,8 @@ class InvalidationWorker:
             done_ms = time.time() * 1000.0
             # Acks go only after the deletes succeeded (a failure above raises and skips this).
             pipe = self._redis.pipeline(transaction=False)
-            for chunk in _chunks(ids, _UNLINK_CHUNK):
-                pipe.xack(self.stream, self.group, *chunk)
+            for id_chunk in _chunks(ids, _UNLINK_CHUNK):
+                pipe.xack(self.stream, self.group, *id_chunk)
             pipe.execute()
         if self.double_delete_ms and (plain or patterns):
             self._second.append((time.monotonic() + self.double_delete_ms / 1000.0, plain, patterns))
@@ -852,15 +930,56 @@ class InvalidationWorker:
             out.write("".join(lines))
             out.flush()
 
+    def _open(self) -> None:
+        """Build the cluster clients (their first connection is in the loop, retried like any other),
+        re-read their slot maps after a retried error, and open the cache connection."""
+        refresh, self._refresh_slots = self._refresh_slots, False
+        try:
+            if self._redis is None:
+                self._open_stream()
+            elif refresh and is_cluster(self._redis):
+                self._redis.nodes_manager.initialize()  # also picks a live default node (COMMAND GETKEYS)
+        except BaseException:
+            self._refresh_slots = refresh
+            raise
+        if self._one_client:
+            return
+        try:
+            if self._cache is None:
+                self._open_cache()
+            elif refresh and is_cluster(self._cache):
+                self._cache.nodes_manager.initialize()
+        except (redis.RedisError, RedisClusterException) as e:
+            self._refresh_slots = refresh
+            raise _CacheFailed(e) from e
+        if not self._cache_connected:
+            self._connect_cache()
+
     def _connect_cache(self) -> None:
         """Open the cache connection (AUTH, SELECT) now: redis-py connects lazily, and a wrong cache
-        password would otherwise show only with the first batch that has keys."""
-        pool = self._cache.connection_pool
+        password would otherwise show only with the first batch that has keys. A cluster client
+        connected to a seed when built; a PING of every primary checks the credentials on each."""
+        cache = self._cache
         try:
-            pool.release(pool.get_connection())
-        except redis.RedisError as e:
+            if is_cluster(cache):
+                cache.ping(target_nodes=cache.PRIMARIES)
+            else:
+                pool = cache.connection_pool
+                pool.release(pool.get_connection())
+        except (redis.RedisError, RedisClusterException) as e:
             raise _CacheFailed(e) from e
         self._cache_connected = True
+
+    @staticmethod
+    def _unlink(cache: Any, keys: Sequence[str | bytes]) -> None:
+        """UNLINK ``keys`` in one pipelined round trip (per node on a cluster: one UNLINK per hash
+        slot, as a multi-key command must not span slots)."""
+        pipe = cache.pipeline(transaction=False)
+        groups: Iterable[Sequence[str | bytes]] = by_slot(keys).values() if is_cluster(cache) else (keys,)
+        for group in groups:
+            for chunk in _chunks(group, _UNLINK_CHUNK):
+                pipe.unlink(*chunk)
+        pipe.execute()
 
     def _invalidate(self, plain: list[str], patterns: list[str]) -> None:
         """UNLINK ``plain`` (one pipelined round trip) and what ``patterns`` match, on the cache client.
@@ -870,22 +989,23 @@ class InvalidationWorker:
         cache = self._cache
         try:
             if plain:
-                pipe = cache.pipeline(transaction=False)
-                for chunk in _chunks(plain, _UNLINK_CHUNK):
-                    pipe.unlink(*chunk)
-                pipe.execute()
+                self._unlink(cache, plain)
+            # SCAN walks one server's keyspace: on a cluster, each primary's (its own client, no
+            # redirects: SCAN has no key); the keys found are deleted through the cluster client.
+            scanned = [n.redis_connection for n in cache.get_primaries()] if patterns and is_cluster(cache) else [cache]
             for pattern in patterns:
-                cursor = 0
-                while True:
-                    cursor, found = cache.scan(cursor, match=pattern, count=_SCAN_COUNT)
-                    if self._spare_stream:
-                        # A broad pattern ("*", "cache*") must not take the invalidation stream with it.
-                        found = [k for k in found if k != self._stream_key]
-                    if found:
-                        cache.unlink(*found)
-                    if not cursor:
-                        break
-        except redis.RedisError as e:
+                for node in scanned:
+                    cursor = 0
+                    while True:
+                        cursor, found = node.scan(cursor, match=pattern, count=_SCAN_COUNT)
+                        if self._spare_stream:
+                            # A broad pattern ("*", "cache*") must not take the invalidation stream with it.
+                            found = [k for k in found if k != self._stream_key]
+                        if found:
+                            self._unlink(cache, found)
+                        if not cursor:
+                            break
+        except (redis.RedisError, RedisClusterException) as e:
             raise _CacheFailed(e) from e
 
     def _drain_second_deletes(self, *, stopping_is_final: bool) -> None:

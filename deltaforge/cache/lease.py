@@ -45,6 +45,18 @@ Hazards:
   as a miss (and must not fill with a plain ``SET``, which reopens the race).
 - Errors from Redis (connection, auth, ACL, WRONGTYPE) propagate as redis-py raises them. A lease
   taken before the error is released if possible, else it expires after ``lease_ms``.
+
+Topologies (the client, or a URI through :func:`deltaforge.redisclient.redis_py_client`):
+
+- ``redis+sentinel://``: a client of the master the sentinels name, reconnecting to the new one
+  after a failover. Replication is asynchronous: a lease or a fill the old master had not sent
+  to its replica is lost with it (a lost lease: the next reader takes another; a lost fill: a miss).
+- ``redis+cluster://`` or a ``redis.cluster.RedisCluster``: every script touches one key, so
+  each call runs on the key's primary. ``get_many``'s acquires and fills go through the cluster
+  pipeline: one round trip per primary (``EVALSHA`` sent with ``execute_command``, as the cluster
+  pipeline refuses its ``evalsha`` method; a NOSCRIPT reply, e.g. from a promoted replica that
+  never loaded the script, reruns after ``SCRIPT LOAD`` on every primary). :meth:`LeaseCache.invalidate`
+  sends one UNLINK per hash slot, in one pipeline. MOVED and ASK are followed by redis-py.
 """
 
 from __future__ import annotations
@@ -58,11 +70,13 @@ from importlib import resources
 from typing import Any, TypeAlias
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
 from deltaforge.dsn import parse_redis_uri
 from deltaforge.errors import ConfigError, DeltaForgeError
+from deltaforge.redisclient import by_slot, is_cluster, redis_py_client
 
 #: values starting with these bytes are protocol markers, never data
 RESERVED_PREFIX = b"\x00df:"
@@ -134,14 +148,15 @@ def _is_reserved(value: bytes | str) -> bool:
 class LeaseCache:
     """Lease-protected cache-aside reads over one Redis (or Cluster) client. See the module doc.
 
-    ``client`` is a redis-py client, or a ``redis://``/``rediss://`` URI in DeltaForge's grammar
+    ``client`` is a redis-py client (``redis.Redis``, ``redis.cluster.RedisCluster``), or a URI in
+    DeltaForge's grammar: ``redis://``/``rediss://``, ``redis+sentinel://``, ``redis+cluster://``
     (``connect_timeout``, ``socket_timeout``, TLS parameters; a bad URI raises ConfigError).
     ``ttl_ms`` is the TTL of stored values (None: none, the invalidation worker removes them);
     ``cache_none`` stores the negative marker when the loader returns None, with
     ``negative_ttl_ms`` (else ``ttl_ms``).
     """
 
-    def __init__(self, client: redis.Redis | str, *, lease_ms: int = 5000, wait_ms: int = 100,
+    def __init__(self, client: redis.Redis | RedisCluster | str, *, lease_ms: int = 5000, wait_ms: int = 100,
                  poll_ms: int = 5, ttl_ms: int | None = None, cache_none: bool = False,
                  negative_ttl_ms: int | None = None) -> None:
         _check_int("lease_ms", lease_ms, 1)
@@ -161,27 +176,24 @@ class LeaseCache:
         self.cache_none = cache_none
         self.negative_ttl_ms = negative_ttl_ms
         self._owns_client = isinstance(client, str)
-        if isinstance(client, str):
-            # the project's URI grammar (dsn.py), not redis-py's own URL parser, as the worker does
-            uri = parse_redis_uri(client, "LeaseCache(client=...)")
-            p = uri.params
-            client = redis.Redis(**uri.redis_py_kwargs(),
-                                 socket_connect_timeout=float(p.get("connect_timeout") or 5.0),
-                                 socket_timeout=float(p.get("socket_timeout") or 5.0))
-        self._client: redis.Redis = client
-        self._encoder: Any = client.get_encoder()  # redis-py's Encoder is untyped
+        # redis.Redis or RedisCluster: the same calls, typed apart. A URI in the project's grammar
+        # (dsn.py), not redis-py's own URL parser, as the worker does.
+        self._client: Any = (redis_py_client(parse_redis_uri(client, "LeaseCache(client=...)"))
+                             if isinstance(client, str) else client)
+        self._cluster = is_cluster(self._client)
+        self._encoder: Any = self._client.get_encoder()  # redis-py's Encoder is untyped
         # register_script: EVALSHA, and SCRIPT LOAD + retry on NOSCRIPT (a flushed script cache)
-        self._acquire = client.register_script(lua_source("acquire"))
-        self._fill = client.register_script(lua_source("fill"))
-        self._release = client.register_script(lua_source("release"))
+        self._acquire: Script = self._client.register_script(lua_source("acquire"))
+        self._fill: Script = self._client.register_script(lua_source("fill"))
+        self._release: Script = self._client.register_script(lua_source("release"))
         self._fill_ttl = ttl_ms or 0  # "0": no TTL (fill.lua)
         self._negative_ttl = (negative_ttl_ms if negative_ttl_ms is not None else ttl_ms) or 0
         self._lock = threading.Lock()
         self.stats = LeaseStats()
 
     @property
-    def client(self) -> redis.Redis:
-        return self._client
+    def client(self) -> redis.Redis | RedisCluster:
+        return self._client  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Close the client if this instance made it from a URI (a passed client is the caller's)."""
@@ -294,7 +306,13 @@ class LeaseCache:
         Deleting a leased key revokes the lease: its holder's fill will be refused."""
         if not keys:
             return 0
-        return int(self._client.unlink(*keys))
+        if not self._cluster:
+            return int(self._client.unlink(*keys))
+        # a multi-key command must not span slots (CROSSSLOT): one UNLINK per slot, one pipeline
+        pipe = self._client.pipeline(transaction=False)
+        for group in by_slot(keys).values():
+            pipe.unlink(*group)
+        return sum(int(n) for n in pipe.execute())
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -423,7 +441,8 @@ class LeaseCache:
             pipe = self._client.pipeline(transaction=False)
             for i in todo:
                 script, key, args = calls[i]
-                pipe.evalsha(script.sha, 1, key, *args)
+                # execute_command: the cluster pipeline refuses pipe.evalsha(), not the command
+                pipe.execute_command("EVALSHA", script.sha, 1, key, *args)
             results = pipe.execute(raise_on_error=False)
             retry: list[int] = []
             for i, result in zip(todo, results, strict=True):
