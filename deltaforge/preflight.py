@@ -1042,7 +1042,7 @@ def _rehearse_commit(name: str, index: int, client: Any, sc: Any, pipeline: str,
     from deltaforge._accel import resp
     from deltaforge.sink.redis_conn import RedisConnection, reply_text
 
-    conn = RedisConnection(sink.uri, client_name=f"deltaforge-check-{pipeline}")  # the sink's own path
+    conn = RedisConnection(sink.uri, client_name=f"deltaforge-check-{pipeline}", slot=sink.slot)  # the sink's own path
     try:
         conn.connect()
         conn.send(resp.encode_commands(commands))
