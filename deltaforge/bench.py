@@ -160,6 +160,10 @@ def compute_ratios(drain: dict[str, Any] | None, stages: dict[str, Any] | None,
                    topologies: list[str]) -> dict[str, float]:
     """The ratios the baseline holds; the first topology gets the plain names."""
     out: dict[str, float] = {}
+    if drain and topologies:
+        r = _paired_ratio(drain, "ours_cluster", f"ours_w{topologies[0]}")
+        if r is not None:
+            out["drain_cluster_vs_single"] = r  # the same pipeline into a 3-master cluster / one node
     if drain:
         for i, t in enumerate(topologies):
             suffix = "" if i == 0 else f"_w{t}"
@@ -427,6 +431,7 @@ class Bench:
             upd_ref[0](description=f"drain: {state['label']} {n:,}/{backlog.rows:,}")
 
         runners = engine_runners(env, backlog, noproc=s.noproc, progress=on_events)
+        cluster = self._cluster_runner(runners, on_events)
         peers = _peers()
         if peers is None:
             self.result["skipped"]["naive_py"] = "deltaforge.benchkit.peers is not available"
@@ -445,15 +450,41 @@ class Bench:
         def on_run(name: str, r: int, res: dict[str, Any] | None) -> None:
             upd_ref[0](advance=1)
 
-        with self.bar("drain", total) as upd:
-            upd_ref.append(upd)
-            summary = drain_phase(env, runners, s.rounds, on_run=on_run, on_start=on_start)
-            upd(description=f"drain: {len(runners)} runners x {s.rounds} rounds")
+        try:
+            with self.bar("drain", total) as upd:
+                upd_ref.append(upd)
+                summary = drain_phase(env, runners, s.rounds, on_run=on_run, on_start=on_start)
+                upd(description=f"drain: {len(runners)} runners x {s.rounds} rounds")
+        finally:
+            if cluster is not None:
+                cluster.stop()
         if peers is not None:
             for peer, reason in getattr(peers, "skip_reasons", {}).items():
                 self.result["skipped"][peer] = reason
         self.result["drain"] = summary
         self.result["topologies"] = topologies()
+
+    def _cluster_runner(self, runners: list[Any], on_events: Callable[[int], None]) -> Any:
+        """``ours_cluster``: the seed pipeline (default topology) into a 3-master Redis Cluster the bench
+        starts (3 replicas too), next to the single node in every round. Only with servers the bench
+        started itself (a --redis-uri is one server); returns the cluster to stop, or None."""
+        import dataclasses
+
+        from deltaforge.benchkit.drain import default_topology, run_engine
+
+        if "redis" not in self.env.servers:
+            self.result["skipped"]["ours_cluster"] = "not run with --redis-uri (the bench starts the cluster itself)"
+            return None
+        from deltaforge.testing_topologies import RedisCluster
+
+        cluster = RedisCluster(masters=3, replicas_per_master=1).start()
+        cluster_env = dataclasses.replace(self.env, redis_uri=cluster.uri, servers={})
+        def run() -> dict[str, Any]:
+            cluster_env.flush_redis()  # every run from the backlog's start: no checkpoint left by the last
+            return run_engine(cluster_env, self.backlog, workers=default_topology(), progress=on_events)
+
+        runners.insert(1, ("ours_cluster", run))
+        return cluster
 
     def stages(self) -> None:
         try:
@@ -562,7 +593,8 @@ def _n(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
-_RUN_LABELS = {"naive_py": "naive Python (bench/naive.py)", "naive_node": "naive Node (bench/naive_node.js)"}
+_RUN_LABELS = {"naive_py": "naive Python (bench/naive.py)", "naive_node": "naive Node (bench/naive_node.js)",
+               "ours_cluster": "DeltaForge, seed JS processor, default topology, into a 3-master Redis Cluster"}
 
 
 def _run_label(name: str) -> str:

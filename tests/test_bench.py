@@ -106,6 +106,10 @@ def test_ratios_pair_runs_of_the_same_round() -> None:
     stages = {"decode_rows_per_s": 90.0, "decode_rows_per_s_mysql_replication": 30.0}
     ratios = compute_ratios(drain, stages, ["0", "1"])
     assert ratios == {"drain_vs_naive_py": 3.0, "decode_vs_mysql_replication": 3.0}
+    # the cluster sink against the single node, the same pipeline in the same round
+    drain["ours_cluster"] = {"runs": [{"round": 0, "events_per_s": 27.0}, {"round": 1, "events_per_s": 11.0},
+                                      {"round": 2, "events_per_s": 36.0}]}
+    assert compute_ratios(drain, None, ["0", "1"])["drain_cluster_vs_single"] == 0.9
     assert median_ratios([{"ratios": {"a": 1.0}}, {"ratios": {"a": 3.0, "b": 2.0}}, {"ratios": {"a": 2.0}}]) == {
         "a": 2.0, "b": 2.0}
 

@@ -69,8 +69,11 @@ class BenchEnv:
         return conn
 
     def redis(self) -> redis.Redis:
-        """A new redis-py client (bytes replies)."""
-        return redis.Redis.from_url(self.redis_uri, socket_timeout=60)
+        """A new redis-py client (bytes replies); a ``redis.cluster.RedisCluster`` for a cluster URI."""
+        from deltaforge.dsn import parse_redis_uri
+        from deltaforge.redisclient import redis_py_client
+
+        return redis_py_client(parse_redis_uri(self.redis_uri, "--redis-uri"), socket_timeout=60)  # type: ignore[no-any-return]
 
     def flush_redis(self) -> None:
         """``FLUSHALL``: every run starts with no stream and no checkpoint."""
