@@ -77,43 +77,27 @@ def _drain_through(engine: Engine, writer: _Writer, change: Any, client: Any, st
     assert engine.poll() is None, engine.output
 
 
+@pytest.mark.parametrize("change", ["reshard", "failover"])
 @pytest.mark.parametrize("workers", TOPOLOGIES_SLOW)
-def test_a_drain_while_the_streams_slot_migrates_lands_every_row_once(
-        tmp_path: Path, mariadb: MariaDBServer, redis_cluster: Any, fresh_db: str, workers: str) -> None:
+def test_a_drain_while_the_streams_slot_moves_lands_every_row_once(
+        tmp_path: Path, mariadb: MariaDBServer, redis_cluster: Any, fresh_db: str, workers: str, change: str) -> None:
+    """The stream's slot migrated to another master (ASK, then MOVED), or its master failed over to
+    its replica (CLUSTER FAILOVER), in the middle of the drain."""
     table = _table(mariadb, fresh_db)
-    stream = f"cdc:reshard{workers}"
-    cfg = write_config(tmp_path, mariadb, redis_cluster, [table], name=f"reshard{workers}", stream=stream,
+    stream = f"cdc:{change}{workers}"
+    cfg = write_config(tmp_path, mariadb, redis_cluster, [table], name=f"{change}{workers}", stream=stream,
                        start=binlog_end(mariadb))
     client = redis_cluster.client()
     before = redis_cluster.master_of_key(stream)
+    move = (lambda: redis_cluster.reshard_key(stream)) if change == "reshard" else (
+        lambda: redis_cluster.failover(before.port))
     engine = Engine(cfg, "--workers", workers).wait_ready(60)
     try:
-        _drain_through(engine, _Writer(mariadb, [table]), lambda: redis_cluster.reshard_key(stream), client, [stream])
+        _drain_through(engine, _Writer(mariadb, [table]), move, client, [stream])
     finally:
         code, out = engine.stop()
     assert code == 0, out
     assert redis_cluster.master_of_key(stream).port != before.port  # it did move
-    assert _ids(client, stream) == list(range(1, ROWS + 1))
-    client.close()
-
-
-@pytest.mark.parametrize("workers", TOPOLOGIES_SLOW)
-def test_a_drain_through_a_cluster_failover_lands_every_row_once(
-        tmp_path: Path, mariadb: MariaDBServer, redis_cluster: Any, fresh_db: str, workers: str) -> None:
-    table = _table(mariadb, fresh_db)
-    stream = f"cdc:failover{workers}"
-    cfg = write_config(tmp_path, mariadb, redis_cluster, [table], name=f"failover{workers}", stream=stream,
-                       start=binlog_end(mariadb))
-    client = redis_cluster.client()
-    before = redis_cluster.master_of_key(stream)
-    engine = Engine(cfg, "--workers", workers).wait_ready(60)
-    try:
-        _drain_through(engine, _Writer(mariadb, [table]), lambda: redis_cluster.failover(before.port), client,
-                       [stream])
-    finally:
-        code, out = engine.stop()
-    assert code == 0, out
-    assert redis_cluster.master_of_key(stream).port != before.port
     assert _ids(client, stream) == list(range(1, ROWS + 1))
     client.close()
 
