@@ -224,6 +224,37 @@ def test_redis_restarted_from_an_older_snapshot_is_redelivered(
 
 
 @pytest.mark.parametrize("workers", TOPOLOGIES)
+def test_redis_rolled_back_under_an_idle_engine_is_redelivered_without_a_new_change(
+        tmp_path: Path, mariadb: MariaDBServer, redis_own: RedisServer, fresh_db: str, workers: str) -> None:
+    """Nothing is written after Redis comes back older: the idle writer's probe finds the closed
+    connection, reconnects, sees the checkpoint rolled back and re-delivers at once (before, the
+    lost entries waited for the next change in the database, however long that took)."""
+    table = _table(mariadb, fresh_db)
+    client = redis_own.client()
+    cfg = write_config(tmp_path, mariadb, redis_own, [table], name="idleroll", processors=TAG_PROCESSOR)
+    engine = Engine(cfg, "--workers", workers).wait_ready()
+    try:
+        _insert(mariadb, table, range(1, 21))
+        wait_for(lambda: client.xlen("cdc:e2e") == 20, what="20 entries")
+        snapshot = redis_own.snapshot()
+        _insert(mariadb, table, range(21, 61))
+        wait_for(lambda: client.xlen("cdc:e2e") == 60, what="60 entries")
+        client.close()
+        redis_own.crash_restart(snapshot)  # entries 21..60 and their checkpoints are gone
+        client = redis_own.client()
+        # no new row: the idle engine must notice by itself
+        wait_for(lambda: client.xlen("cdc:e2e") >= 60, 60, what="the lost entries re-delivered while idle")
+        time.sleep(0.5)
+        assert engine.poll() is None, engine.output
+    finally:
+        code, out = engine.stop()
+    assert code == 0, out
+    assert _ids(client, "cdc:e2e") == list(range(1, 61))
+    assert "closed the idle connection" in out and "rolled back" in out
+    client.close()
+
+
+@pytest.mark.parametrize("workers", TOPOLOGIES)
 def test_redis_rolled_back_to_before_a_takeover_is_redelivered_not_fenced(
         tmp_path: Path, mariadb: MariaDBServer, redis_own: RedisServer, fresh_db: str, workers: str) -> None:
     """Run A commits and stops; run B (a new owner) takes over and commits; Redis then restarts from a

@@ -1,9 +1,11 @@
-"""An idle engine blocks in the kernel: no stage thread wakes up while there is no traffic.
+"""An idle engine blocks in the kernel: no stage thread polls while there is no traffic.
 
 Counted, not timed: the stage channels count their condition-wait returns and the reader counts
 the returns of its idle select. Before these waits blocked, each of the three threads woke every
 200 ms (about 15 wake-ups in an idle second and a half); now the only wake-ups are the server's
-heartbeats (one every 5 s) and the stop itself.
+heartbeats (one every 5 s), the stop itself, and the writer's probe of its Redis connections once
+a second (one non-blocking peek per sink: a Redis that rolled back while nothing came is acted on
+without waiting for the next change, tests/test_exactly_once.py).
 """
 
 from __future__ import annotations
@@ -85,11 +87,15 @@ def test_an_idle_engine_does_not_wake_up(tmp_path: Path, mariadb: MariaDBServer,
         assert pipe is not None
         time.sleep(0.3)  # let the stages settle into their idle waits
         before = (pipe.source.idle_wakeups, [c.wakeups for c in pipe.channels])
+        probes = pipe.channels[1].idle_timeouts
         time.sleep(1.5)
         after = (pipe.source.idle_wakeups, [c.wakeups for c in pipe.channels])
-        # the channels never wake while idle; the reader at most once (a heartbeat)
+        # the channels never wake while idle; the reader at most once (a heartbeat); the writer's
+        # channel times out once a second for the Redis probe, and only that one
         assert after[1] == before[1], (before, after)
         assert after[0] - before[0] <= 1, (before, after)
+        assert 1 <= pipe.channels[1].idle_timeouts - probes <= 2
+        assert pipe.channels[0].idle_timeouts == 0
         # and it still streams
         mariadb.execute(f"INSERT INTO {fresh_db}.items VALUES (2)")
         wait_for(lambda: redis_client.xlen("cdc:e2e") == 2, what="second event")

@@ -21,6 +21,10 @@ READ_AHEAD = 2
 END = object()
 #: what a channel's get returns once the run is halted and nothing is left in it
 HALTED = object()
+#: what a channel's get with a timeout returns when nothing came in time
+IDLE = object()
+#: how often an idle writer checks that Redis has not closed its connection (sink ``probe_idle``)
+IDLE_PROBE_S = 1.0
 
 
 class WakeEvent(threading.Event):
@@ -120,6 +124,8 @@ class Channel:
         self._halt = halt
         #: condition waits that returned (tests count them: an idle channel never wakes)
         self.wakeups = 0
+        #: gets with a timeout that returned IDLE (the writer's once-a-second Redis probe)
+        self.idle_timeouts = 0
         halt.add_hook(self._wake_all)
 
     def _wake_all(self) -> None:
@@ -138,13 +144,16 @@ class Channel:
             self._cond.notify_all()
             return True
 
-    def get(self) -> Any:
-        """The next item, or ``HALTED`` once the run is halted and the channel is empty."""
+    def get(self, timeout: float | None = None) -> Any:
+        """The next item, or ``HALTED`` once the run is halted and the channel is empty, or ``IDLE``
+        when ``timeout`` seconds passed without one."""
         with self._cond:
             while not self._items:
                 if self._halt.is_set():
                     return HALTED
-                self._cond.wait()
+                if not self._cond.wait(timeout) and not self._items:
+                    self.idle_timeouts += 1
+                    return IDLE
                 self.wakeups += 1
             item = self._items.popleft()
             self._cond.notify_all()

@@ -19,7 +19,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from deltaforge.runtime.channels import END, HALTED, READ_AHEAD, AnyStop, Channel, WakeEvent
+from deltaforge.runtime.channels import (
+    END,
+    HALTED,
+    IDLE,
+    IDLE_PROBE_S,
+    READ_AHEAD,
+    AnyStop,
+    Channel,
+    WakeEvent,
+)
 from deltaforge.runtime.stats import Stats
 
 log = logging.getLogger("deltaforge.pipeline")
@@ -162,7 +171,10 @@ def _write_batches(sinks: Any, inbox: Channel, halt: WakeEvent, stats: Stats,
     hists = stats.hists
     try:
         while True:
-            item = inbox.get()
+            item = inbox.get(timeout=IDLE_PROBE_S)
+            if item is IDLE:
+                sinks.probe_idle()  # a Redis that rolled back while nothing came: act on it now
+                continue
             if item is END or item is HALTED:
                 return
             batch, out = item

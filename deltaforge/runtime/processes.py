@@ -209,6 +209,7 @@ def worker_main(config_path: str, index: int, ring_in: str, ring_out: str, stop_
 def writer_main(config_path: str, expect: dict[str, bytes], rings: list[str], stop_r: Connection,
                 result: Connection) -> None:
     from deltaforge._accel import ring as ring_mod
+    from deltaforge.runtime.channels import IDLE_PROBE_S
     from deltaforge.runtime.pipeline import _open_redis_sinks
     from deltaforge.runtime.stats import Histograms, log_dead_letters
 
@@ -226,10 +227,15 @@ def writer_main(config_path: str, expect: dict[str, bytes], rings: list[str], st
         reported = time.perf_counter()
         while True:
             ring = ins[seq % len(ins)]
-            got = get_frame(ring, timeout=0.2 if counts[2] else None)  # (as in the worker)
+            # figures not yet sent: report after 0.2 s idle; then wake once a second to let the sinks
+            # check that Redis has not closed their connection (a rollback must not wait for a change)
+            got = get_frame(ring, timeout=0.2 if counts[2] else IDLE_PROBE_S)
             if got is None:
-                _progress(result, counts, last, sinks, hists)
-                counts = [0, 0, 0, 0]
+                if counts[2]:
+                    _progress(result, counts, last, sinks, hists)
+                    counts = [0, 0, 0, 0]
+                else:
+                    sinks.probe_idle()
                 continue
             kind, view = got
             if kind == Kind.END:

@@ -28,6 +28,7 @@ verification), ``ssl_ca_certs=<file>``.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 from collections.abc import Callable
@@ -241,6 +242,20 @@ class RedisConnection:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx.wrap_socket(sock, server_hostname=self.address[0])
+
+    def closed_by_peer(self) -> bool:
+        """True when the server has (probably) closed this idle connection: a restart, a failover
+        that turned the master into a replica. With no request outstanding, RESP sends nothing, so
+        a readable socket means EOF (or something unexpected: reconnecting is the safe answer
+        either way). A zero-timeout select: never blocks, also for TLS sockets (no peek there)."""
+        sock = self._sock
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def send(self, data: bytes) -> None:
         sock = self._sock

@@ -224,6 +224,8 @@ class RedisStreamSink:
         self._last_value: bytes | None = None
         self._commit = 0
         self._conn: RedisConnection | None = None
+        #: the idle probe lost the connection and has not judged the checkpoint on a new one yet
+        self._recheck = False
         self._checked_streams: set[str] = set()
         self._fenced: FencedError | None = None
         self.entries_written = 0
@@ -387,6 +389,34 @@ class RedisStreamSink:
         self._drop_conn()
         if self.trimmer is not None:
             self.trimmer.close()
+
+    def probe_idle(self) -> None:
+        """Called by the writer while no batch comes (about once a second): if Redis closed the
+        connection (a restart, a failover), reconnect now and judge the checkpoint, so that a
+        rollback (:class:`CheckpointRolledBack`: re-deliver) or another owner (fenced) is acted on
+        at once instead of at the next change, which may be hours away. A Redis still unreachable
+        is left to the next probe or write."""
+        if not self.exactly_once or self._fenced is not None:
+            return
+        conn = self._conn
+        if conn is not None:
+            if not conn.closed_by_peer():
+                return
+            log.info("sink %s: Redis at %s closed the idle connection; reconnecting to check the checkpoint",
+                     self.id, conn.where)
+            self._drop_conn()
+            self._recheck = True
+        elif not self._recheck:
+            return  # not connected yet, or closed on purpose: nothing to check
+        try:
+            conn = self._connect()
+            current = self._watch_get(conn)
+        except SinkUnavailable as e:
+            self._drop_conn()
+            log.warning("sink %s: %s; checking again in a moment", self.id, e)
+            return
+        self._recheck = False
+        self._raise_unless_same(current, "after Redis closed the idle connection")
 
     @property
     def last_value(self) -> bytes | None:

@@ -138,6 +138,13 @@ class SinkSet:
                 "fix the failing sinks, or lower spec.commit_policy.quorum",
             )
 
+    def probe_idle(self) -> None:
+        """While no batch comes: let each enabled sink check a connection Redis closed (see
+        ``RedisStreamSink.probe_idle``); a rollback found there raises as a write would."""
+        for sink in self.sinks:
+            if sink.id not in self.disabled:
+                sink.probe_idle()
+
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
