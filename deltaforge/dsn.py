@@ -188,7 +188,7 @@ def parse_redis_uri(uri: str, path: str = "spec.sinks[0].config.uri") -> RedisUR
             raise ConfigError(path, f"cannot parse {redact(raw)!r}: {e}", "write redis://host:6379/0") from None
         if not host:
             raise ConfigError(path, f"no host in {redact(raw)!r}", "write redis://host:6379/0")
-        seeds = ((host, _port(port_text, 6379, path, raw)),)
+        seeds: tuple[tuple[str, int], ...] = ((host, _port(port_text, 6379, path, raw)),)
         user_text, password_text = parts.username, parts.password
         db_text, query = parts.path.lstrip("/") or "0", parts.query
     else:

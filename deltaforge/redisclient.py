@@ -68,7 +68,7 @@ def _tls_kwargs(uri: RedisURI) -> dict[str, Any]:
             "ssl_cert_reqs": (uri.params.get("ssl_cert_reqs") or "required").lower()}
 
 
-def _timeouts(uri: RedisURI, connect_timeout: float | None, socket_timeout: float | None) -> dict[str, float]:
+def _timeouts(uri: RedisURI, connect_timeout: float | None, socket_timeout: float | None) -> dict[str, Any]:
     """The URI's ``connect_timeout``/``socket_timeout`` win over the caller's defaults (5 s each);
     a caller's socket timeout that must outlast a blocking read is raised to it, never lowered."""
     p = uri.params

@@ -415,7 +415,7 @@ def measure_consistency(env: BenchEnv, s: ConsistencySettings | None = None,
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     with contextlib.suppress(redis.RedisError):  # CONFIG refused: the default, 16, is assumed
-        databases = int(admin.config_get("databases").get("databases", 16))
+        databases = int(str(admin.config_get("databases").get("databases", 16)))
         if databases < 4:
             raise BenchError(f"the bench's Redis has {databases} databases; the consistency phase uses 4 "
                              "(the stream and one cache per protocol)", "set `databases 16` in redis.conf (the default)")
@@ -530,8 +530,8 @@ def _round(env: BenchEnv, s: ConsistencySettings, run: _Run, engine: BenchProces
                 c.close()
         writer_s = time.monotonic() - t0
         cpu1 = _cpu(watched)
-        cores = {name: round((cpu1[name] - cpu0[name]) / writer_s, 2)
-                 for name in watched if cpu0.get(name) is not None and cpu1.get(name) is not None}
+        cores = {name: round((b - a) / writer_s, 2) for name in watched
+                 if (a := cpu0.get(name)) is not None and (b := cpu1.get(name)) is not None}
         # the readers' fills in flight land, then every invalidation and double delete
         reader_stop.set()
         reader.join(30)
@@ -722,7 +722,8 @@ def _time_worker(env: BenchEnv, name: str, cmd: list[str], child_env: dict[str, 
         for payload in entries:
             pipe.xadd(STREAM, {"df-event": payload})
         pipe.execute()
-        last_id = admin.xrevrange(STREAM, count=1)[0][0]
+        last: Any = admin.xrevrange(STREAM, count=1)
+        last_id: bytes = last[0][0]
         t0 = time.perf_counter()
         proc.send_signal(signal.SIGCONT)
         deadline = time.monotonic() + 300
