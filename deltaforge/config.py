@@ -776,9 +776,13 @@ def _check_sinks(sinks: list[SinkSpec], ctx: _Ctx, pipeline: str) -> None:
             uri = parse_redis_uri(c.uri, f"{p}.uri")
         if uri.topology == "cluster":
             from deltaforge.sink.envelope import cluster_layout
+            from deltaforge.sink.slot_split import split_config_errors, spreads_over_slots
 
             with _located(ctx, f"{p}.stream"):
-                cluster_layout(c.stream, c.dlq_stream, c.checkpoint_key, pipeline, c.id, p)
+                if spreads_over_slots(c.uri, c.stream):
+                    split_config_errors(c, p)
+                else:
+                    cluster_layout(c.stream, c.dlq_stream, c.checkpoint_key, pipeline, c.id, p)
         with _located(ctx, f"{p}.stream"):
             StreamTemplate(c.stream, f"{p}.stream")
         if c.dlq_stream is not None:

@@ -832,12 +832,15 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
     import redis
 
     from deltaforge.redisclient import cluster_slot_owner
-    from deltaforge.sink.envelope import cluster_layout
+    from deltaforge.sink.slot_split import make_redis_sink
 
-    layout = cluster_layout(str(sc.stream), getattr(sc, "dlq_stream", None), getattr(sc, "checkpoint_key", None),
-                            pipeline, str(sc.id), f"spec.sinks[{index}].config")
+    # (a template spread over slots: its floor key; each stream's own checkpoint is known per event)
+    sink = make_redis_sink(sc, pipeline, None, f"spec.sinks[{index}]")
+    slot, ckpt = sink.slot, sink.checkpoint_key
+    assert slot is not None  # a sink on a cluster always knows its slot
+    spread = " (streams spread over slots, one checkpoint each next to its stream; floor" if sink.parts_split else ""
     try:
-        owner = cluster_slot_owner(uri, layout.slot, connect_timeout=CONNECT_TIMEOUT_S)
+        owner = cluster_slot_owner(uri, slot, connect_timeout=CONNECT_TIMEOUT_S)
         node = redis.Redis(host=owner[0], port=owner[1], username=uri.username, password=uri.password,
                            socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S,
                            **({"ssl": True, "ssl_ca_certs": uri.params.get("ssl_ca_certs"),
@@ -852,7 +855,7 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
         return None
     except redis.RedisError as e:
         results.append(_fail(name, "redis.topology", f"no node of the cluster {uri.redacted()} answers for slot "
-                             f"{layout.slot} of the sink's keys: {e}", f"check the seed addresses in {where} and "
+                             f"{slot} of the sink's keys: {e}", f"check the seed addresses in {where} and "
                              "CLUSTER INFO on the nodes"))
         return None
     if isinstance(info, bytes):
@@ -860,8 +863,8 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
     fields = {str(k): str(v).strip() for k, v in info.items()}
     state, served = fields.get("cluster_state", "?"), fields.get("cluster_slots_ok", "?")
     detail = (f"Cluster: {fields.get('cluster_size', '?')} masters, {fields.get('cluster_known_nodes', '?')} "
-              f"nodes, state {state}, {served} of 16384 slots served; the sink's keys (slot {layout.slot}: "
-              f"checkpoint {layout.checkpoint_key}) on {owner[0]}:{owner[1]}")
+              f"nodes, state {state}, {served} of 16384 slots served; the sink's keys (slot {slot}: "
+              f"{spread or 'checkpoint'} {ckpt}{')' if spread else ''}) on {owner[0]}:{owner[1]}")
     if state != "ok":
         results.append(_fail(name, "redis.topology", detail, "fix the cluster (CLUSTER INFO, redis-cli --cluster check)"))
         return None
@@ -1030,9 +1033,10 @@ def _rehearse_commit(name: str, index: int, client: Any, sc: Any, pipeline: str,
     import hiredis
 
     from deltaforge.sink.redis_conn import ACL_HINT
-    from deltaforge.sink.redis_stream import RedisStreamSink
+    from deltaforge.sink.slot_split import make_redis_sink
 
-    sink = RedisStreamSink(sc, pipeline, None, f"spec.sinks[{index}]")
+    # (a template split over cluster slots rehearses on its floor key: its streams are known per event)
+    sink = make_redis_sink(sc, pipeline, None, f"spec.sinks[{index}]")
     ckpt = sink.checkpoint_key
     stream = sink.template.static  # None for a template: its keys are known only per event
     commands: list[tuple[str, ...]] = [("WATCH", ckpt), ("GET", ckpt), ("MULTI",)]

@@ -11,6 +11,7 @@ import pytest
 from deltaforge.dsn import parse_redis_uri, redact
 from deltaforge.errors import ConfigError
 from deltaforge.log import scrub
+from deltaforge.redisclient import key_slot
 
 
 def test_a_single_node_uri_keeps_its_meaning() -> None:
@@ -80,13 +81,27 @@ spec:
     return cfg
 
 
-def test_on_a_cluster_a_template_without_a_hash_tag_is_refused_with_the_tag_to_add(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_on_a_cluster_a_template_without_a_hash_tag_gets_one_checkpoint_per_stream(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from deltaforge.config import load_config
+    from deltaforge.sink.slot_split import SlotSplitSink, make_redis_sink, part_checkpoint_key
+
+    cfg = load_config(_cluster_config(tmp_path, "cdc:$${table}"))
+    sink = make_redis_sink(cfg.spec.sinks[0].config, "p", "t", "spec.sinks[0]")
+    assert isinstance(sink, SlotSplitSink)
+    assert sink.checkpoint_key == "{p}:deltaforge:checkpoint:p:r" and sink.slot == key_slot("p")
+    for stream in ("cdc:app.orders", "{app}:orders", "cdc:{x}y"):
+        assert key_slot(part_checkpoint_key(stream, "p", "r")) == key_slot(stream)
+
+
+@pytest.mark.parametrize(("extra", "path"), [(", dlq_stream: other:dlq", "dlq_stream"),
+                                             (", checkpoint_key: elsewhere:ckpt", "checkpoint_key")])
+def test_a_template_spread_over_slots_refuses_a_single_named_key(tmp_path, extra: str, path: str) -> None:  # type: ignore[no-untyped-def]
     from deltaforge.config import load_config
 
     with pytest.raises(ConfigError) as info:
-        load_config(_cluster_config(tmp_path, "cdc:$${table}"))
+        load_config(_cluster_config(tmp_path, "cdc:$${table}", extra))
     text = str(info.value)
-    assert "spec.sinks[0].config.stream" in text and "hash slots" in text and '"{cdc}:${table}"' in text
+    assert f"spec.sinks[0].config.{path}" in text and "spreads over hash slots" in text and "hash tag" in text
 
 
 @pytest.mark.parametrize(("extra", "path"), [(", dlq_stream: other:dlq", "dlq_stream"),

@@ -102,18 +102,29 @@ def test_a_drain_while_the_streams_slot_moves_lands_every_row_once(
     client.close()
 
 
-def test_a_tagged_template_killed_mid_drain_resumes_every_stream_exactly_once(
-        tmp_path: Path, mariadb: MariaDBServer, redis_cluster: Any, fresh_db: str) -> None:
-    tables = [_table(mariadb, fresh_db, "a"), _table(mariadb, fresh_db, "b")]
-    cfg = write_config(tmp_path, mariadb, redis_cluster, tables, name="tagged", stream="'{cdc}:$${table}'",
+@pytest.mark.parametrize("template", ["tagged", "spread"])
+def test_a_template_killed_mid_drain_resumes_every_stream_exactly_once(
+        tmp_path: Path, mariadb: MariaDBServer, redis_cluster: Any, fresh_db: str, template: str) -> None:
+    """A tagged template commits in one slot; a spread one (no hash tag) commits each stream with
+    its own checkpoint on its own master (sink/slot_split.py). SIGKILL mid-drain, restart."""
+    tables = [_table(mariadb, fresh_db, name) for name in ("a", "b", "c")]
+    if template == "tagged":
+        stream, streams = "'{cdc}:$${table}'", [f"{{cdc}}:{t}" for t in tables]
+    else:
+        stream, streams = "'cdc:$${table}'", [f"cdc:{t}" for t in tables]
+    cfg = write_config(tmp_path, mariadb, redis_cluster, tables, name=template, stream=stream,
                        start=binlog_end(mariadb))
-    streams = [f"{{cdc}}:{t}" for t in tables]
     client = redis_cluster.client()
     writer = _Writer(mariadb, tables)
     engine = Engine(cfg, "--workers", "1").wait_ready(60)
     try:
         writer.start()
-        wait_for(lambda: client.xlen(streams[0]) >= ROWS // 3, 60, "a third of the rows")
+        try:
+            wait_for(lambda: client.xlen(streams[0]) >= ROWS // 3 or engine.poll() is not None, 60,
+                     "a third of the rows")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; engine output (tail):\n{engine.output[-3000:]}") from None
+        assert engine.poll() is None, engine.output
         engine.stop(signal.SIGKILL)
         engine = Engine(cfg, "--workers", "1").wait_ready(60)
         writer.join(120)
@@ -183,3 +194,13 @@ def test_check_reports_the_sentinel_topology(
     res = _check(cfg)
     host, port = redis_sentinel.master_address()
     assert f"master {host}:{port} named by 3 of 3 sentinels, 1 replica(s)" in res.stdout, res.stdout + res.stderr
+
+
+def test_check_passes_a_template_spread_over_slots_and_says_how_it_commits(
+        tmp_path: Path, mariadb: MariaDBServer, redis_cluster: Any, fresh_db: str) -> None:
+    table = _table(mariadb, fresh_db)
+    cfg = write_config(tmp_path, mariadb, redis_cluster, [table], name="checksp", stream="'cdc:$${table}'")
+    res = _check(cfg)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "streams spread over slots, one checkpoint each" in res.stdout
+    assert "{checksp}:deltaforge:checkpoint:checksp:stream" in res.stdout

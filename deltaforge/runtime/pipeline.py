@@ -141,10 +141,10 @@ def _open_binlog(cfg: Any, stop: Any, resume: Any) -> Any:
 
 
 def _open_redis_sinks(cfg: Any) -> Any:
-    from deltaforge.sink.redis_stream import RedisStreamSink
     from deltaforge.sink.sinkset import SinkSet
+    from deltaforge.sink.slot_split import make_redis_sink
 
-    return SinkSet([RedisStreamSink(s.config, cfg.metadata.name, cfg.metadata.tenant, f"spec.sinks[{i}]")
+    return SinkSet([make_redis_sink(s.config, cfg.metadata.name, cfg.metadata.tenant, f"spec.sinks[{i}]")
                     for i, s in enumerate(cfg.spec.sinks)], cfg.spec.commit_policy)
 
 

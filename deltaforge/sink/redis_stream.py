@@ -169,6 +169,8 @@ def legacy_checkpoint_key(template: StreamTemplate, pipeline: str, sink_id: str)
 class RedisStreamSink:
     """One ``type: redis`` sink. Single-threaded: owned by the writer stage."""
 
+    #: one checkpoint per stream over cluster slots (sink/slot_split.py): not this class
+    parts_split = False
     #: retry policy for SinkUnavailable inside write() (seconds)
     retry_initial: float = 0.1
     retry_max: float = 5.0
