@@ -308,7 +308,10 @@ class SlotSplitSink:
     def probe_idle(self) -> None:
         for part in list(self.parts.values()):
             part.probe_idle()
-        self._refresh(force=True)
+        try:
+            self._refresh(force=True)
+        except SinkUnavailable as e:
+            log.warning("sink %s: %s; moving the floor at the next batch or probe", self.id, e)
 
     @property
     def last_value(self) -> bytes | None:
