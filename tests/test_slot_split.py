@@ -199,3 +199,42 @@ def test_dead_letters_commit_next_to_their_stream(redis_cluster: Any) -> None:
     dlq = "{" + _streams("dead")[1] + "}:dlq"
     assert client.xlen(dlq) == 1 and key_slot(dlq) == key_slot(_streams("dead")[1])
     client.close()
+
+
+def test_one_master_rolling_back_re_delivers_that_stream_alone(redis_cluster: Any) -> None:
+    """One stream's master goes back in time (what a failover to a lagging replica does to that
+    slot: its entries and its checkpoint, together); the others do not. The live sink sees it at
+    the next commit, the pipeline reopens with what it had committed, resumes at that stream's
+    older checkpoint and re-delivers to it alone."""
+    from deltaforge.errors import CheckpointRolledBack
+
+    tables = _tables("rollback")
+    streams = _streams("rollback")
+    sink = _sink(redis_cluster, "rollback")
+    sink.open()
+    first = make_batch(6, 1, tables=tables)
+    sink.write(first)
+    client = redis_cluster.client()
+    victim = streams[1]
+    key = part_checkpoint_key(victim, PIPELINE, "rollback")
+    old_value, old_ids = client.get(key), [i for i, _f in client.xrange(victim)]
+    second = make_batch(6, 2, tables=tables)
+    sink.write(second)
+    # the rollback: the entries and the checkpoint of batch 2 vanish from that slot only
+    client.xdel(victim, *[i for i, _f in client.xrange(victim) if i not in old_ids])
+    client.set(key, old_value)
+    third = make_batch(6, 3, tables=tables)
+    with pytest.raises(CheckpointRolledBack):
+        sink.write(third)
+    expect = sink.last_value
+    sink.close()
+
+    again = _sink(redis_cluster, "rollback")
+    assert again.open(expect) == first.end
+    for batch in (second, third):  # the source replays from there
+        again.write(batch)
+    again.close()
+    for s in streams:
+        rows = _rows(client, s)
+        assert len(rows) == len(set(rows)) == 6, (s, rows)  # 2 rows of each of the 3 batches, once
+    client.close()
