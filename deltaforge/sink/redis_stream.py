@@ -166,7 +166,25 @@ def legacy_checkpoint_key(template: StreamTemplate, pipeline: str, sink_id: str)
     return f"{{{template.static}}}:deltaforge:checkpoint:{pipeline}:{sink_id}"
 
 
-class RedisStreamSink:
+class SinkIdentity:
+    """What every ``type: redis`` sink knows of its configuration (this module's sink, and the
+    split one of :mod:`deltaforge.sink.slot_split`)."""
+
+    def _identify(self, cfg: Any, pipeline_name: str, tenant: str | None, path: str) -> str:
+        """Set the sink's id, pipeline, URI and template; returns the YAML path of its ``config``."""
+        self.cfg = cfg
+        self.id: str = cfg.id
+        self.required: bool = bool(cfg.required)
+        self.pipeline = pipeline_name
+        self.tenant = tenant
+        # the YAML path of this sink's ``config`` mapping, for messages
+        self.path = path if path.endswith(".config") else f"{path}.config"
+        self.uri = parse_redis_uri(cfg.uri, f"{self.path}.uri")
+        self.template = StreamTemplate(cfg.stream, f"{self.path}.stream")
+        return self.path
+
+
+class RedisStreamSink(SinkIdentity):
     """One ``type: redis`` sink. Single-threaded: owned by the writer stage."""
 
     #: one checkpoint per stream over cluster slots (sink/slot_split.py): not this class
@@ -177,16 +195,7 @@ class RedisStreamSink:
     retry_deadline: float = 60.0
 
     def __init__(self, cfg: Any, pipeline_name: str, tenant: str | None, path: str) -> None:
-        self.cfg = cfg
-        self.id: str = cfg.id
-        self.required: bool = bool(cfg.required)
-        self.pipeline = pipeline_name
-        self.tenant = tenant
-        # the YAML path of this sink's ``config`` mapping, for messages
-        self.path = path if path.endswith(".config") else f"{path}.config"
-        path = self.path
-        self.uri = parse_redis_uri(cfg.uri, f"{path}.uri")
-        self.template = StreamTemplate(cfg.stream, f"{path}.stream")
+        path = self._identify(cfg, pipeline_name, tenant, path)
         dlq = getattr(cfg, "dlq_stream", None)
         named_key = getattr(cfg, "checkpoint_key", None)
         #: on a Redis Cluster, the one hash slot of every key this sink touches (None elsewhere)

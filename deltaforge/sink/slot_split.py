@@ -52,6 +52,7 @@ from deltaforge.sink.redis_stream import (
     _NAME_UNSAFE,
     CheckpointValue,
     RedisStreamSink,
+    SinkIdentity,
     _ckpt_decoder,
     _ckpt_encoder,
     _dead_event,
@@ -97,7 +98,7 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-class SlotSplitSink:
+class SlotSplitSink(SinkIdentity):
     """One ``type: redis`` sink whose template spreads over cluster slots. Same interface as
     :class:`RedisStreamSink` (SinkSet, the writer, ``check``); single-threaded."""
 
@@ -107,15 +108,7 @@ class SlotSplitSink:
     retry_deadline: float = RedisStreamSink.retry_deadline
 
     def __init__(self, cfg: Any, pipeline_name: str, tenant: str | None, path: str) -> None:
-        self.cfg = cfg
-        self.id: str = cfg.id
-        self.required: bool = bool(cfg.required)
-        self.pipeline = pipeline_name
-        self.tenant = tenant
-        self.path = path if path.endswith(".config") else f"{path}.config"
-        split_config_errors(cfg, self.path)
-        self.uri = parse_redis_uri(cfg.uri, f"{self.path}.uri")
-        self.template = StreamTemplate(cfg.stream, f"{self.path}.stream")
+        split_config_errors(cfg, self._identify(cfg, pipeline_name, tenant, path))
         #: the floor key: a position every stream has delivered (module header)
         self.checkpoint_key: str = default_checkpoint_key(self.template, pipeline_name, self.id)
         from deltaforge.redisclient import key_slot
