@@ -164,6 +164,9 @@ def compute_ratios(drain: dict[str, Any] | None, stages: dict[str, Any] | None,
         r = _paired_ratio(drain, "ours_cluster", f"ours_w{topologies[0]}")
         if r is not None:
             out["drain_cluster_vs_single"] = r  # the same pipeline into a 3-master cluster / one node
+        r = _paired_ratio(drain, "ours_cluster_spread", f"ours_w{topologies[0]}")
+        if r is not None:
+            out["drain_cluster_spread_vs_single"] = r  # one stream per table over the masters / one node
     if drain:
         for i, t in enumerate(topologies):
             suffix = "" if i == 0 else f"_w{t}"
@@ -470,7 +473,12 @@ class Bench:
         started itself (a --redis-uri is one server); returns the cluster to stop, or None."""
         import dataclasses
 
-        from deltaforge.benchkit.drain import default_topology, run_engine
+        from deltaforge.benchkit.drain import (
+            ENGINE_STREAM,
+            SPREAD_STREAM,
+            default_topology,
+            run_engine,
+        )
 
         if "redis" not in self.env.servers:
             self.result["skipped"]["ours_cluster"] = "not run with --redis-uri (the bench starts the cluster itself)"
@@ -479,11 +487,15 @@ class Bench:
 
         cluster = RedisCluster(masters=3, replicas_per_master=1).start()
         cluster_env = dataclasses.replace(self.env, redis_uri=cluster.uri, servers={})
-        def run() -> dict[str, Any]:
+        def run(stream: str = ENGINE_STREAM) -> dict[str, Any]:
             cluster_env.flush_redis()  # every run from the backlog's start: no checkpoint left by the last
-            return run_engine(cluster_env, self.backlog, workers=default_topology(), progress=on_events)
+            return run_engine(cluster_env, self.backlog, workers=default_topology(), progress=on_events,
+                              stream=stream)
 
         runners.insert(1, ("ours_cluster", run))
+        # a template without a hash tag: one stream per table over the masters, each committing
+        # with its own checkpoint (sink/slot_split.py)
+        runners.insert(2, ("ours_cluster_spread", lambda: run(SPREAD_STREAM)))
         return cluster
 
     def stages(self) -> None:
@@ -594,7 +606,9 @@ def _n(value: Any, digits: int = 0) -> str:
 
 
 _RUN_LABELS = {"naive_py": "naive Python (bench/naive.py)", "naive_node": "naive Node (bench/naive_node.js)",
-               "ours_cluster": "DeltaForge, seed JS processor, default topology, into a 3-master Redis Cluster"}
+               "ours_cluster": "DeltaForge, seed JS processor, default topology, into a 3-master Redis Cluster",
+               "ours_cluster_spread": "the same, stream cdc:${table} spread over the cluster's masters, one "
+                                      "checkpoint per stream"}
 
 
 def _run_label(name: str) -> str:

@@ -110,6 +110,8 @@ def test_ratios_pair_runs_of_the_same_round() -> None:
     drain["ours_cluster"] = {"runs": [{"round": 0, "events_per_s": 27.0}, {"round": 1, "events_per_s": 11.0},
                                       {"round": 2, "events_per_s": 36.0}]}
     assert compute_ratios(drain, None, ["0", "1"])["drain_cluster_vs_single"] == 0.9
+    drain["ours_cluster_spread"] = {"runs": [{"round": r, "events_per_s": v} for r, v in enumerate((15.0, 5.0, 20.0))]}
+    assert compute_ratios(drain, None, ["0", "1"])["drain_cluster_spread_vs_single"] == 0.5
     assert median_ratios([{"ratios": {"a": 1.0}}, {"ratios": {"a": 3.0, "b": 2.0}}, {"ratios": {"a": 2.0}}]) == {
         "a": 2.0, "b": 2.0}
 

@@ -238,3 +238,26 @@ def test_one_master_rolling_back_re_delivers_that_stream_alone(redis_cluster: An
         rows = _rows(client, s)
         assert len(rows) == len(set(rows)) == 6, (s, rows)  # 2 rows of each of the 3 batches, once
     client.close()
+
+
+def test_a_reader_block_is_split_by_table_without_decoding_every_event(redis_cluster: Any) -> None:
+    """The hot path's EventBlock: each stream gets a block of the same bytes (one event decoded
+    per table to render its stream), and lands what the Event objects would have landed."""
+    from deltaforge.model import EventBlock
+
+    tables = _tables("block")
+    sink = _sink(redis_cluster, "block")
+    sink.open()
+    batch = make_batch(7, 1, tables=tables)
+    events = list(batch.events)
+    block = EventBlock.from_lines([EventBlock.from_events(events).line(i) for i in range(len(events))],
+                                  [e.table for e in events], [e.transaction.id if e.transaction else "" for e in events],
+                                  [e.tenant_id for e in events])
+    assert block._events is None  # nothing decoded yet
+    sink.write(Batch(seq=1, events=block, keys=batch.keys, end=batch.end))
+    sink.close()
+    assert block._events is None  # still: split by the table column, one line decoded per table
+    client = redis_cluster.client()
+    landed = {s: [e for e, _r in _rows(client, s)] for s in _streams("block")}
+    client.close()
+    assert landed == {f"cdc:block:{t}": [e.event_id for e in events if e.table == t] for t in tables}

@@ -46,6 +46,8 @@ from deltaforge.benchkit.workload import Backlog, engine_environ, seed_yaml
 STALL_S = 120.0
 POLL_S = 0.05
 ENGINE_STREAM = "cache:invalidations"
+#: the cluster runner's template without a hash tag: one stream per table, spread over the slots
+SPREAD_STREAM = "cdc:${table}"
 
 
 def topologies() -> list[str]:
@@ -82,13 +84,16 @@ def run_engine(env: BenchEnv, backlog: Backlog, *, processors: bool = True, work
                skip_preflight: bool = False, pyspy_out: str | None = None) -> dict[str, Any]:
     """Drain ``backlog`` with a ``deltaforge run`` subprocess; returns this run's figures.
 
-    ``pyspy_out``: also sample the engine with py-spy (raw collapsed stacks to that file)
-    and add ``pyspy`` (sample shares per stage, :func:`pyspy_shares`) to the result.
+    ``stream`` may be a template over ``${table}`` (one stream per backlog table, counted
+    together). ``pyspy_out``: also sample the engine with py-spy (raw collapsed stacks to that
+    file) and add ``pyspy`` (sample shares per stage, :func:`pyspy_shares`) to the result.
     """
     client = env.redis()
+    streams = [stream.replace("${table}", t) for t in backlog.tables] if "${" in stream else [stream]
     tmp = Path(tempfile.mkdtemp(prefix="deltaforge-bench-"))
     yaml_path = tmp / "pipeline.yaml"
-    yaml_path.write_text(seed_yaml(backlog.start, processors, stream), encoding="utf-8")
+    yaml_stream = "'" + stream.replace("${", "$${") + "'" if "${" in stream else stream  # $$: no env lookup
+    yaml_path.write_text(seed_yaml(backlog.start, processors, yaml_stream), encoding="utf-8")
     log_path = tmp / "engine.log"
     cmd = [sys.executable, "-m", "deltaforge", "run", str(yaml_path), "--workers", workers]
     if skip_preflight:
@@ -96,7 +101,8 @@ def run_engine(env: BenchEnv, backlog: Backlog, *, processors: bool = True, work
     proc: subprocess.Popen[bytes] | None = None
     spy: subprocess.Popen[bytes] | None = None
     try:
-        client.delete(stream)
+        for s in streams:  # one by one: on a cluster they may be in different slots
+            client.delete(s)
         with log_path.open("wb") as log:
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=engine_environ(env),
@@ -111,7 +117,7 @@ def run_engine(env: BenchEnv, backlog: Backlog, *, processors: bool = True, work
         first: tuple[int, dict[int, float]] | None = None  # (entries, CPU s per pid) once streaming
         while True:
             rss.sample()
-            n = int(client.xlen(stream))
+            n = sum(int(client.xlen(s)) for s in streams)
             if first is None and n > 0:
                 first = (n, {p["pid"]: p["cpu_s"] for p in process_cpu(proc.pid)})
             if progress is not None and n != last_n:
@@ -139,7 +145,7 @@ def run_engine(env: BenchEnv, backlog: Backlog, *, processors: bool = True, work
         if proc.returncode not in (0, -signal.SIGTERM):
             raise BenchError(f"the engine exited with {proc.returncode} on SIGTERM: {_last_line(log_path)}",
                              f"see the engine's log {log_path}")
-        entries, rate = stream_rate(client, stream)
+        entries, rate = stream_rate(client, streams)
         if entries != backlog.rows:
             raise BenchError(f"the engine's stream holds {entries} entries for {backlog.rows} row changes",
                              "exactly-once is broken: report this with the engine's log " + str(log_path))

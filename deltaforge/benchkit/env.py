@@ -175,20 +175,22 @@ def binlog_position(env: BenchEnv) -> str:
     return f"{row[0]}:{row[1]}"
 
 
-def stream_rate(redis_client: Any, stream: str) -> tuple[int, float]:
-    """(entries, events/s from the first to the last entry of ``stream``).
+def stream_rate(redis_client: Any, stream: str | list[str]) -> tuple[int, float]:
+    """(entries, events/s from the first to the last entry of ``stream``, or of several streams
+    taken together: the earliest first entry to the latest last one).
 
     Uses the millisecond timestamps of the auto-generated entry ids:
     ``(N - 1) / (last_ms - first_ms) * 1000``. The first entry starts the clock, so it
     is not counted. A span under 1 ms is taken as 1 ms; fewer than 2 entries give 0.0.
     """
-    n = int(redis_client.xlen(stream))
+    streams = [stream] if isinstance(stream, str) else stream
+    n = sum(int(redis_client.xlen(s)) for s in streams)
     if n < 2:
         return n, 0.0
-    first = redis_client.xrange(stream, count=1)
-    last = redis_client.xrevrange(stream, count=1)
-    first_ms = _id_ms(first[0][0])
-    last_ms = _id_ms(last[0][0])
+    firsts = [r[0][0] for r in (redis_client.xrange(s, count=1) for s in streams) if r]
+    lasts = [r[0][0] for r in (redis_client.xrevrange(s, count=1) for s in streams) if r]
+    first_ms = min(_id_ms(i) for i in firsts)
+    last_ms = max(_id_ms(i) for i in lasts)
     span = max(last_ms - first_ms, 1)
     return n, (n - 1) / span * 1000.0
 

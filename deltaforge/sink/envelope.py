@@ -229,6 +229,11 @@ class StreamTemplate:
     def is_template(self) -> bool:
         return self.static is None
 
+    @property
+    def per_table(self) -> bool:
+        """A template over table-level fields only: events of one (tenant, table) share a stream."""
+        return self._table_level
+
     def render(self, event: Event) -> str:
         if self.static is not None:
             return self.static

@@ -30,9 +30,10 @@ miss costs re-reading, never a duplicate. The floor records how many parts exist
 at the next start means a checkpoint vanished (Redis lost data), and the sink stops rather than
 guess, as a single sink does.
 
-Hazards: a batch is decoded to events here (templates render per event anyway), and each part
-is one round trip and one connection: this is the correctness path for unhashed templates, not
-the fast path. A hash-tagged template keeps one MULTI per batch.
+Cost: each stream of a batch is one round trip (sequential) and each part one connection; a
+per-table template splits the reader's block by its table column, decoding one event per
+table, and the parts pass the bytes on as they are. A hash-tagged template keeps one MULTI per
+batch.
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ import msgspec
 
 from deltaforge.dsn import parse_redis_uri
 from deltaforge.errors import ConfigError, FencedError, SinkError, SinkUnavailable
-from deltaforge.model import Batch, DeadLetter, Event, OrderKey, Position, min_position, position_le
+from deltaforge.model import (
+    Batch,
+    DeadLetter,
+    Event,
+    EventBlock,
+    OrderKey,
+    Position,
+    min_position,
+    position_le,
+)
 from deltaforge.sink.envelope import StreamTemplate, hash_tag
 from deltaforge.sink.redis_conn import RedisConnection, classify
 from deltaforge.sink.redis_stream import (
@@ -314,20 +324,32 @@ class SlotSplitSink(SinkIdentity):
 
     # ------------------------------------------------------------------ write
 
+    def _streams_of(self, events: list[Event] | EventBlock) -> list[str]:
+        """Each event's stream. A block under a per-table template is rendered once per (tenant,
+        table), from one decoded event: the rest stay bytes."""
+        if not isinstance(events, EventBlock) or not self.template.per_table:
+            return self.template.render_batch(events)
+        names: dict[tuple[str | None, str], str] = {}
+        out = []
+        for i, key in enumerate(zip(events.tenants, events.tables, strict=True)):
+            name = names.get(key)
+            if name is None:
+                name = names[key] = self.template.render(events[i])
+            out.append(name)
+        return out
+
     def write(self, batch: Batch) -> None:
         if self._fenced is not None:
             raise self._fenced
         self._seq = max(self._seq, batch.seq)
-        events: list[Event] = list(batch.events)
-        groups: dict[str, tuple[list[Event], list[OrderKey], list[DeadLetter], list[OrderKey]]] = {}
-        for stream, event, key in zip(self.template.render_batch(events), events, batch.keys, strict=True):
-            g = groups.setdefault(stream, ([], [], [], []))
-            g[0].append(event)
-            g[1].append(key)
+        events = batch.events
+        groups: dict[str, tuple[list[int], list[DeadLetter], list[OrderKey]]] = {}
+        for i, stream in enumerate(self._streams_of(events)):
+            groups.setdefault(stream, ([], [], []))[0].append(i)
         for d, key in zip(batch.dead, batch.dead_keys, strict=True):
-            g = groups.setdefault(self.template.render(_dead_event(d)), ([], [], [], []))
-            g[2].append(d)
-            g[3].append(key)
+            g = groups.setdefault(self.template.render(_dead_event(d)), ([], [], []))
+            g[1].append(d)
+            g[2].append(key)
         fresh = sorted(s for s in groups if s not in self.parts)
         if fresh:
             # A new stream's part has no checkpoint yet: the floor must not be past its first entries.
@@ -337,8 +359,9 @@ class SlotSplitSink(SinkIdentity):
             for stream in fresh:
                 self._open_part(stream, None)
             for stream in sorted(groups):
-                ev, keys, dead, dead_keys = groups[stream]
-                self.parts[stream].write(Batch(seq=batch.seq, events=ev, keys=keys, end=batch.end,
+                indices, dead, dead_keys = groups[stream]
+                self.parts[stream].write(Batch(seq=batch.seq, events=_subset(events, indices),
+                                               keys=[batch.keys[i] for i in indices], end=batch.end,
                                                origin=batch.origin, dead=dead, dead_keys=dead_keys))
         except FencedError as e:
             self._fenced = e
@@ -354,3 +377,14 @@ def make_redis_sink(cfg: Any, pipeline_name: str, tenant: str | None, path: str)
     if spreads_over_slots(cfg.uri, cfg.stream):
         return SlotSplitSink(cfg, pipeline_name, tenant, path)
     return RedisStreamSink(cfg, pipeline_name, tenant, path)
+
+
+def _subset(events: list[Event] | EventBlock, indices: list[int]) -> list[Event] | EventBlock:
+    """The events at ``indices`` (in order), as a block of the same bytes when ``events`` is one."""
+    if len(indices) == len(events):
+        return events  # the whole batch went to one stream
+    if not isinstance(events, EventBlock):
+        return [events[i] for i in indices]
+    return EventBlock.from_lines([events.line(i) for i in indices], [events.tables[i] for i in indices],
+                                 [events.txids[i] for i in indices], [events.tenants[i] for i in indices],
+                                 events.ids_are_uuids())
