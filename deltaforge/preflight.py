@@ -848,23 +848,38 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
                               if uri.tls else {}))
         try:
             info = node.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
+        except redis.exceptions.NoPermissionError:
+            info = None  # the sink does not need CLUSTER INFO, its ACL need not allow it
         finally:
             node.close()
     except redis.AuthenticationError as e:
         results.append(_auth_failure(name, uri, str(e), where))
+        return None
+    except redis.exceptions.NoPermissionError as e:
+        from deltaforge.sink.redis_conn import CLUSTER_ACL_HINT
+
+        results.append(_fail(name, "redis.permissions", f"user {uri.username or 'default'} may not run CLUSTER "
+                             f"SLOTS on the cluster {uri.redacted()}, which finds the owner of slot {slot}: "
+                             f"NOPERM {e}", CLUSTER_ACL_HINT))
         return None
     except redis.RedisError as e:
         results.append(_fail(name, "redis.topology", f"no node of the cluster {uri.redacted()} answers for slot "
                              f"{slot} of the sink's keys: {e}", f"check the seed addresses in {where} and "
                              "CLUSTER INFO on the nodes"))
         return None
+    keys = f"slot {slot}: {spread or 'checkpoint'} {ckpt}{')' if spread else ''}"
+    if info is None:
+        results.append(_ok(name, "redis.topology", f"Cluster: the sink's keys ({keys}) on {owner[0]}:{owner[1]} "
+                           f"(user {uri.username or 'default'} may not run CLUSTER INFO: the cluster's state "
+                           "is not checked)"))
+        return owner
     if isinstance(info, bytes):
         info = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
     fields = {str(k): str(v).strip() for k, v in info.items()}
     state, served = fields.get("cluster_state", "?"), fields.get("cluster_slots_ok", "?")
     detail = (f"Cluster: {fields.get('cluster_size', '?')} masters, {fields.get('cluster_known_nodes', '?')} "
-              f"nodes, state {state}, {served} of 16384 slots served; the sink's keys (slot {slot}: "
-              f"{spread or 'checkpoint'} {ckpt}{')' if spread else ''}) on {owner[0]}:{owner[1]}")
+              f"nodes, state {state}, {served} of 16384 slots served; the sink's keys ({keys}) on "
+              f"{owner[0]}:{owner[1]}")
     if state != "ok":
         results.append(_fail(name, "redis.topology", detail, "fix the cluster (CLUSTER INFO, redis-cli --cluster check)"))
         return None
@@ -883,6 +898,7 @@ def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResul
     named: dict[tuple[str, int], int] = {}
     unreachable: list[str] = []
     replicas = 0
+    replicas_refused = False
     for node in s.sentinels:
         addr = "{host}:{port}".format(**node.connection_pool.connection_kwargs)
         try:
@@ -890,10 +906,21 @@ def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResul
             if reply:
                 key = (reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0]), int(reply[1]))
                 named[key] = named.get(key, 0) + 1
-                replicas = max(replicas, len(node.sentinel_slaves(uri.service) or []))
+                try:
+                    replicas = max(replicas, len(node.sentinel_slaves(uri.service) or []))
+                except redis.exceptions.NoPermissionError:
+                    replicas_refused = True  # not in SENTINEL_ACL_COMMANDS: the count is a nicety
         except redis.AuthenticationError as e:
             results.append(_fail(name, "redis.topology", f"sentinel {addr} refused the credentials: {e}",
                                  f"set sentinel_username/sentinel_password in {where} to the sentinels' own"))
+            return False
+        except redis.exceptions.NoPermissionError as e:
+            from deltaforge.redisclient import SENTINEL_ACL_COMMANDS
+
+            who = uri.params.get("sentinel_username") or "default"
+            results.append(_fail(name, "redis.permissions", f"sentinel {addr} refused SENTINEL GET-MASTER-ADDR-BY-NAME "
+                                 f"to user {who}: NOPERM {e}", f"the sentinels' user (sentinel_username in {where}) "
+                                 f"needs {' '.join(SENTINEL_ACL_COMMANDS)} on every sentinel"))
             return False
         except redis.RedisError as e:
             unreachable.append(f"{addr} ({_root_cause(e) or e})")
@@ -903,10 +930,24 @@ def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResul
         results.append(_fail(name, "redis.topology", detail,
                              f"check the sentinel addresses in {where} and `sentinel monitor {uri.service} ...`"))
         return False
+    try:
+        s.discover_master(uri.service)  # what the sink, the worker and LeaseCache ask: SENTINEL MASTERS
+    except redis.exceptions.NoPermissionError as e:
+        from deltaforge.redisclient import SENTINEL_ACL_COMMANDS
+
+        who = uri.params.get("sentinel_username") or "default"
+        results.append(_fail(name, "redis.permissions", f"a sentinel of {uri.redacted()} refused SENTINEL MASTERS, "
+                             f"how the sink finds the master, to user {who}: NOPERM {e}",
+                             f"the sentinels' user (sentinel_username in {where}) needs "
+                             f"{' '.join(SENTINEL_ACL_COMMANDS)} on every sentinel"))
+        return False
+    except redis.RedisError:
+        pass  # a sentinel that saw the master down, or none reachable now: the sink waits and retries
     (host, port), votes = max(named.items(), key=lambda kv: kv[1])
     total = len(s.sentinels)
     detail = (f"Sentinel: service {uri.service!r}, master {host}:{port} named by {votes} of {total} sentinels, "
-              f"{replicas} replica(s)")
+              + ("replicas not counted (SENTINEL SLAVES refused)" if replicas_refused and not replicas
+                 else f"{replicas} replica(s)"))
     if len(named) > 1 or unreachable:
         others = ", ".join(f"{h}:{p}" for (h, p) in named if (h, p) != (host, port))
         detail += (f"; disagreeing: {others}" if others else "") + (
@@ -991,7 +1032,11 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
         if kind == "none":
             results.append(_ok(name, "redis.stream", f"stream {stream!r} does not exist yet (the first XADD creates it)"))
         elif kind == "stream":
-            results.append(_ok(name, "redis.stream", f"stream {stream!r} exists ({client.xlen(stream)} entries)"))
+            try:
+                length = f" ({client.xlen(stream)} entries)"
+            except redis.exceptions.NoPermissionError:
+                length = ""  # the sink does not need XLEN, its ACL need not allow it
+            results.append(_ok(name, "redis.stream", f"stream {stream!r} exists{length}"))
         else:
             results.append(_fail(
                 name, "redis.stream", f"key {stream!r} holds a {kind}, not a stream: XADD would fail with WRONGTYPE",

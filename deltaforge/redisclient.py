@@ -99,6 +99,15 @@ def redis_py_client(uri: RedisURI, *, connect_timeout: float | None = None, sock
     return redis.Redis(host=uri.host, port=uri.port, db=uri.db, **common)
 
 
+#: what the sentinels' user (the URI's ``sentinel_username``) must be allowed on every sentinel
+#: (README, Security; tests/test_topology_acls.py runs one with just these): SENTINEL MASTERS is how
+#: redis-py's ``discover_master`` finds the master (the sink at every connect, the worker,
+#: LeaseCache); ``deltaforge check`` (and ``deltaforge run``'s preflight) asks each sentinel
+#: GET-MASTER-ADDR-BY-NAME to compare their answers. (Its replica count, SENTINEL SLAVES, is
+#: left out when refused.) AUTH: the login.
+SENTINEL_ACL_COMMANDS = ("+sentinel|masters", "+sentinel|get-master-addr-by-name", "+auth")
+
+
 def sentinel(uri: RedisURI, *, connect_timeout: float | None = None) -> Any:
     """A ``redis.sentinel.Sentinel`` over the URI's sentinels (their own credentials from
     ``sentinel_username``/``sentinel_password``; TLS as the URI says)."""
@@ -114,7 +123,8 @@ def sentinel(uri: RedisURI, *, connect_timeout: float | None = None) -> Any:
 def sentinel_master(uri: RedisURI, *, connect_timeout: float | None = None) -> tuple[str, int]:
     """The address the sentinels give for ``uri.service`` now (redis-py checks that the sentinel
     answering sees the master up and is not in the minority). Raises ``redis.sentinel.MasterNotFoundError``
-    (a ``ConnectionError``) when no sentinel knows a master for it."""
+    (a ``ConnectionError``) when no sentinel knows a master for it, and ``redis.exceptions.NoPermissionError``
+    when a sentinel refuses SENTINEL MASTERS to the URI's sentinel user (:data:`SENTINEL_ACL_COMMANDS`)."""
     host, port = sentinel(uri, connect_timeout=connect_timeout).discover_master(uri.service)
     return _text(host), int(port)
 
@@ -126,7 +136,9 @@ def _text(value: Any) -> str:
 def cluster_slot_owner(uri: RedisURI, slot: int, *, connect_timeout: float | None = None) -> tuple[str, int]:
     """The address of the master serving ``slot`` now, from ``CLUSTER SLOTS`` of the first seed
     node that answers (asked again on every connect: resharding and failovers move slots).
-    Raises ``redis.ConnectionError`` when no seed answers or no node serves the slot."""
+    Raises ``redis.ConnectionError`` when no seed answers or no node serves the slot, and
+    ``redis.AuthenticationError``/``redis.exceptions.NoPermissionError`` (a user without
+    ``+cluster|slots``) at once: retrying cannot cure them."""
     errors: list[str] = []
     for host, port in uri.seeds:
         client = redis.Redis(host=host, port=port, username=uri.username, password=uri.password,
@@ -137,7 +149,7 @@ def cluster_slot_owner(uri: RedisURI, slot: int, *, connect_timeout: float | Non
                 if int(first) <= slot <= int(last):
                     return (_text(master[0]) or host), int(master[1])
             errors.append(f"{host}:{port} knows no node serving slot {slot}")
-        except redis.AuthenticationError:
+        except (redis.AuthenticationError, redis.exceptions.NoPermissionError):
             raise
         except redis.RedisError as e:
             errors.append(f"{host}:{port}: {e}")

@@ -49,9 +49,22 @@ _AUTH_PREFIXES = frozenset(("NOAUTH", "WRONGPASS", "NOPERM"))
 #: every command a sink sends (README, Security; tests/test_security.py runs a sink user with just these)
 ACL_COMMANDS = ("+xadd", "+xrevrange", "+set", "+get", "+del", "+type", "+watch", "+multi", "+exec", "+select",
                 "+auth", "+client|setname")
+#: and what it sends besides on a Redis Cluster (``redis+cluster://``), on every node, masters and
+#: replicas (a failover promotes a replica; tests/test_topology_acls.py runs a sink user with just
+#: these): CLUSTER SLOTS, to find the master of the sink's slot at every connect. A template without
+#: a hash tag (sink/slot_split.py) also SCANs every master for its per-stream checkpoints when it
+#: opens (and GETs them), through redis-py's cluster client: it reads the slot map (CLUSTER SLOTS)
+#: and the command table (COMMAND) when it is built, and follows an ASK (a slot being migrated) with
+#: ASKING.
+CLUSTER_ACL_COMMANDS = ("+cluster|slots", "+scan", "+command", "+asking")
 ACL_HINT = (
     f"the Redis user needs the commands {' '.join(ACL_COMMANDS)} on the stream and checkpoint keys "
-    "(ACL SETUSER <user> ... ~<keys>)"
+    f"(ACL SETUSER <user> ... ~<keys>); on a Redis Cluster also {' '.join(CLUSTER_ACL_COMMANDS)}, on every node"
+)
+#: the hint when a cluster refuses what finding the slot's owner (or a spread template's SCAN) needs
+CLUSTER_ACL_HINT = (
+    f"on a Redis Cluster the sink's user needs {' '.join(CLUSTER_ACL_COMMANDS)} besides {' '.join(ACL_COMMANDS)}, "
+    "on every node, replicas included (ACL SETUSER <user> ... on each)"
 )
 
 _RETRY_HINTS = {
@@ -93,6 +106,8 @@ def classify(err: object, what: str) -> SinkError:
                          "remove the password from the sink URI, or set requirepass / an ACL user on Redis")
     if prefix == "NOPERM":
         return SinkError(f"{what} failed: permission denied ({text})", ACL_HINT)
+    if type(err).__name__ == "NoPermissionError":  # redis-py's, its NOPERM prefix stripped
+        return SinkError(f"{what} failed: permission denied (NOPERM {text})", ACL_HINT)
     if prefix == "WRONGTYPE":
         return SinkError(f"{what} failed: {text}",
                          "the key exists with another type; delete it or point the sink at another key")
@@ -148,6 +163,9 @@ class RedisConnection:
         except redis.AuthenticationError as e:
             raise SinkError(f"the cluster {self.uri.redacted()} refused the credentials: {e}",
                             "fix the user/password in the sink URI") from None
+        except redis.exceptions.NoPermissionError as e:
+            raise SinkError(f"the cluster {self.uri.redacted()} refused CLUSTER SLOTS, which finds the owner of "
+                            f"slot {self.slot}: permission denied (NOPERM {e})", CLUSTER_ACL_HINT) from None
         except redis.RedisError as e:
             raise SinkUnavailable(f"no node of the cluster {self.uri.redacted()} serves slot {self.slot} now: {e}",
                                   "check the cluster (CLUSTER INFO); a failover in progress resolves itself, "
@@ -157,7 +175,7 @@ class RedisConnection:
         """Ask the sentinels where the master is now (on every connect: a failover moves it)."""
         import redis
 
-        from deltaforge.redisclient import sentinel_master
+        from deltaforge.redisclient import SENTINEL_ACL_COMMANDS, sentinel_master
 
         uri = self.uri
         try:
@@ -166,6 +184,11 @@ class RedisConnection:
             raise SinkError(f"the sentinels of {uri.redacted()} refused the credentials: {e}",
                             "set sentinel_username/sentinel_password in the sink URI to the sentinels' own "
                             "(the user:password part is the master's)") from None
+        except redis.exceptions.NoPermissionError as e:
+            who = uri.params.get("sentinel_username") or "default"
+            raise SinkError(f"a sentinel of {uri.redacted()} refused SENTINEL MASTERS to user {who}: permission "
+                            f"denied (NOPERM {e})", f"the sentinels' user needs {' '.join(SENTINEL_ACL_COMMANDS)} "
+                            "on every sentinel (ACL SETUSER <user> ... on each)") from None
         except redis.RedisError as e:  # MasterNotFoundError is a ConnectionError
             raise SinkUnavailable(
                 f"no sentinel of {uri.redacted()} names a master for service {uri.service!r} now: {e}",
