@@ -165,9 +165,10 @@ class SlotSplitSink(SinkIdentity):
 
         middle = f":deltaforge:checkpoint:{self.pipeline}:{self.id}:"
         pattern = "*" + _glob_escape(middle) + "*"
-        client = redis_py_client(self.uri, connect_timeout=5.0, socket_timeout=10.0)
         found: dict[str, bytes] = {}
+        client = None
         try:
+            client = redis_py_client(self.uri, connect_timeout=5.0, socket_timeout=10.0)
             keys = sorted({k for k in client.scan_iter(match=pattern, count=1000, target_nodes="primaries")})
             for key in keys:
                 text = key.decode("utf-8", "replace")
@@ -181,14 +182,17 @@ class SlotSplitSink(SinkIdentity):
                 value = client.get(key)
                 if value is not None:
                     found[stream] = value
+        except redis.exceptions.NoPermissionError as e:
+            raise classify(e, f"scanning {self.uri.redacted()} for the checkpoints of sink {self.id}") from e
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.ClusterDownError) as e:
+                redis.exceptions.ClusterDownError, redis.exceptions.RedisClusterException) as e:
             raise SinkUnavailable(f"sink {self.id}: scanning {self.uri.redacted()} for its checkpoints failed: {e}",
                                   "DeltaForge retries with backoff") from e
         except redis.exceptions.RedisError as e:
             raise classify(e, f"scanning {self.uri.redacted()} for the checkpoints of sink {self.id}") from e
         finally:
-            client.close()
+            if client is not None:
+                client.close()
         return found
 
     # ------------------------------------------------------------------ floor
