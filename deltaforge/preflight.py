@@ -831,7 +831,7 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
     served, and which master holds the sink's slot (returned; None with a failed result)."""
     import redis
 
-    from deltaforge.redisclient import cluster_slot_owner
+    from deltaforge.redisclient import _tls_kwargs, cluster_slot_owner, tls_failure
     from deltaforge.sink.slot_split import make_redis_sink
 
     # (a template spread over slots: its floor key; each stream's own checkpoint is known per event)
@@ -843,13 +843,13 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
         owner = cluster_slot_owner(uri, slot, connect_timeout=CONNECT_TIMEOUT_S)
         node = redis.Redis(host=owner[0], port=owner[1], username=uri.username, password=uri.password,
                            socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=QUERY_TIMEOUT_S,
-                           **({"ssl": True, "ssl_ca_certs": uri.params.get("ssl_ca_certs"),
-                               "ssl_cert_reqs": (uri.params.get("ssl_cert_reqs") or "required").lower()}
-                              if uri.tls else {}))
+                           **_tls_kwargs(uri))
         try:
-            info = node.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
-        except redis.exceptions.NoPermissionError:
-            info = None  # the sink does not need CLUSTER INFO, its ACL need not allow it
+            try:
+                info = node.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
+            except redis.exceptions.NoPermissionError:
+                info = None  # the sink does not need CLUSTER INFO, its ACL need not allow it
+            tls = _tls_words(uri, _tls_session(node), "the seed and the slot's master") if uri.tls else ""
         finally:
             node.close()
     except redis.AuthenticationError as e:
@@ -863,15 +863,21 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
                              f"NOPERM {e}", CLUSTER_ACL_HINT))
         return None
     except redis.RedisError as e:
+        failed = tls_failure(e, where)
+        if failed is not None:
+            results.append(_fail(name, "redis.tls", f"TLS to the cluster {uri.redacted()} failed: {failed[0]}",
+                                 failed[1]))
+            return None
         results.append(_fail(name, "redis.topology", f"no node of the cluster {uri.redacted()} answers for slot "
                              f"{slot} of the sink's keys: {e}", f"check the seed addresses in {where} and "
                              "CLUSTER INFO on the nodes"))
         return None
     keys = f"slot {slot}: {spread or 'checkpoint'} {ckpt}{')' if spread else ''}"
+    tls = f"; {tls}" if tls else ""
     if info is None:
         results.append(_ok(name, "redis.topology", f"Cluster: the sink's keys ({keys}) on {owner[0]}:{owner[1]} "
                            f"(user {uri.username or 'default'} may not run CLUSTER INFO: the cluster's state "
-                           "is not checked)"))
+                           f"is not checked){tls}"))
         return owner
     if isinstance(info, bytes):
         info = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
@@ -879,7 +885,7 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
     state, served = fields.get("cluster_state", "?"), fields.get("cluster_slots_ok", "?")
     detail = (f"Cluster: {fields.get('cluster_size', '?')} masters, {fields.get('cluster_known_nodes', '?')} "
               f"nodes, state {state}, {served} of 16384 slots served; the sink's keys ({keys}) on "
-              f"{owner[0]}:{owner[1]}")
+              f"{owner[0]}:{owner[1]}{tls}")
     if state != "ok":
         results.append(_fail(name, "redis.topology", detail, "fix the cluster (CLUSTER INFO, redis-cli --cluster check)"))
         return None
@@ -890,12 +896,23 @@ def _cluster_topology(name: str, index: int, uri: Any, sc: Any, pipeline: str, w
 def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResult]) -> bool:
     """The ``redis.topology`` line of a Sentinel URI: which master each reachable sentinel names for
     the service, and its replicas. False (with a failed result) when no sentinel names one."""
-    import redis
-
     from deltaforge.redisclient import sentinel
 
     s = sentinel(uri, connect_timeout=CONNECT_TIMEOUT_S)
+    try:
+        return _sentinel_topology_of(s, name, uri, where, results)
+    finally:
+        for node in s.sentinels:
+            node.close()
+
+
+def _sentinel_topology_of(s: Any, name: str, uri: Any, where: str, results: list[CheckResult]) -> bool:
+    import redis
+
+    from deltaforge.redisclient import tls_failure
+
     named: dict[tuple[str, int], int] = {}
+    tls = ""  # how the first sentinel that answered was reached (rediss+sentinel)
     unreachable: list[str] = []
     replicas = 0
     replicas_refused = False
@@ -903,6 +920,8 @@ def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResul
         addr = "{host}:{port}".format(**node.connection_pool.connection_kwargs)
         try:
             reply = node.sentinel_get_master_addr_by_name(uri.service)
+            if uri.tls and not tls:
+                tls = _tls_words(uri, _tls_session(node), "the sentinels")
             if reply:
                 key = (reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0]), int(reply[1]))
                 named[key] = named.get(key, 0) + 1
@@ -923,6 +942,10 @@ def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResul
                                  f"needs {' '.join(SENTINEL_ACL_COMMANDS)} on every sentinel"))
             return False
         except redis.RedisError as e:
+            failed = tls_failure(e, where)
+            if failed is not None:  # not a sentinel that is down: every connection to it fails so
+                results.append(_fail(name, "redis.tls", f"TLS to sentinel {addr} failed: {failed[0]}", failed[1]))
+                return False
             unreachable.append(f"{addr} ({_root_cause(e) or e})")
     if not named:
         detail = (f"no sentinel of {uri.redacted()} names a master for service {uri.service!r}"
@@ -947,7 +970,7 @@ def _sentinel_topology(name: str, uri: Any, where: str, results: list[CheckResul
     total = len(s.sentinels)
     detail = (f"Sentinel: service {uri.service!r}, master {host}:{port} named by {votes} of {total} sentinels, "
               + ("replicas not counted (SENTINEL SLAVES refused)" if replicas_refused and not replicas
-                 else f"{replicas} replica(s)"))
+                 else f"{replicas} replica(s)") + (f"; {tls}" if tls else ""))
     if len(named) > 1 or unreachable:
         others = ", ".join(f"{h}:{p}" for (h, p) in named if (h, p) != (host, port))
         detail += (f"; disagreeing: {others}" if others else "") + (
@@ -963,7 +986,7 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
                      results: list[CheckResult]) -> None:
     import redis
 
-    from deltaforge.redisclient import redis_py_client
+    from deltaforge.redisclient import redis_py_client, tls_failure
 
     where = f"REDIS_URI / spec.sinks[{index}].config.uri"
     if uri.topology == "sentinel" and not _sentinel_topology(name, uri, where, results):
@@ -992,6 +1015,11 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
                 return
             raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            failed = tls_failure(e, where)
+            if failed is not None:
+                at = f"the master {uri.service!r} the sentinels name" if uri.topology == "sentinel" else uri.redacted()
+                results.append(_fail(name, "redis.tls", f"TLS to {at} failed: {failed[0]}", failed[1]))
+                return
             detail, fix = _network_fix(uri.host, uri.port, _root_cause(e), str(e), where)
             results.append(_fail(name, "redis.reachable", detail, fix))
             return
@@ -1045,23 +1073,45 @@ def _check_one_redis(name: str, index: int, uri: Any, sc: Any, pipeline: str,
         client.close()
 
 
-def _redis_tls_result(name: str, client: Any, uri: Any, where: str) -> CheckResult:
-    """What the Redis connection got (as :func:`_tls_result` for MySQL)."""
+def _tls_session(client: Any) -> tuple[str, str, str] | None:
+    """``(TLS version, cipher, host)`` of a connection of ``client``'s pool (the one the last command
+    used: connected, on a sentinel master's pool the master); None when it is not TLS."""
     conn = client.connection_pool.get_connection()
     try:
         sock: Any = getattr(conn, "_sock", None)
         version = sock.version() if hasattr(sock, "version") else None
-        cipher = (sock.cipher() or ("?",))[0] if version else ""
+        if not version:
+            return None
+        return str(version), str((sock.cipher() or ("?",))[0]), str(getattr(conn, "host", "") or "")
     finally:
         client.connection_pool.release(conn)
+
+
+def _tls_words(uri: Any, session: tuple[str, str, str] | None, to: str) -> str:
+    """How ``to`` (the sentinels, a cluster's nodes) was reached, for a topology line."""
+    if session is None:
+        return f"{to}: plain connections, not encrypted"
+    version, cipher, _host = session
+    if (uri.params.get("ssl_cert_reqs") or "required").lower() == "none":
+        return f"{to} over TLS ({version}, {cipher}), certificates not verified (ssl_cert_reqs=none)"
+    ca = uri.params.get("ssl_ca_certs") or "the system's CAs"
+    return f"{to} over TLS ({version}, {cipher}), certificates and host names verified (CA: {ca})"
+
+
+def _redis_tls_result(name: str, client: Any, uri: Any, where: str) -> CheckResult:
+    """What the Redis connection got (as :func:`_tls_result` for MySQL): the host is the one connected
+    to (a Sentinel URI's first address is a sentinel's, not the master's)."""
+    session = _tls_session(client)
+    version, cipher, host = session or (None, "", "")
+    host = host or uri.host
     verify = (uri.params.get("ssl_cert_reqs") or "required").lower() != "none"
     if version:
         ca = uri.params.get("ssl_ca_certs") or "the system's CAs"
-        detail = f"TLS ({version}, {cipher}), " + (f"certificate verified (CA: {ca}; host {uri.host})" if verify
+        detail = f"TLS ({version}, {cipher}), " + (f"certificate verified (CA: {ca}; host {host})" if verify
                                                    else "certificate not verified (ssl_cert_reqs=none)")
     else:
         detail = "plain connection, not encrypted (redis://)"
-    if uri.password and (not version or not verify) and uri.host not in _LOOPBACK:
+    if uri.password and (not version or not verify) and host not in _LOOPBACK:
         return _warn(name, "redis.tls", f"{detail}: the password goes to a server that was not verified",
                      f"use rediss:// with ?ssl_ca_certs=<the server's CA file> in {where}")
     return _ok(name, "redis.tls", detail)

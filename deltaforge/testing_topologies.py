@@ -23,6 +23,17 @@ machine's own Redis on 6379.
     takes 10-20 s. With a password, the data nodes require it (``requirepass``/``masterauth``) and the
     sentinels know it (``auth-pass``); the sentinels themselves need no password.
 
+With ``tls=`` (a :class:`~deltaforge.testing.TLSFiles`), both topologies speak TLS only: every node
+listens on its TLS port alone (``--port 0 --tls-port <port>``, the server certificate for 127.0.0.1,
+clients not asked for certificates), the cluster bus (``--tls-cluster yes``), replication and the
+sentinels' links to the data nodes and to each other (``--tls-replication yes``) are encrypted too.
+Every helper (:meth:`RedisNode.client`, ``redis-cli --cluster create --tls --cacert``, the
+resharding and failover helpers, the sentinels' client) then connects with TLS and verifies the
+certificate against the test CA, host name included; :attr:`~RedisCluster.uri` is
+``rediss+cluster://...?ssl_ca_certs=<ca>`` and :attr:`~RedisSentinelSet.uri`
+``rediss+sentinel://...&ssl_ca_certs=<ca>``. Waiting for a port is a TCP connect, which a TLS-only
+port accepts as well. Without ``tls`` the command lines and URIs are exactly the plain ones.
+
 Every wait has a deadline and fails with :class:`TopologyTimeout` naming what did not happen, the
 last error seen and the involved nodes' log tails. A missing binary raises
 :class:`~deltaforge.testing.MissingBinaryError` (tests fail, never skip).
@@ -54,7 +65,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from deltaforge.errors import DeltaForgeError
-from deltaforge.testing import _wait_port, require_binary
+from deltaforge.testing import TLSFiles, _wait_port, require_binary
 
 HOST = "127.0.0.1"
 #: ``redis.cluster.key_slot``'s modulus: slots are 0..16383
@@ -99,13 +110,15 @@ class RedisNode:
     """
 
     def __init__(self, kind: str, port: int, dir: Path, args: list[str], *, password: str | None = None,
-                 bus_port: int = 0) -> None:
+                 bus_port: int = 0, tls: TLSFiles | None = None) -> None:
         self.kind = kind
         self.port = port
         self.bus_port = bus_port
         self.dir = dir
         self.args = args
         self.password = password
+        #: the node listens with TLS only: clients connect with TLS, verifying against ``tls.ca``
+        self.tls = tls
         self.log = dir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.role = "down"
@@ -138,13 +151,15 @@ class RedisNode:
         _wait_port(self.port, self.proc, f"redis-server ({self.kind})", self.log, timeout)
 
     def client(self, **kw: Any) -> Any:
-        """A ``redis.Redis`` to this node only (no redirections followed)."""
+        """A ``redis.Redis`` to this node only (no redirections followed); TLS, verified, on a TLS node."""
         import redis
 
         kw.setdefault("socket_timeout", 5)
         kw.setdefault("socket_connect_timeout", 2)
         if self.kind != "sentinel":
             kw.setdefault("password", self.password)
+        for name, value in _tls_client_kwargs(self.tls).items():
+            kw.setdefault(name, value)
         return redis.Redis(host=HOST, port=self.port, **kw)
 
     def call(self, *args: Any, timeout: float = 5.0) -> Any:
@@ -227,8 +242,31 @@ def _server_binaries() -> tuple[str, str]:
     return (require_binary(("redis-server",), "redis-server"), require_binary(("redis-cli",), "redis-server"))
 
 
-def _data_node_args(server: str, port: int, dir: Path, password: str | None) -> list[str]:
-    args = [server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+def _tls_client_kwargs(tls: TLSFiles | None) -> dict[str, Any]:
+    """redis-py's arguments for a verified TLS connection to a node of a TLS topology (none without TLS)."""
+    if tls is None:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": str(tls.ca), "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+
+def _tls_server_args(tls: TLSFiles) -> list[str]:
+    """A TLS node's TLS options (its port options apart): the server certificate for 127.0.0.1, the CA
+    it verifies its peers with (the cluster bus, replication), clients not asked for a certificate,
+    and replication (the sentinels' links too) over TLS."""
+    return ["--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key),
+            "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no", "--tls-replication", "yes"]
+
+
+def _port_args(port: int, tls: TLSFiles | None) -> list[str]:
+    """``--port <port>``; with TLS, ``--port 0 --tls-port <port>`` and the TLS options: TLS only."""
+    if tls is None:
+        return ["--port", str(port)]
+    return ["--port", "0", "--tls-port", str(port), *_tls_server_args(tls)]
+
+
+def _data_node_args(server: str, port: int, dir: Path, password: str | None,
+                    tls: TLSFiles | None = None) -> list[str]:
+    args = [server, *_port_args(port, tls), "--bind", HOST, "--save", "", "--appendonly", "no",
             "--dir", str(dir), "--logfile", str(dir / "redis.log"), "--daemonize", "no",
             # a stop() must not wait 10 s for a replica that was killed (SIGTERM waits for lagging replicas)
             "--shutdown-timeout", "1",
@@ -296,12 +334,15 @@ class RedisCluster:
     ``with RedisCluster() as cluster: ...`` or ``cluster = RedisCluster().start()`` ... ``cluster.stop()``.
     """
 
-    def __init__(self, masters: int = 3, replicas_per_master: int = 1, *, password: str | None = None) -> None:
+    def __init__(self, masters: int = 3, replicas_per_master: int = 1, *, password: str | None = None,
+                 tls: TLSFiles | None = None) -> None:
         if masters < 3:
             raise DeltaForgeError(f"a Redis Cluster needs at least 3 masters, not {masters}")
         self.masters_count = masters
         self.replicas_per_master = replicas_per_master
         self.password = password
+        #: TLS only: clients, the cluster bus and replication (module docstring)
+        self.tls = tls
         self.nodes: list[RedisNode] = []
         self.dir: Path | None = None
 
@@ -317,11 +358,14 @@ class RedisCluster:
             for port, bus in zip(ports[:n], ports[n:], strict=True):
                 node_dir = self.dir / f"node-{port}"
                 node_dir.mkdir()
-                args = [*_data_node_args(server, port, node_dir, self.password),
+                args = [*_data_node_args(server, port, node_dir, self.password, self.tls),
                         "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / f"nodes-{port}.conf"),
                         "--cluster-node-timeout", "2000", "--cluster-port", str(bus),
                         "--cluster-announce-ip", HOST]
-                self.nodes.append(RedisNode("cluster", port, node_dir, args, password=self.password, bus_port=bus))
+                if self.tls is not None:
+                    args += ["--tls-cluster", "yes"]  # the bus too
+                self.nodes.append(RedisNode("cluster", port, node_dir, args, password=self.password, bus_port=bus,
+                                            tls=self.tls))
             for node in self.nodes:  # all launched before any is waited for: they boot in parallel
                 node.launch()
             for node in self.nodes:
@@ -340,6 +384,8 @@ class RedisCluster:
                 "--cluster-yes"]
         if self.password:
             args += ["-a", self.password, "--no-auth-warning"]
+        if self.tls is not None:
+            args += ["--tls", "--cacert", str(self.tls.ca)]
         log = self.dir / "cluster-create.log"
         with log.open("wb") as out:
             try:
@@ -373,15 +419,20 @@ class RedisCluster:
     @property
     def uri(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss+cluster://{auth}{','.join(self.seeds[:3])}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis+cluster://{auth}{','.join(self.seeds[:3])}/0"
 
     def client(self, **kw: Any) -> Any:
-        """A ``redis.cluster.RedisCluster`` seeded with every node (follows MOVED/ASK and failovers)."""
+        """A ``redis.cluster.RedisCluster`` seeded with every node (follows MOVED/ASK and failovers);
+        TLS, verified, on a TLS cluster."""
         from redis import cluster
 
         kw.setdefault("password", self.password)
         kw.setdefault("socket_timeout", 5)
         kw.setdefault("socket_connect_timeout", 2)
+        for name, value in _tls_client_kwargs(self.tls).items():
+            kw.setdefault(name, value)
         seed: Any = cluster.ClusterNode  # untyped in redis-py
         return cluster.RedisCluster(startup_nodes=[seed(HOST, node.port) for node in self.nodes], **kw)
 
@@ -601,9 +652,12 @@ SENTINEL_DEBUG = {"info-period": 1000, "publish-period": 1000, "ping-period": 50
 class RedisSentinelSet:
     """A primary, a replica and three sentinels monitoring them as ``service``."""
 
-    def __init__(self, service: str = "mymaster", *, password: str | None = None) -> None:
+    def __init__(self, service: str = "mymaster", *, password: str | None = None,
+                 tls: TLSFiles | None = None) -> None:
         self.service = service
         self.password = password
+        #: TLS only: the data nodes, the sentinels, replication and the sentinels' links (module docstring)
+        self.tls = tls
         self.data_nodes: list[RedisNode] = []
         self.sentinel_nodes: list[RedisNode] = []
         self.dir: Path | None = None
@@ -619,8 +673,9 @@ class RedisSentinelSet:
             for port, extra in ((primary_port, []), (replica_port, ["--replicaof", HOST, str(primary_port)])):
                 node_dir = self.dir / f"redis-{port}"
                 node_dir.mkdir()
-                args = [*_data_node_args(server, port, node_dir, self.password), *extra]
-                self.data_nodes.append(RedisNode("redis", port, node_dir, args, password=self.password))
+                args = [*_data_node_args(server, port, node_dir, self.password, self.tls), *extra]
+                self.data_nodes.append(RedisNode("redis", port, node_dir, args, password=self.password,
+                                                 tls=self.tls))
             for node in self.data_nodes:
                 node.launch()
             for node in self.data_nodes:
@@ -645,7 +700,10 @@ class RedisSentinelSet:
         assert self.dir is not None
         node_dir = self.dir / f"sentinel-{port}"
         node_dir.mkdir()
-        lines = [f"port {port}", f"bind {HOST}", f"dir {node_dir}", f"logfile {node_dir / 'redis.log'}",
+        # the config file's form of _port_args: "--tls-port 7000" is the line "tls-port 7000"
+        args = _port_args(port, self.tls)
+        ports = [f"{args[i][2:]} {args[i + 1]}" for i in range(0, len(args), 2)]
+        lines = [*ports, f"bind {HOST}", f"dir {node_dir}", f"logfile {node_dir / 'redis.log'}",
                  "daemonize no", "sentinel resolve-hostnames no", f"sentinel announce-ip {HOST}",
                  f"sentinel monitor {self.service} {HOST} {primary_port} 2",
                  f"sentinel down-after-milliseconds {self.service} 1000",
@@ -654,7 +712,7 @@ class RedisSentinelSet:
             lines.append(f"sentinel auth-pass {self.service} {self.password}")
         conf = node_dir / "sentinel.conf"  # the sentinel rewrites it with what it learns
         conf.write_text("\n".join(lines) + "\n")
-        return RedisNode("sentinel", port, node_dir, [server, str(conf), "--sentinel"])
+        return RedisNode("sentinel", port, node_dir, [server, str(conf), "--sentinel"], tls=self.tls)
 
     def stop(self) -> None:
         """Stop the sentinels (first: they would react to the data nodes going), then the data nodes,
@@ -685,14 +743,23 @@ class RedisSentinelSet:
     @property
     def uri(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return (f"rediss+sentinel://{auth}{','.join(self.sentinels)}/0?service={self.service}"
+                    f"&ssl_ca_certs={self.tls.ca}")
         return f"redis+sentinel://{auth}{','.join(self.sentinels)}/0?service={self.service}"
 
     def sentinel_client(self, **kw: Any) -> Any:
-        """A ``redis.sentinel.Sentinel`` over the three sentinels (``.master_for(service)`` follows failovers)."""
+        """A ``redis.sentinel.Sentinel`` over the three sentinels (``.master_for(service)`` follows failovers);
+        TLS, verified, to the sentinels and the master in a TLS set."""
         from redis import sentinel
 
         kw.setdefault("password", self.password)
         kw.setdefault("socket_timeout", 5)
+        if self.tls is not None:
+            tls = _tls_client_kwargs(self.tls)
+            kw.setdefault("sentinel_kwargs", {"socket_timeout": kw["socket_timeout"], **tls})
+            for name, value in tls.items():
+                kw.setdefault(name, value)  # the master's and replicas' connections
         make: Any = sentinel.Sentinel  # untyped in redis-py
         return make([(HOST, node.port) for node in self.sentinel_nodes], **kw)
 

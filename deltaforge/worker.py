@@ -16,6 +16,9 @@ Topologies (docs/worker.md, "Redis Cluster and Sentinel"): either URI may be ``r
 :func:`deltaforge.redisclient.redis_py_client`. On a cluster the stream commands route by the
 stream's slot; a batch's keys are UNLINKed one command per hash slot (CROSSSLOT otherwise), all in
 one cluster pipeline (one round trip per master), and patterns are SCANned on every master.
+``rediss+cluster://``/``rediss+sentinel://``: TLS to every node and sentinel, verified as for
+``rediss://``; a failed TLS handshake (a wrong CA, a certificate not naming the address) stops the
+worker with the fix instead of being retried as an outage.
 
 Wire format (DESIGN.md §4): ``XADD <stream> * df-event <payload> event_id <id> idempotency_key <k>``.
 The payload is read from the field ``df-event`` (else the first field, as the seed reads
@@ -128,7 +131,7 @@ from redis.exceptions import RedisClusterException, SlotNotCoveredError
 from deltaforge.dsn import RedisURI, parse_redis_uri, redact
 from deltaforge.errors import ConfigError, DeltaForgeError, SinkError
 from deltaforge.metrics import serve_http
-from deltaforge.redisclient import by_slot, is_cluster, redis_py_client
+from deltaforge.redisclient import by_slot, is_cluster, redis_py_client, tls_failure
 
 # Every command the worker sends, by connection (README, Security; tests/test_security.py runs
 # worker users with exactly these). +auth/+select: the login, on any connection.
@@ -712,6 +715,12 @@ class InvalidationWorker:
         if isinstance(e, redis.AuthenticationError):  # before ConnectionError: it is one
             return SinkError(f"{server.at()} refused the credentials: {e}",
                              f"fix the user/password in {server.option}")
+        if isinstance(e, (redis.ConnectionError, RedisClusterException)):
+            # a failed TLS handshake (a wrong CA, a certificate not naming the address) is no outage:
+            # no retry cures it (a sentinel's comes chained to MasterNotFoundError, redisclient.sentinel)
+            failed = tls_failure(e, server.option)
+            if failed is not None:
+                return SinkError(f"TLS to {server.at()} failed: {failed[0]}", failed[1])
         # Whatever was read but not acked stays pending for this consumer: re-read it after the retry
         # (also when the cache failed: the batch's deletes did not all run). A cluster client re-reads
         # its slot map first: the error may be a failover or a migration it has not seen.

@@ -23,6 +23,13 @@ the password never appears in an error or a log line.
 URI query parameters understood: ``connect_timeout`` and ``socket_timeout``
 (seconds, defaults 5 and 30), ``ssl_cert_reqs=none`` (skip certificate
 verification), ``ssl_ca_certs=<file>``.
+
+TLS on a cluster or Sentinel (``rediss+cluster``, ``rediss+sentinel``): the sink's socket to the
+slot's master or the sentinels' master is verified here (certificate and host name: the address
+the cluster or the sentinels announce); finding that address (CLUSTER SLOTS on a seed, SENTINEL
+MASTERS) goes through redis-py with the same TLS settings. A failed TLS handshake anywhere is a
+:class:`SinkError` naming the certificate failure and the fix, never retried: a wrong CA does not
+cure itself.
 """
 
 from __future__ import annotations
@@ -153,7 +160,7 @@ class RedisConnection:
         """Ask the cluster which master serves our slot now (on every connect: MOVED brings us here)."""
         import redis
 
-        from deltaforge.redisclient import cluster_slot_owner
+        from deltaforge.redisclient import cluster_slot_owner, tls_failure
 
         if self.slot is None:
             raise SinkError(f"no hash slot given for a connection to the cluster {self.uri.redacted()}",
@@ -167,6 +174,9 @@ class RedisConnection:
             raise SinkError(f"the cluster {self.uri.redacted()} refused CLUSTER SLOTS, which finds the owner of "
                             f"slot {self.slot}: permission denied (NOPERM {e})", CLUSTER_ACL_HINT) from None
         except redis.RedisError as e:
+            tls = tls_failure(e, "the sink URI")
+            if tls is not None:
+                raise SinkError(f"TLS to the cluster {self.uri.redacted()} failed: {tls[0]}", tls[1]) from None
             raise SinkUnavailable(f"no node of the cluster {self.uri.redacted()} serves slot {self.slot} now: {e}",
                                   "check the cluster (CLUSTER INFO); a failover in progress resolves itself, "
                                   "DeltaForge retries") from None
@@ -175,7 +185,7 @@ class RedisConnection:
         """Ask the sentinels where the master is now (on every connect: a failover moves it)."""
         import redis
 
-        from deltaforge.redisclient import SENTINEL_ACL_COMMANDS, sentinel_master
+        from deltaforge.redisclient import SENTINEL_ACL_COMMANDS, sentinel_master, tls_failure
 
         uri = self.uri
         try:
@@ -190,6 +200,9 @@ class RedisConnection:
                             f"denied (NOPERM {e})", f"the sentinels' user needs {' '.join(SENTINEL_ACL_COMMANDS)} "
                             "on every sentinel (ACL SETUSER <user> ... on each)") from None
         except redis.RedisError as e:  # MasterNotFoundError is a ConnectionError
+            tls = tls_failure(e, "the sink URI")
+            if tls is not None:  # every sentinel refused the handshake (chained to MasterNotFoundError)
+                raise SinkError(f"TLS to the sentinels of {uri.redacted()} failed: {tls[0]}", tls[1]) from None
             raise SinkUnavailable(
                 f"no sentinel of {uri.redacted()} names a master for service {uri.service!r} now: {e}",
                 f"check the sentinels and `sentinel monitor {uri.service} ...` (a failover in progress "
@@ -220,10 +233,11 @@ class RedisConnection:
                 sock = self._wrap_tls(sock)
             sock.settimeout(self.socket_timeout)
         except ssl.SSLError as e:
+            from deltaforge.redisclient import tls_failure
+
             sock.close()
-            raise SinkError(f"TLS handshake with {self.where} failed: {e}",
-                            "check the server certificate, or add ?ssl_ca_certs=<file> "
-                            "(?ssl_cert_reqs=none to skip verification)") from None
+            detail, fix = tls_failure(e, "the sink URI") or (str(e), "check the server's TLS settings")
+            raise SinkError(f"TLS handshake with {self.where} failed: {detail}", fix) from None
         except OSError as e:
             sock.close()
             raise SinkUnavailable(f"cannot connect to Redis at {self.where}: {e}") from None
@@ -259,6 +273,8 @@ class RedisConnection:
                 raise classify(reply, what)
 
     def _wrap_tls(self, sock: socket.socket) -> socket.socket:
+        """The certificate and its host name verified (the address connected to: on a cluster or Sentinel
+        the one announced), unless ``ssl_cert_reqs=none``."""
         params = self.uri.params
         ctx = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
         if params.get("ssl_cert_reqs", "").lower() == "none":
