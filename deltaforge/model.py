@@ -37,6 +37,8 @@ replay on any server of the topology gives the same id; without GTIDs, of
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 import uuid
 from collections.abc import Iterator
 from typing import Any, overload
@@ -271,6 +273,17 @@ class EventBlock:
         out = self.data.split(b"\n")
         out.pop()  # every line ends with "\n": the last piece is empty
         return out
+
+    def take(self, indices: list[int]) -> EventBlock:
+        """A block of the events at ``indices`` (ascending), the same bytes: no event decoded."""
+        if not indices:
+            return EventBlock(b"", [0], [], [], [], self._uuid_ids)
+        starts, data = self.starts, self.data
+        pieces = [data[starts[i]:starts[i + 1]] for i in indices]  # each line with its newline
+        pick = operator.itemgetter(*indices) if len(indices) > 1 else (lambda seq: (seq[indices[0]],))
+        return EventBlock(b"".join(pieces), list(itertools.accumulate(map(len, pieces), initial=0)),
+                          list(pick(self.tables)), list(pick(self.txids)), list(pick(self.tenants)),
+                          self._uuid_ids)
 
     def ids_are_uuids(self) -> bool:
         """Does every event start ``{"event_id":"<36 characters>","tenant_id":``? The reader's and the

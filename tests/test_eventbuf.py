@@ -154,6 +154,10 @@ def test_event_block_slices_and_round_trips() -> None:
     assert not EventBlock.from_events([]) and EventBlock.from_events([]).json_array() == b"[]"
     with pytest.raises(IndexError):
         again[7]
+    for picked in ([0, 3, 6], [4], [], list(range(7))):  # take: any ascending subset, the same bytes
+        sub = again.take(picked)
+        assert sub == [events[i] for i in picked] and sub.lines() == [again.line(i) for i in picked]
+        assert sub.txids == [again.txids[i] for i in picked] and len(sub.tables) == len(sub.tenants) == len(picked)
 
 
 def _answer_case(rnd: random.Random) -> tuple[EventBlock, list[Any], bytes]:
