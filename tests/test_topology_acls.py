@@ -13,10 +13,7 @@ users however it ends. The single-node lists are tested in tests/test_security.p
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,43 +25,34 @@ from deltaforge.sink.redis_conn import ACL_COMMANDS, CLUSTER_ACL_COMMANDS
 from deltaforge.testing import MariaDBServer
 from deltaforge.testing_topologies import RedisCluster, RedisNode, RedisSentinelSet
 from deltaforge.worker import WORKER_ACL, WORKER_CLUSTER_ACL
-from tests.e2e import Engine, binlog_end, stream_events, wait_for, write_config
+from tests.e2e import Engine, wait_for
 from tests.topologies import redis_cluster, redis_sentinel
+from tests.topology_e2e import cache_keys as _cache_keys
+from tests.topology_e2e import cli as _cli
+from tests.topology_e2e import insert_rows as _insert
+from tests.topology_e2e import invalidate, run_engine_until, topology_config
+from tests.topology_e2e import keys_processor as _keys_processor
+from tests.topology_e2e import spread_tables as _spread_tables
+from tests.topology_e2e import stream_ids as _ids
 
 FIXTURES = (redis_cluster, redis_sentinel)  # used as test arguments (tests/topologies.py)
 
 pytestmark = pytest.mark.integration
 
-GROUP = "cache-workers"
+FORBIDDEN = ("NOPERM",)  # never in the engine's or a worker's output here
+_run_engine_until = functools.partial(run_engine_until, forbidden=FORBIDDEN)
+_invalidate = functools.partial(invalidate, consumer="acl-0", forbidden=FORBIDDEN)
+
+
+def _config(tmp_path: Path, mariadb: MariaDBServer, topology: Any, uri: str, tables: list[str],
+            **kw: Any) -> Path:
+    return topology_config(tmp_path, mariadb, topology, tables, uri=uri, **kw)
+
+
 ENGINE_PW, WORKER_PW, SENTINEL_PW = "Eng-acl-7", "Wrk-acl-7", "Snt-acl-7"
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _keys_processor(prefix: str) -> str:
-    """Each row's cache keys: one exact key and one pattern (the worker UNLINKs the first per slot
-    and SCANs every master for the second)."""
-    return f"""  processors:
-    - type: javascript
-      id: keys
-      inline: |
-        function processBatch(events) {{
-          for (const e of events) {{
-            const row = e.after || e.before;
-            row._cache_keys = ['{prefix}:' + e.table + ':' + row.id, '{prefix}p:' + e.table + ':' + row.id + ':*'];
-          }}
-          return events;
-        }}
-"""
-
-
-def _cache_keys(prefix: str, table: str, rows: Iterable[int]) -> list[str]:
-    """The keys the processor names for ``rows`` of ``table``, what its pattern matches included."""
-    keys: list[str] = []
-    for i in rows:
-        keys += [f"{prefix}:{table}:{i}", f"{prefix}p:{table}:{i}:a", f"{prefix}p:{table}:{i}:b"]
-    return keys
 
 
 def _set_users(nodes: Iterable[RedisNode], users: dict[str, tuple[str, ...]]) -> None:
@@ -83,109 +71,6 @@ def _del_users(nodes: Iterable[RedisNode], names: Iterable[str]) -> None:
 def _with_user(uri: str, user: str, password: str) -> str:
     scheme, rest = uri.split("://", 1)
     return f"{scheme}://{user}:{password}@{rest}"
-
-
-def _config(tmp_path: Path, mariadb: MariaDBServer, topology: Any, uri: str, tables: list[str], *, name: str,
-            stream: str, processors: str = "") -> Path:
-    cfg = write_config(tmp_path, mariadb, topology, tables, name=name, stream=stream, start=binlog_end(mariadb),
-                       processors=processors)
-    text = cfg.read_text()
-    assert f"uri: {topology.uri}\n" in text
-    cfg.write_text(text.replace(f"uri: {topology.uri}\n", f"uri: '{uri}'\n"))
-    return cfg
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deltaforge", *args], capture_output=True, text=True, timeout=120)
-
-
-def _ids(client: Any, stream: str) -> list[int]:
-    return [e["after"]["id"] for e in stream_events(client, stream)]
-
-
-def _insert(mariadb: MariaDBServer, tables: list[str], rows: Iterable[int]) -> None:
-    """One autocommitted row at a time, the tables interleaved."""
-    mariadb.execute(*[f"INSERT INTO {t} VALUES ({i})" for i in rows for t in tables])
-
-
-def _run_engine_until(cfg: Path, done: Any, what: str) -> str:
-    """``deltaforge run`` (preflight included) until ``done()``; stopped with SIGTERM, it must exit 0."""
-    engine = Engine(cfg, "--workers", "0").wait_ready(60)
-    try:
-        assert engine.poll() is None, engine.output
-        try:
-            wait_for(lambda: done() or engine.poll() is not None, 60, what)
-        except AssertionError as e:
-            raise AssertionError(f"{e}; engine output (tail):\n{engine.output[-3000:]}") from None
-    finally:
-        code, out = engine.stop()
-    assert code == 0 and "NOPERM" not in out and "Traceback" not in out, out
-    return out
-
-
-class _Worker:
-    """``deltaforge worker`` on one stream, its URI in REDIS_URI (as a deployment passes it)."""
-
-    def __init__(self, tmp_path: Path, uri: str, stream: str) -> None:
-        self.out = tmp_path / f"worker-{stream.replace(':', '_')}.log"
-        self._file = self.out.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deltaforge", "worker", "--stream", stream, "--group", GROUP,
-             "--consumer", "acl-0", "--block-ms", "100", "--claim-idle-ms", "0"],
-            stdout=self._file, stderr=subprocess.STDOUT, text=True, env={**os.environ, "REDIS_URI": uri})
-
-    @property
-    def output(self) -> str:
-        return self.out.read_text()
-
-    def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._file.close()
-        return self.proc.returncode, self.output
-
-
-def _invalidate(tmp_path: Path, client: Any, uri: str, streams: dict[str, str], keys: list[str],
-                keep: list[str]) -> None:
-    """One ``deltaforge worker`` per stream (stream -> its table) until every key in ``keys`` is gone and
-    nothing is pending; each stops with exit 0, one line per event, and ``keep`` untouched."""
-    workers = {stream: _Worker(tmp_path, uri, stream) for stream in streams}
-
-    def drained() -> bool:
-        if any(w.proc.poll() is not None for w in workers.values()):
-            return True  # a worker stopped on an error: the asserts below show it
-        try:
-            return (not any(client.exists(k) for k in keys)
-                    and all(client.xpending(s, GROUP)["pending"] == 0 for s in streams))
-        except Exception:  # noqa: BLE001 - the group not created yet
-            return False
-
-    try:
-        wait_for(drained, 60, "every cache key invalidated, nothing pending")
-    finally:
-        results = {stream: w.stop() for stream, w in workers.items()}
-    for stream, (code, out) in results.items():
-        assert code == 0 and "NOPERM" not in out and "Traceback" not in out, out
-        rows = client.xlen(stream)
-        assert out.count(f"Invalidated 2 keys for {streams[stream]}\n") == rows, out
-    assert [k for k in keys if client.exists(k)] == []
-    assert [k for k in keep if client.exists(k)] == keep
-
-
-def _spread_tables(cluster: RedisCluster, db: str, n: int) -> list[str]:
-    """``n`` table names whose streams ``cdc:<db>.<name>`` live on ``n`` different masters."""
-    found: dict[int, str] = {}
-    for name in (f"t{i}" for i in range(200)):
-        port = cluster.master_of_key(f"cdc:{db}.{name}").port
-        found.setdefault(port, name)
-        if len(found) == n:
-            return [f"{db}.{t}" for t in found.values()]
-    raise AssertionError(f"no {n} table names of {db} spread over {n} masters")
 
 
 # --- a cluster -----------------------------------------------------------------------------------

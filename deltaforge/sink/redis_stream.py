@@ -166,9 +166,48 @@ def legacy_checkpoint_key(template: StreamTemplate, pipeline: str, sink_id: str)
     return f"{{{template.static}}}:deltaforge:checkpoint:{pipeline}:{sink_id}"
 
 
-class SinkIdentity:
-    """What every ``type: redis`` sink knows of its configuration (this module's sink, and the
-    split one of :mod:`deltaforge.sink.slot_split`)."""
+class RedisSinkBase:
+    """What every ``type: redis`` sink shares (this module's sink, and the split one of
+    :mod:`deltaforge.sink.slot_split`): its identity from the configuration, and ``open()``
+    retried with backoff around the kind's own ``_open_once``."""
+
+    #: retry policy for SinkUnavailable inside open() and write() (seconds)
+    retry_initial: float = 0.1
+    retry_max: float = 5.0
+    retry_deadline: float = 60.0
+
+    def _open_once(self, expect: bytes | None) -> Position | None:
+        raise NotImplementedError
+
+    def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    def open(self, expect: bytes | None = None) -> Position | None:
+        """Connect, read (and in exactly-once mode claim) the checkpoint(s); return where the source
+        resumes (None: no checkpoint). Transient failures are retried with backoff.
+
+        ``expect`` is the checkpoint value this process last committed (a restart of the
+        pipeline after a failure): the key is judged against it (module header, Lineage).
+        """
+        deadline = time.monotonic() + self.retry_deadline
+        delay = self.retry_initial
+        while True:
+            try:
+                return self._open_once(expect)
+            except SinkUnavailable as e:
+                self._disconnect()
+                delay = self._backoff(e, delay, deadline, "opening")
+
+    def _backoff(self, err: SinkUnavailable, delay: float, deadline: float, doing: str) -> float:
+        now = time.monotonic()
+        if now + delay > deadline:
+            raise SinkUnavailable(
+                f"sink {self.id}: gave up {doing} after {self.retry_deadline:g}s of retries: {err.detail}",
+                err.hint,
+            ) from err
+        log.warning("sink %s: %s; retrying in %.2fs", self.id, err, delay)
+        time.sleep(delay * (0.5 + random.random() / 2))  # jitter: instances must not retry in lockstep
+        return min(delay * 2, self.retry_max)
 
     def _identify(self, cfg: Any, pipeline_name: str, tenant: str | None, path: str) -> str:
         """Set the sink's id, pipeline, URI and template; returns the YAML path of its ``config``."""
@@ -184,15 +223,11 @@ class SinkIdentity:
         return self.path
 
 
-class RedisStreamSink(SinkIdentity):
+class RedisStreamSink(RedisSinkBase):
     """One ``type: redis`` sink. Single-threaded: owned by the writer stage."""
 
     #: one checkpoint per stream over cluster slots (sink/slot_split.py): not this class
     parts_split = False
-    #: retry policy for SinkUnavailable inside write() (seconds)
-    retry_initial: float = 0.1
-    retry_max: float = 5.0
-    retry_deadline: float = 60.0
 
     def __init__(self, cfg: Any, pipeline_name: str, tenant: str | None, path: str) -> None:
         path = self._identify(cfg, pipeline_name, tenant, path)
@@ -258,20 +293,8 @@ class RedisStreamSink(SinkIdentity):
             self._conn.close()
             self._conn = None
 
-    def open(self, expect: bytes | None = None) -> Position | None:
-        """Connect, read (and in exactly-once mode claim) the checkpoint; None when absent.
-
-        ``expect`` is the checkpoint value this process last committed (a restart of the
-        pipeline after a failure): the key is judged against it (module header, Lineage).
-        """
-        deadline = time.monotonic() + self.retry_deadline
-        delay = self.retry_initial
-        while True:
-            try:
-                return self._open_once(expect)
-            except SinkUnavailable as e:
-                self._drop_conn()
-                delay = self._backoff(e, delay, deadline, "opening")
+    def _disconnect(self) -> None:
+        self._drop_conn()
 
     def _adopt(self, expect: bytes) -> None:
         """Continue the lineage of the value this process last committed."""
@@ -586,17 +609,6 @@ class RedisStreamSink(SinkIdentity):
         if i >= n:
             return dlq_streams[i - n]
         return streams[i] if streams else str(self.template.static)
-
-    def _backoff(self, err: SinkUnavailable, delay: float, deadline: float, doing: str) -> float:
-        now = time.monotonic()
-        if now + delay > deadline:
-            raise SinkUnavailable(
-                f"sink {self.id}: gave up {doing} after {self.retry_deadline:g}s of retries: {err.detail}",
-                err.hint,
-            ) from err
-        log.warning("sink %s: %s; retrying in %.2fs", self.id, err, delay)
-        time.sleep(delay * (0.5 + random.random() / 2))  # jitter: instances must not retry in lockstep
-        return min(delay * 2, self.retry_max)
 
     def _commit_with_retry(self, data: bytes, n: int, d: int, streams: list[str], dlq_streams: list[str],
                            value: bytes, fresh: list[str]) -> None:

@@ -62,8 +62,8 @@ from deltaforge.sink.redis_conn import RedisConnection, classify
 from deltaforge.sink.redis_stream import (
     _NAME_UNSAFE,
     CheckpointValue,
+    RedisSinkBase,
     RedisStreamSink,
-    SinkIdentity,
     _ckpt_decoder,
     _ckpt_encoder,
     _dead_event,
@@ -113,14 +113,11 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-class SlotSplitSink(SinkIdentity):
+class SlotSplitSink(RedisSinkBase):
     """One ``type: redis`` sink whose template spreads over cluster slots. Same interface as
     :class:`RedisStreamSink` (SinkSet, the writer, ``check``); single-threaded."""
 
     parts_split = True
-    retry_initial: float = RedisStreamSink.retry_initial
-    retry_max: float = RedisStreamSink.retry_max
-    retry_deadline: float = RedisStreamSink.retry_deadline
 
     def __init__(self, cfg: Any, pipeline_name: str, tenant: str | None, path: str) -> None:
         split_config_errors(cfg, self._identify(cfg, pipeline_name, tenant, path))
@@ -259,20 +256,8 @@ class SlotSplitSink(SinkIdentity):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self, expect: bytes | None = None) -> Position | None:
-        """Find every part, open (claim) each, read the floor; return where the source resumes."""
-        deadline = time.monotonic() + self.retry_deadline
-        delay = self.retry_initial
-        while True:
-            try:
-                return self._open_once(expect)
-            except SinkUnavailable as e:
-                self.close()
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("sink %s: %s; retrying in %.2fs", self.id, e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
+    def _disconnect(self) -> None:
+        self.close()
 
     def _open_once(self, expect: bytes | None) -> Position | None:
         expected = {k: v.encode() for k, v in _parts_decoder.decode(expect).items()} if expect else {}
